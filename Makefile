@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create the
+# virtual environment and install what they need first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Machines without CUDA get the CPU wheel of torch; a looser request pulls a multi-GB CUDA build.
+CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
+DEMO_DIR ?= demo
+
+.PHONY: demo test install browser bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[dev,bench]'
+	touch $(STAMP)
+
+# Debian's chromium for the MLflow UI check (tests/test_browser.py).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: $(STAMP)
+	$(PY) -m claims_search.demo --dir $(DEMO_DIR)
+
+test: $(STAMP) browser
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	@echo "benchmarks live in bench/; see docs/benchmarks.md for each command"
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

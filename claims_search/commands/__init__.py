@@ -1,0 +1,1 @@
+"""Sub-commands of the `claims-search` CLI, one module each (see claims_search/cli.py)."""

@@ -1,0 +1,1 @@
+"""Shared fixtures. Tests read as examples: fixture patients are small literal tables."""
