@@ -1,0 +1,303 @@
+"""Packed batches from a tokenized cache: masked-code pretraining crops and task samples.
+
+Packing: a batch holds at most ``batch_tokens`` real tokens; its sequences ([CLS] + at most
+``max_len`` events each) are placed first-fit-decreasing into rows of ``max_len + 1``
+positions, several patients per row. ``Batch.seq`` gives each position's sequence (-1 for
+padding) and the model turns it into a block-diagonal attention mask.
+
+Masking recipe (BERT, Devlin et al. 2019): each event token is chosen with probability
+``mask_prob`` (at least one per sequence, never [CLS]); a chosen token becomes [MASK] 80 % of
+the time, a random code 10 %, itself 10 %; the model predicts the original code there.
+
+Determinism and DDP: the subject (or sample) order of an epoch comes from ``(seed, epoch)``
+and is the same on every rank; rank r takes every ``world_size``-th item from position r.
+Crops and masks come from ``(seed, epoch, rank)``. So a batch stream is a pure function of
+``(cache, split, settings, seed, epoch, rank, world_size)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from claims_search.errors import ClaimsSearchError
+from claims_search.sizes import AGE_BUCKETS, MONTH_BUCKETS
+
+# Reserved token ids of the cache's vocabulary (docs/design.md, vocab.parquet).
+PAD, UNK, CLS, MASK = 0, 1, 2, 3
+FIRST_CODE = 4
+IGNORE = -1  # target of a position that is not predicted
+
+
+@dataclass
+class Batch:
+    """One packed batch; B rows of T positions holding S sequences.
+
+    tokens, ages, months, visits: int64 (B, T); seq: int64 (B, T), the sequence (0..S-1) of each
+    position, -1 for padding. targets: int64 (B, T) original code at masked positions, -1
+    elsewhere (pretraining only). cls_index: int64 (S,) flat position (row * T + column) of each
+    sequence's [CLS]. labels: float32 (S,) and sample_index: int64 (S,) (row of
+    ``cache.labels(task, split)``) for task batches. n_tokens: real (non-padding) positions.
+    unpacked: True when every row is exactly one sequence with no padding (set by ``pack``).
+    """
+
+    tokens: torch.Tensor
+    ages: torch.Tensor
+    months: torch.Tensor
+    visits: torch.Tensor
+    seq: torch.Tensor
+    cls_index: torch.Tensor
+    n_tokens: int
+    targets: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    sample_index: torch.Tensor | None = None
+    unpacked: bool = False  # every row is one whole sequence without padding: no mask needed
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """A copy with every tensor on ``device``."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, non_blocking=True)
+            moved[f.name] = value
+        return Batch(**moved)
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.cls_index.shape[0])
+
+
+@dataclass
+class Sequence:
+    """One [CLS]-prefixed sequence before packing; all arrays (L,)."""
+
+    tokens: np.ndarray
+    ages: np.ndarray
+    months: np.ndarray
+    visits: np.ndarray
+    targets: np.ndarray | None = None
+    label: float | None = None
+    sample_index: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def make_sequence(tokens: np.ndarray, days: np.ndarray, birth_days: int, ref_day: int) -> Sequence:
+    """[CLS] + events, with age (years + 1; 0 = unknown birth), months before ``ref_day`` and
+    visit index (1 + distinct days before; [CLS] is visit 0)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    days = np.asarray(days, dtype=np.int64)
+    all_days = np.concatenate([[ref_day], days])  # (L,) [CLS] sits at the reference day
+    if birth_days == -1:
+        ages = np.zeros(len(all_days), dtype=np.int64)
+    else:
+        years = np.floor((all_days - birth_days) / 365.25).astype(np.int64)
+        ages = np.clip(years + 1, 1, AGE_BUCKETS - 1)
+    months = np.clip((ref_day - all_days) // 30, 0, MONTH_BUCKETS - 1)
+    if len(days):
+        visits = 1 + np.concatenate([[0], np.cumsum(np.diff(days) != 0)])
+    else:
+        visits = np.zeros(0, dtype=np.int64)
+    return Sequence(
+        tokens=np.concatenate([[CLS], tokens]),
+        ages=ages,
+        months=months,
+        visits=np.concatenate([[0], visits]).astype(np.int64),
+    )
+
+
+def mask_sequence(seq: Sequence, rng: np.random.Generator, mask_prob: float, vocab_size: int) -> Sequence:
+    """Apply the BERT 80/10/10 recipe to the events of ``seq`` (see the module docstring)."""
+    n = len(seq) - 1  # events, [CLS] excluded
+    tokens = seq.tokens.copy()
+    targets = np.full(len(seq), IGNORE, dtype=np.int64)
+    if n == 0:
+        return Sequence(tokens, seq.ages, seq.months, seq.visits, targets)
+    chosen = rng.random(n) < mask_prob
+    if not chosen.any():
+        chosen[rng.integers(n)] = True
+    where = np.flatnonzero(chosen) + 1  # (M,) positions in the sequence
+    targets[where] = tokens[where]
+    roll = rng.random(len(where))
+    tokens[where[roll < 0.8]] = MASK
+    swap = where[(roll >= 0.8) & (roll < 0.9)]
+    tokens[swap] = rng.integers(FIRST_CODE, max(vocab_size, FIRST_CODE + 1), len(swap))
+    return Sequence(tokens, seq.ages, seq.months, seq.visits, targets)
+
+
+def pack(sequences: list[Sequence], row_len: int) -> Batch:
+    """Pack sequences first-fit-decreasing into rows of ``row_len`` positions.
+
+    Sequence s of the batch is ``sequences[s]`` (order kept for labels and sample indices).
+    Rows are padded to the longest row, rounded up to a multiple of 8.
+    """
+    if not sequences:
+        raise ValueError("pack: no sequences")
+    lengths = np.array([len(s) for s in sequences])
+    if lengths.max() > row_len:
+        raise ValueError(f"pack: a sequence of {lengths.max()} positions exceeds row_len {row_len}")
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for s in np.argsort(-lengths, kind="stable"):
+        for r, used in enumerate(fill):
+            if used + lengths[s] <= row_len:
+                rows[r].append(s)
+                fill[r] += lengths[s]
+                break
+        else:
+            rows.append([s])
+            fill.append(lengths[s])
+    B = len(rows)
+    T = -(-max(fill) // 8) * 8
+    tokens = np.full((B, T), PAD, dtype=np.int64)
+    ages = np.zeros((B, T), dtype=np.int64)
+    months = np.zeros((B, T), dtype=np.int64)
+    visits = np.zeros((B, T), dtype=np.int64)
+    seq = np.full((B, T), -1, dtype=np.int64)
+    has_targets = sequences[0].targets is not None
+    targets = np.full((B, T), IGNORE, dtype=np.int64)
+    cls_index = np.zeros(len(sequences), dtype=np.int64)
+    for r, members in enumerate(rows):
+        at = 0
+        for s in members:
+            x, n = sequences[s], lengths[s]
+            tokens[r, at : at + n] = x.tokens
+            ages[r, at : at + n] = x.ages
+            months[r, at : at + n] = x.months
+            visits[r, at : at + n] = x.visits
+            seq[r, at : at + n] = s
+            if has_targets:
+                targets[r, at : at + n] = x.targets
+            cls_index[s] = r * T + at
+            at += n
+    batch = Batch(
+        tokens=torch.from_numpy(tokens),
+        ages=torch.from_numpy(ages),
+        months=torch.from_numpy(months),
+        visits=torch.from_numpy(visits),
+        seq=torch.from_numpy(seq),
+        cls_index=torch.from_numpy(cls_index),
+        n_tokens=int(lengths.sum()),
+        targets=torch.from_numpy(targets) if has_targets else None,
+        unpacked=all(len(m) == 1 for m in rows) and all(f == T for f in fill),
+    )
+    if sequences[0].label is not None:
+        batch.labels = torch.tensor([s.label for s in sequences], dtype=torch.float32)
+        batch.sample_index = torch.tensor([s.sample_index for s in sequences], dtype=torch.int64)
+    return batch
+
+
+def _budgeted(sequences: Iterator[Sequence], batch_tokens: int, row_len: int) -> Iterator[Batch]:
+    # Greedy: fill a batch until the next sequence would cross the real-token budget.
+    buffer: list[Sequence] = []
+    used = 0
+    for s in sequences:
+        if buffer and used + len(s) > batch_tokens:
+            yield pack(buffer, row_len)
+            buffer, used = [], 0
+        buffer.append(s)
+        used += len(s)
+    if buffer:
+        yield pack(buffer, row_len)
+
+
+def _check(cache, batch_tokens: int, max_len: int | None) -> int:
+    max_len = cache.max_len if max_len is None else max_len
+    if max_len > cache.max_len:
+        raise ClaimsSearchError(
+            f"cache: max_len {max_len} is longer than the cache was built for ({cache.max_len})"
+        )
+    if batch_tokens < max_len + 1:
+        raise ClaimsSearchError(
+            f"batch_tokens ({batch_tokens}) must hold one full sequence (max_len + 1 = {max_len + 1})"
+        )
+    return max_len
+
+
+def _shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} not in [0, {world_size})")
+    return order[rank::world_size]
+
+
+def pretrain_batches(
+    cache,
+    split: str,
+    *,
+    batch_tokens: int,
+    max_len: int | None = None,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
+    """One epoch of masked-code batches over the subjects of ``split`` (shuffled, sharded).
+
+    Each subject longer than ``max_len`` events contributes a random crop of ``max_len``
+    consecutive events; the reference day for the month embedding is the crop's last event.
+    """
+    max_len = _check(cache, batch_tokens, max_len)
+    subjects = cache.subjects
+    lengths = subjects["length"].to_numpy()
+    births = subjects["birth_days"].to_numpy()
+    order = np.asarray(cache.subject_indices(split), dtype=np.int64)
+    order = order[lengths[order] > 0]
+    order = _shard(np.random.default_rng([seed, epoch]).permutation(order), rank, world_size)
+    rng = np.random.default_rng([seed, epoch, rank, 1])
+
+    def sequences() -> Iterator[Sequence]:
+        for i in order:
+            n = int(lengths[i])
+            end = int(rng.integers(max_len, n + 1)) if n > max_len else None
+            tokens, days = cache.sequence(int(i), end=end, max_len=max_len)
+            s = make_sequence(tokens, days, int(births[i]), int(days[-1]))
+            yield mask_sequence(s, rng, mask_prob, cache.vocab_size)
+
+    return _budgeted(sequences(), batch_tokens, max_len + 1)
+
+
+def task_batches(
+    cache,
+    task: str,
+    split: str,
+    *,
+    batch_tokens: int,
+    max_len: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
+    """One epoch of labelled samples of ``task`` in ``split``: the last ``max_len`` events at or
+    before each prediction time, its label, and its row in ``cache.labels(task, split)``
+    (``Batch.sample_index``) so that metrics can bootstrap over patients downstream.
+    Shuffled only when ``shuffle`` (training); evaluation keeps the labels' order.
+    """
+    max_len = _check(cache, batch_tokens, max_len)
+    labels = cache.labels(task, split)
+    subject_idx = labels["subject_idx"].to_numpy().astype(np.int64)
+    ends = labels["end"].to_numpy().astype(np.int64)
+    values = labels["label"].to_numpy().astype(np.float32)
+    ref_days = labels["prediction_time"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    births = cache.subjects["birth_days"].to_numpy()
+    order = np.arange(len(labels))
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(order)
+    order = _shard(order, rank, world_size)
+
+    def sequences() -> Iterator[Sequence]:
+        for k in order:
+            i = int(subject_idx[k])
+            tokens, days = cache.sequence(i, end=int(ends[k]), max_len=max_len)
+            s = make_sequence(tokens, days, int(births[i]), int(ref_days[k]))
+            s.label, s.sample_index = float(values[k]), int(k)
+            yield s
+
+    return _budgeted(sequences(), batch_tokens, max_len + 1)

@@ -1,0 +1,78 @@
+"""Print each task's accuracy-vs-cost Pareto frontier of a search, read back from MLflow.
+
+One table per task: the non-dominated complete trials (higher metric, lower cost), cheapest
+first, with the size, parameter count, metric with its bootstrap interval and cost; the
+baseline takes part like any trial. Also the frontier's hypervolume in (metric, log10 cost)
+space against the search's reference point (default: metric 0, 10x the largest cost seen).
+
+The tracking URI defaults to $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working
+directory (the embedded default of `claims-search search`).
+
+Example: claims-search frontier --experiment smoke --task ckd_incidence
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `claims-search frontier`."""
+    parser.add_argument("--experiment", required=True, help="MLflow experiment (the search's name)")
+    parser.add_argument("--task", help="only this task (default: every task of the search)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+
+
+def fmt_metric(r) -> str:
+    """``0.4321 [0.40, 0.46]`` (the interval only when known)."""
+    if r.metric is None:
+        return "-"
+    if r.metric_low is None or r.metric_high is None:
+        return f"{r.metric:.4f}"
+    return f"{r.metric:.4f} [{r.metric_low:.3f}, {r.metric_high:.3f}]"
+
+
+def fmt_size(r) -> str:
+    """``w128 d4 h4`` for a Transformer, ``LightGBM`` for the baseline."""
+    if r.is_baseline:
+        return "LightGBM"
+    m = r.model
+    return f"w{m.get('width')} d{m.get('depth')} h{m.get('heads')}" if m else "?"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the frontier tables; 0 on success."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from claims_search.errors import ClaimsSearchError
+    from claims_search.frontier import default_reference, hypervolume, pareto_front
+    from claims_search.tracking import default_tracking_uri, load_records, load_settings
+
+    uri = args.tracking_uri or default_tracking_uri()
+    records = load_records(uri, args.experiment)
+    settings = load_settings(uri, args.experiment)
+    tasks = sorted({r.task for r in records})
+    if args.task:
+        if args.task not in tasks:
+            raise ClaimsSearchError(f"{uri}: experiment {args.experiment!r}: no trials for task {args.task!r} (has: {', '.join(tasks) or 'none'})")
+        tasks = [args.task]
+    console = Console()
+    for task in tasks:
+        front = pareto_front(records, task)
+        n = sum(r.task == task for r in records)
+        hv = hypervolume(front, tuple(settings["reference"] or default_reference(records, task)))
+        table = Table(
+            title=f"{task}: Pareto frontier ({len(front)} of {n} trials; hypervolume {hv:.3f})",
+            caption=f"cost in {settings['cost']}; cheapest first",
+        )
+        table.add_column("trial")
+        table.add_column("size", no_wrap=True)
+        table.add_column("params", justify="right")
+        table.add_column(settings["metric"].upper() + " [95% CI]", no_wrap=True)
+        table.add_column("cost", justify="right")
+        for r in front:
+            params = f"{r.n_params / 1e6:.2f}M" if r.n_params else "-"
+            table.add_row(str(r.trial_id), fmt_size(r), params, fmt_metric(r), f"{r.cost:.4g}")
+        console.print(table)
+    return 0

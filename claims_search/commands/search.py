@@ -1,0 +1,55 @@
+"""Search model width and depth per task on Ray Tune + Optuna, tracked in MLflow.
+
+Each trial pretrains one architecture once, fine-tunes it on every task of the space and
+reports per-task metrics (with bootstrap intervals) and costs; the LightGBM baseline runs once
+per task. At the end each task's Pareto frontier of metric vs cost, the recommended size and
+the plots go to MLflow (one experiment per search, a parent run per task, a child per trial).
+
+Examples:
+  claims-search search --space smoke --data prepared/
+  claims-search search --space search_spaces/default.yaml --data s3://bucket/prepared \\
+      --address auto --tracking-uri http://mlflow:5000 --name ckd-2026-11
+  claims-search search --space smoke --data prepared/ --name demo --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `claims-search search`."""
+    parser.add_argument("--space", required=True, help="search space YAML, or a shipped one: smoke, default, paper")
+    parser.add_argument("--data", required=True, help="prepared cache (claims-search prepare --out)")
+    parser.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--address", help="Ray address (default: a local Ray instance; 'auto' on a cluster node)")
+    parser.add_argument("--name", help="search (= MLflow experiment) name (default: <space>-<date-time>)")
+    parser.add_argument("--storage", default="runs", help="where trials, checkpoints and the outbox live "
+                        "(a path every node can reach on a multi-node cluster; default: ./runs)")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted search of this --name")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of the live table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the search, then print the recommendation per task."""
+    import datetime
+
+    from claims_search.commands.recommend import describe
+    from claims_search.errors import ClaimsSearchError
+    from claims_search.search import SearchRequest, run_search
+    from claims_search.space import load_space
+    from claims_search.tracking import default_tracking_uri
+
+    space = load_space(args.space)
+    if args.resume and not args.name:
+        raise ClaimsSearchError("--resume needs the --name of the search to finish")
+    name = args.name or f"{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    uri = args.tracking_uri or default_tracking_uri()
+    print(f"search {name}: space {space.path}, tracking {uri}")
+    recs = run_search(SearchRequest(space=str(space.path), data=args.data, tracking_uri=uri, name=name,
+                                    storage=args.storage, address=args.address, resume=args.resume,
+                                    progress=not args.no_progress))
+    print(f"\nsearch {name} finished. Recommendation per task:")
+    for task, rec in sorted(recs.items()):
+        print("\n".join(describe(rec, space.metric, space.cost)) if rec else f"{task}: no complete trial")
+    return 0

@@ -1,0 +1,136 @@
+"""What a run cost: wall time, device time, real tokens, estimated FLOPs, parameters, memory.
+
+Pretraining and fine-tuning each get their own ``Cost``; ``a + b`` charges both (a search
+charges one pretraining once across tasks and adds each task's fine-tuning).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One run's cost. ``device_s`` = wall_s x n_devices; ``tokens`` are real (non-padding);
+    ``flops`` are estimated from ``sizes.ModelSize.flops_per_token``; ``peak_mem_bytes`` is the
+    CUDA max allocated memory, or the process RSS high-water mark on CPU."""
+
+    wall_s: float = 0.0
+    device_s: float = 0.0
+    tokens: int = 0
+    flops: float = 0.0
+    n_params: int = 0
+    peak_mem_bytes: int = 0
+    device: str = ""
+    n_devices: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        if not isinstance(other, Cost):
+            return NotImplemented
+        devices = [d for d in dict.fromkeys([self.device, other.device]) if d]
+        return Cost(
+            wall_s=self.wall_s + other.wall_s,
+            device_s=self.device_s + other.device_s,
+            tokens=self.tokens + other.tokens,
+            flops=self.flops + other.flops,
+            n_params=max(self.n_params, other.n_params),
+            peak_mem_bytes=max(self.peak_mem_bytes, other.peak_mem_bytes),
+            device=" + ".join(devices),
+            n_devices=max(self.n_devices, other.n_devices),
+        )
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (field name -> value)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cost":
+        """Inverse of ``to_dict`` (unknown keys ignored)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def device_name(device) -> str:
+    """A readable hardware name: the CUDA card's name, else the CPU's."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _rss_high_water() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+class CostMeter:
+    """Context that times a run and adds up what the loop feeds it.
+
+    >>> with CostMeter(n_params=n, device="cpu") as meter:
+    ...     meter.add(tokens=batch.n_tokens, flops=batch.n_tokens * flops_per_token)
+    >>> meter.cost
+    """
+
+    def __init__(self, n_params: int, device="cpu", n_devices: int = 1):
+        self.n_params = n_params
+        self.device = device
+        self.n_devices = n_devices
+        self.tokens = 0
+        self.flops = 0.0
+        self._start: float | None = None
+        self._wall = 0.0
+
+    def __enter__(self) -> "CostMeter":
+        import torch
+
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)  # count queued kernels in the wall time
+        self._wall += time.perf_counter() - self._start
+        self._start = None
+
+    def add(self, tokens: int, flops: float) -> None:
+        """Count one step's real tokens and its estimated FLOPs."""
+        self.tokens += int(tokens)
+        self.flops += float(flops)
+
+    @property
+    def wall_s(self) -> float:
+        running = time.perf_counter() - self._start if self._start is not None else 0.0
+        return self._wall + running
+
+    @property
+    def cost(self) -> Cost:
+        """The cost so far (usable inside or after the context)."""
+        import torch
+
+        if torch.device(self.device).type == "cuda":
+            # Synchronise so the wall time includes queued kernels.
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _rss_high_water()
+        wall = self.wall_s
+        return Cost(
+            wall_s=wall,
+            device_s=wall * self.n_devices,
+            tokens=self.tokens,
+            flops=self.flops,
+            n_params=self.n_params,
+            peak_mem_bytes=int(peak),
+            device=device_name(self.device),
+            n_devices=self.n_devices,
+        )

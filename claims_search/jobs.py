@@ -1,0 +1,343 @@
+"""The Ray Job Submission edge: submit a claims-search command to a cluster, follow it, stop it.
+
+Talks to the head's dashboard (``http://HEAD:8265``) through ``ray.job_submission``. Every
+failure the submitter can see is turned into one ``ClaimsSearchError`` line before or instead of
+waiting: an unreachable head (short HTTP timeout, never the SDK's unbounded one), a cluster that
+wants an auth token, a tracking server that is down or refuses our Host header (MLflow answers
+403 for hosts missing from ``--allowed-hosts``), a cluster without the CPUs/GPUs one trial of the
+space needs (the nodes' totals from the dashboard's state API), and a job that fails (its
+runtime env included) with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from claims_search.errors import ClaimsSearchError
+
+# Never uploaded with the working dir: the venv, VCS data, local data and run outputs.
+# (Ray also honours .gitignore; these hold when there is none.)
+DEFAULT_EXCLUDES = [
+    ".venv/", "venv/", ".git/", "__pycache__/", "*.pyc", "*.egg-info/", ".pytest_cache/",
+    "data/", "demo/", "runs/", "mlruns/", "mlartifacts/", "*.db", "test-artifacts/", "build/",
+    "dist/", "*.ckpt", "*.pt",
+]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+PROBE_TIMEOUT_S = 5.0
+TAIL_LINES = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """What a submission returns: the job id and, for a search, its MLflow experiment."""
+
+    job_id: str
+    entrypoint: str
+    experiment: str | None
+
+
+# ---- connecting ---------------------------------------------------------------------------
+
+def auth_token() -> str | None:
+    """The cluster token from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
+    if token := os.environ.get("RAY_AUTH_TOKEN"):
+        return token.strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    with contextlib.suppress(OSError):
+        return path.read_text().strip() or None
+    return None
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _base(address: str) -> str:
+    address = address.rstrip("/")
+    return address if "://" in address else f"http://{address}"
+
+
+def probe_head(address: str, token: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> str:
+    """Check the head's dashboard answers within ``timeout``; return its Ray version."""
+    import requests
+
+    url = f"{_base(address)}/api/version"
+    try:
+        r = requests.get(url, headers=_headers(token), timeout=timeout)
+    except requests.RequestException as e:
+        raise ClaimsSearchError(
+            f"{address}: Ray head not reachable within {timeout:g} s "
+            f"({type(e).__name__}); is the dashboard port forwarded?"
+        ) from None
+    if r.status_code in (401, 403):
+        raise ClaimsSearchError(
+            f"{address}: the cluster wants an auth token ({r.status_code}); set RAY_AUTH_TOKEN "
+            "(on the head: `ray get-auth-token`)"
+        )
+    if r.status_code != 200:
+        raise ClaimsSearchError(f"{address}: /api/version answered {r.status_code}; not a Ray dashboard?")
+    return r.json().get("ray_version", "?")
+
+
+@contextlib.contextmanager
+def _explicit_address() -> Iterator[None]:
+    # The SDK lets RAY_ADDRESS / RAY_API_SERVER_ADDRESS override the address it is given;
+    # an explicit --address must win.
+    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def connect(address: str, timeout: float = PROBE_TIMEOUT_S):
+    """A ``JobSubmissionClient`` for ``http://HEAD:8265``, after a short reachability probe."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = auth_token()
+    probe_head(address, token, timeout)
+    with _explicit_address():
+        try:
+            return JobSubmissionClient(_base(address), headers=_headers(token))
+        except Exception as e:  # the SDK raises ConnectionError/RuntimeError/AuthenticationError
+            raise ClaimsSearchError(f"{address}: {_one_line(e)}") from None
+
+
+# ---- pre-flight checks --------------------------------------------------------------------
+
+def probe_tracking(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Check an ``http(s)://`` MLflow server answers an API call with our Host header.
+
+    ``/health`` is exempt from MLflow's host check, so this asks for one experiment instead.
+    Other URIs (``sqlite:///``, ``databricks``) are not probed.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
+    try:
+        r = requests.get(url, params={"max_results": 1}, timeout=timeout)
+    except requests.RequestException as e:
+        raise ClaimsSearchError(
+            f"{uri}: MLflow tracking server not reachable within {timeout:g} s ({type(e).__name__})"
+        ) from None
+    if r.status_code == 403:
+        host = uri.split("://", 1)[1].split("/", 1)[0]
+        raise ClaimsSearchError(
+            f"{uri}: MLflow refuses the host {host!r} (403): add it to the server's --allowed-hosts"
+        )
+    if r.status_code != 200:
+        raise ClaimsSearchError(f"{uri}: MLflow answered {r.status_code}: {r.text[:200].strip()}")
+
+
+def cluster_resources(address: str, timeout: float = PROBE_TIMEOUT_S) -> dict[str, float]:
+    """Total resources of the cluster's alive nodes (``ray.cluster_resources()``-style), read
+    from the dashboard's state API: no job, no driver, one HTTP request."""
+    import requests
+
+    url = f"{_base(address)}/api/v0/nodes"
+    try:
+        r = requests.get(url, params={"limit": 10000, "detail": "true"},
+                         headers=_headers(auth_token()), timeout=timeout)
+        r.raise_for_status()
+        nodes = r.json()["data"]["result"]["result"]
+    except (requests.RequestException, KeyError, ValueError) as e:
+        raise ClaimsSearchError(f"{address}: cannot list the cluster's nodes: {_one_line(e)}") from None
+    total: dict[str, float] = {}
+    for node in nodes:
+        if node.get("state") != "ALIVE":
+            continue
+        for k, v in (node.get("resources_total") or {}).items():
+            total[k] = total.get(k, 0.0) + float(v)
+    return total
+
+
+def check_space_fits(space_path: str | Path, resources: dict[str, float]) -> int:
+    """Raise if one trial of the space can't run on ``resources``; return usable concurrency."""
+    from claims_search import space
+
+    return space.validate_against_cluster(space.load_space(space_path), resources)
+
+
+# ---- the job ------------------------------------------------------------------------------
+
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of ``--name V`` or ``--name=V`` in ``argv``."""
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def is_command(argv: list[str]) -> bool:
+    """True if ``argv`` is a claims-search command (``search ...``) rather than a raw command."""
+    from claims_search.cli import COMMANDS
+
+    return bool(argv) and argv[0] in COMMANDS
+
+
+def build_entrypoint(
+    argv: list[str],
+    tracking_uri: str | None = None,
+    storage_path: str | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[str, str | None]:
+    """``(shell command, experiment name)`` for ``argv``.
+
+    A claims-search command runs as ``python -m claims_search.cli ...`` (the uploaded working
+    dir's code if there is one, else the installed package). A ``search`` gets ``--name`` (a
+    generated ``<space>-<UTC time>`` if missing: that is its MLflow experiment), the tracking
+    URI and the shared storage (``--storage``) unless it names its own. Anything else
+    (``python probe.py``) runs as given.
+    """
+    if not argv:
+        raise ClaimsSearchError("submit: nothing to run: give a command after `--`, e.g. -- search --space smoke ...")
+    argv = list(argv)
+    experiment = None
+    if argv[0] == "search":
+        experiment = _flag(argv, "--name")
+        if experiment is None:
+            space = Path(_flag(argv, "--space") or "search").stem
+            stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
+            experiment = f"{space}-{stamp}"
+            argv += ["--name", experiment]
+        if tracking_uri and _flag(argv, "--tracking-uri") is None:
+            argv += ["--tracking-uri", tracking_uri]
+        if storage_path and _flag(argv, "--storage") is None:
+            argv += ["--storage", storage_path]
+    if is_command(argv):
+        argv = ["python", "-m", "claims_search.cli", *argv]
+    return shlex.join(argv), experiment
+
+
+def runtime_env(
+    working_dir: str | None,
+    env_vars: dict[str, str],
+    excludes: list[str] | None = None,
+    pip: list[str] | None = None,
+) -> dict:
+    """The job's runtime env: the project (a local dir to upload, or a remote ``.zip`` URI),
+    environment variables, and optionally pip packages (e.g. ``claims-search==0.1.0``)."""
+    env: dict = {"env_vars": dict(env_vars)}
+    if working_dir:
+        env["working_dir"] = working_dir
+        if "://" not in working_dir:
+            env["excludes"] = list(DEFAULT_EXCLUDES if excludes is None else excludes)
+    if pip:
+        env["pip"] = list(pip)
+    return env
+
+
+def submit(client, entrypoint: str, runtime_env: dict, experiment: str | None = None) -> Submission:
+    """Submit ``entrypoint`` with ``runtime_env``; returns the job id (the submission id)."""
+    metadata = {"tool": "claims-search"}
+    if experiment:
+        metadata["experiment"] = experiment
+    try:
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ClaimsSearchError(f"submit: the cluster refused the job: {_one_line(e)}") from None
+    return Submission(job_id, entrypoint, experiment)
+
+
+def log_tail(client, job_id: str, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines of a job's log ('' if there is none yet)."""
+    with contextlib.suppress(Exception):
+        return "\n".join(client.get_job_logs(job_id).rstrip().splitlines()[-lines:])
+    return ""
+
+
+def _failure(client, job_id: str, status: str) -> ClaimsSearchError:
+    info = client.get_job_info(job_id)
+    message = (info.message or "").strip()
+    tail = log_tail(client, job_id)
+    # Runtime-env failures put the useful part in the message; keep it one line plus the tail.
+    first = message.splitlines()[-1] if message else "no message"
+    text = f"job {job_id} {status.lower()}: {first}"
+    if info.error_type:
+        text += f" [{info.error_type}]"
+    if tail:
+        text += "\n--- last lines of the job's log ---\n" + tail
+    elif message and len(message.splitlines()) > 1:
+        text += "\n--- job message ---\n" + "\n".join(message.splitlines()[-TAIL_LINES:])
+    return ClaimsSearchError(text)
+
+
+def follow_logs(client, job_id: str, out: TextIO = sys.stdout) -> None:
+    """Print a job's log as it is written, until the job ends."""
+
+    async def _tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    asyncio.run(_tail())
+
+
+def wait(
+    client,
+    job_id: str,
+    *,
+    follow: bool = False,
+    timeout: float | None = None,
+    poll_s: float = 1.0,
+    out: TextIO = sys.stdout,
+) -> str:
+    """Wait for the job to end; return ``SUCCEEDED`` or raise with the log tail.
+
+    ``follow`` streams the log meanwhile. ``timeout`` (seconds) raises without stopping the job.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if follow:
+        with contextlib.suppress(RuntimeError):  # a dropped websocket: fall back to polling
+            follow_logs(client, job_id, out)
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            raise ClaimsSearchError(
+                f"job {job_id} still {status.lower()} after {timeout:g} s (it keeps running; "
+                f"`claims-search stop {job_id}` stops it)"
+            )
+        time.sleep(poll_s)
+    if status != "SUCCEEDED":
+        raise _failure(client, job_id, status)
+    return status
+
+
+def list_jobs(client) -> list:
+    """All jobs the cluster knows, newest first (``JobDetails``)."""
+    return sorted(client.list_jobs(), key=lambda j: j.start_time or 0, reverse=True)
+
+
+def stop(client, job_id: str) -> bool:
+    """Ask the cluster to stop a job; True if it was running."""
+    try:
+        return bool(client.stop_job(job_id))
+    except RuntimeError as e:
+        raise ClaimsSearchError(f"job {job_id}: {_one_line(e)}") from None
+
+
+def logs(client, job_id: str) -> str:
+    """A job's whole log so far."""
+    try:
+        return client.get_job_logs(job_id)
+    except RuntimeError as e:
+        raise ClaimsSearchError(f"job {job_id}: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

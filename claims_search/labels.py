@@ -1,0 +1,214 @@
+"""Task labels: load an ACES task config (built-in name or file) and extract MEDS labels.
+
+Tasks are ACES configs (predicates, a trigger, windows, one label window), the MEDS
+ecosystem's task language. ``prediction_time`` is inclusive: data at or before it may be used.
+Labels are MEDS label tables: ``subject_id int64, prediction_time timestamp[us],
+boolean_value bool``. Extraction runs shard by shard (a subject lives in one shard), so memory
+is bounded by the largest shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import polars as pl
+
+from claims_search.errors import ClaimsSearchError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_TASKS = ("ckd_incidence", "antihypertensive_start")
+LABEL_SCHEMA = {
+    "subject_id": pl.Int64,
+    "prediction_time": pl.Datetime("us"),
+    "boolean_value": pl.Boolean,
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its name, the YAML text it came from, and the parsed ACES config."""
+
+    name: str
+    source: str  # the file it was read from, for messages
+    text: str
+    config: object  # aces.config.TaskExtractorConfig
+
+
+def task_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a built-in task name, or ``name_or_path`` itself if it is a file."""
+    name = str(name_or_path)
+    if name in BUILTIN_TASKS:
+        return Path(str(files("claims_search").joinpath(f"tasks/{name}.yaml")))
+    path = Path(name)
+    if not path.is_file():
+        raise ClaimsSearchError(
+            f"{name}: no such task file or built-in task ({', '.join(BUILTIN_TASKS)})"
+        )
+    return path
+
+
+def load_task(name_or_path: str | Path) -> Task:
+    """Load and validate an ACES task config; ACES's own errors become one line naming the file."""
+    from aces import config  # heavy (hydra, polars): only when tasks are used
+
+    logging.getLogger("aces").setLevel(logging.WARNING)  # ACES logs every step at INFO
+
+    path = task_path(name_or_path)
+    text = path.read_text()
+    try:
+        cfg = config.TaskExtractorConfig.load(config_path=path)
+    except Exception as e:  # ACES raises ValueError, KeyError, TypeError, yaml errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClaimsSearchError(f"{path}: invalid ACES task config: {first}") from None
+    label_windows = [n for n, w in cfg.windows.items() if w.label is not None]
+    if len(label_windows) != 1:
+        raise ClaimsSearchError(f"{path}: windows: need exactly one window with 'label'")
+    if not any(w.index_timestamp for w in cfg.windows.values()):
+        raise ClaimsSearchError(
+            f"{path}: windows: need an 'index_timestamp' (the prediction time) on one window"
+        )
+    return Task(path.stem, str(path), text, cfg)
+
+
+def extract_shard(task: Task, shard: Path, df: pl.DataFrame | None = None) -> pl.DataFrame:
+    """MEDS labels of one task on one MEDS shard (subject_id, prediction_time, boolean_value).
+
+    ``df``: the shard's rows if already read (subject_id, time, code, numeric_value). When the
+    task's result cannot depend on rows that match none of its predicates (see
+    :func:`_rows_outside_predicates_matter`), ACES runs on the matching rows only: the same
+    labels, several times faster on claims, where most rows match nothing.
+    """
+    import tempfile
+
+    from aces import predicates, query
+    from omegaconf import DictConfig
+
+    # ACES logs every step, and warns when one shard happens to hold one class only.
+    logging.getLogger("aces").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="claims-search-aces-") as tmp:
+        path = shard
+        if not _rows_outside_predicates_matter(task.config):
+            if df is None:
+                df = pl.read_parquet(shard, columns=["subject_id", "time", "code", "numeric_value"])
+            keep = pl.any_horizontal(
+                [p.MEDS_eval_expr() for p in task.config.plain_predicates.values()])
+            try:
+                subset = df.select("subject_id", "time", "code", "numeric_value").filter(keep)
+            except pl.exceptions.PolarsError:  # a predicate on a column we did not read
+                subset = None
+            if subset is not None:
+                path = Path(tmp) / shard.name
+                subset.write_parquet(path)
+        data = DictConfig({"path": str(path), "standard": "meds"})
+        try:
+            pdf = predicates.get_predicates_df(task.config, data)
+            result = query.query(task.config, pdf)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ClaimsSearchError(f"{task.source}: ACES failed on {shard.name}: {first}") from None
+    if len(result) == 0:
+        return pl.DataFrame(schema=LABEL_SCHEMA)
+    # ACES's `label` counts label-predicate events in the label window; any count is positive.
+    return result.select(
+        pl.col("subject_id").cast(pl.Int64),
+        pl.col("index_timestamp").cast(pl.Datetime("us")).alias("prediction_time"),
+        (pl.col("label") > 0).alias("boolean_value"),
+    )
+
+
+def _rows_outside_predicates_matter(cfg) -> bool:
+    """Whether rows matching no predicate can change ACES's result for ``cfg``.
+
+    They can when the config uses the special predicates (any event, start or end of record),
+    static predicates (ACES reads them from each subject's first row), or takes the prediction
+    time from an open window boundary (the first or last event of the record).
+    """
+    from aces.types import ANY_EVENT_COLUMN, END_OF_RECORD_KEY, START_OF_RECORD_KEY
+
+    special = {ANY_EVENT_COLUMN, START_OF_RECORD_KEY, END_OF_RECORD_KEY}
+    if cfg.trigger.predicate in special:
+        return True
+    if any(p.static for p in cfg.plain_predicates.values()):
+        return True
+    for w in cfg.windows.values():
+        if special & (set(w.referenced_predicates) | set(w.constraint_predicates)):
+            return True
+        if (w.index_timestamp == "start" and w.start is None) or (
+            w.index_timestamp == "end" and w.end is None
+        ):
+            return True
+    return False
+
+
+def extract(task: Task, shards: list[Path]) -> pl.DataFrame:
+    """MEDS labels of ``task`` over all ``shards``, checked to have both classes."""
+    parts = [extract_shard(task, s) for s in shards]
+    labels = pl.concat(parts) if parts else pl.DataFrame(schema=LABEL_SCHEMA)
+    check_both_classes(task, labels)
+    return labels
+
+
+def check_both_classes(task: Task, labels: pl.DataFrame) -> None:
+    """A task with no positive or no negative labels cannot be learned or scored."""
+    pos = int(labels["boolean_value"].sum()) if len(labels) else 0
+    if pos == 0 or pos == len(labels):
+        kind = "positive" if pos == 0 else "negative"
+        raise ClaimsSearchError(
+            f"{task.source}: task '{task.name}' has no {kind} labels "
+            f"({len(labels)} samples) on this dataset"
+        )
+
+
+def attach_oracle(labels: pl.DataFrame, oracle_path: Path) -> pl.DataFrame:
+    """Add ``true_prob`` from the generator's oracle file (null where it has no row, or no file).
+
+    The oracle file has ``subject_id, prediction_time, probability, label``.
+    """
+    if not oracle_path.exists():
+        return labels.with_columns(pl.lit(None, dtype=pl.Float64).alias("true_prob"))
+    oracle = pl.read_parquet(oracle_path)
+    for col in ("subject_id", "prediction_time", "probability"):
+        if col not in oracle.columns:
+            raise ClaimsSearchError(f"{oracle_path}: column '{col}' is missing")
+    oracle = oracle.select(
+        pl.col("subject_id").cast(pl.Int64),
+        pl.col("prediction_time").cast(pl.Datetime("us")),
+        pl.col("probability").cast(pl.Float64).alias("true_prob"),
+    ).unique(["subject_id", "prediction_time"], keep="first")
+    return labels.join(oracle, on=["subject_id", "prediction_time"], how="left")
+
+
+def oracle_scores(labels: pl.DataFrame) -> dict | None:
+    """AUROC/AUPRC of ``true_prob`` against the labels, overall and per split (sklearn).
+
+    Only rows with a known ``true_prob`` count; None when there are none. A split with one
+    class only gets null scores.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    known = labels.filter(pl.col("true_prob").is_not_null())
+    if len(known) == 0:
+        return None
+
+    def score(df: pl.DataFrame) -> dict:
+        y = df["label"].to_numpy()
+        p = df["true_prob"].to_numpy()
+        if y.all() or not y.any():
+            return {"auroc": None, "auprc": None, "n": len(df)}
+        return {
+            "auroc": float(roc_auc_score(y, p)),
+            "auprc": float(average_precision_score(y, p)),
+            "n": len(df),
+        }
+
+    out = score(known)
+    out["coverage"] = len(known) / len(labels)
+    out["splits"] = {
+        s: score(known.filter(pl.col("split") == s))
+        for s in sorted(known["split"].unique().to_list())
+    }
+    return out

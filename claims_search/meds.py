@@ -1,0 +1,363 @@
+"""Read and validate a MEDS 0.4 dataset, one shard at a time.
+
+Layout (the MEDS standard): ``DIR/data/**/*.parquet`` (sub-folders per split are common but not
+required), ``DIR/metadata/subject_splits.parquet`` (the split of each subject: ``train``,
+``tuning`` or ``held_out``), ``DIR/metadata/codes.parquet`` (code descriptions; real exports
+often ship it empty) and optionally ``DIR/metadata/dataset.json``.
+
+Rules checked beyond the ``meds`` package's column schemas: a subject's rows live in one file,
+contiguous and sorted by time, static rows (null ``time``) first; split names are the three
+standard ones; every subject has a split. Each broken rule raises one
+:class:`~claims_search.errors.ClaimsSearchError` line naming the file, column and subject.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import meds
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from flexible_schema.exceptions import SchemaValidationError
+
+from claims_search.errors import ClaimsSearchError
+
+log = logging.getLogger(__name__)
+
+SPLITS = (meds.train_split, meds.tuning_split, meds.held_out_split)
+DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+
+
+@dataclass
+class MedsDataset:
+    """A MEDS dataset on disk: its shards, the subject splits and the known codes."""
+
+    root: Path
+    shards: list[Path]
+    splits: pl.DataFrame  # subject_id int64, split str
+    codes: set[str] | None  # None when codes.parquet is missing or empty
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the dataset root, for messages."""
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+@dataclass
+class ValidationReport:
+    """Aggregates of a validated dataset (no patient-level data)."""
+
+    n_shards: int = 0
+    n_subjects: int = 0
+    n_events: int = 0
+    n_static: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    missing_codes: int = 0  # distinct codes absent from codes.parquet
+    codes_file_empty: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One human-readable paragraph."""
+        split_s = ", ".join(f"{k} {v:,}" for k, v in self.splits.items())
+        lines = [
+            f"{self.n_shards} shards, {self.n_subjects:,} subjects, {self.n_events:,} events "
+            f"({self.n_static:,} static); splits: {split_s}"
+        ]
+        return "\n".join(lines)  # warnings are logged by validate()
+
+
+# Types that hold the same values as the schema's: polars writes large_string, many ETLs
+# write float64 values. Accepted (and cast on read) rather than rejected.
+_EQUIVALENT = {pa.string(): (pa.large_string(),), pa.float32(): (pa.float64(),)}
+
+
+def check_schema(schema_cls, schema: pa.Schema, path: str) -> None:
+    """Check a Parquet schema against a ``meds`` schema class; raise one line if it fails."""
+    try:
+        schema_cls.validate(schema)
+    except SchemaValidationError as e:
+        e.mistyped_cols = [
+            (col, want, got)
+            for col, want, got in (e.mistyped_cols or [])
+            if got not in _EQUIVALENT.get(want, ())
+        ]
+        if e.missing_req_cols or e.mistyped_cols or e.disallowed_extra_cols:
+            raise _schema_error(path, e) from None
+
+
+def _schema_error(path: str, e: Exception) -> ClaimsSearchError:
+    """Re-word a flexible_schema error as one line naming the file and columns."""
+    parts = []
+    for col in getattr(e, "missing_req_cols", None) or []:
+        parts.append(f"column '{col}' is missing")
+    for col, want, got in getattr(e, "mistyped_cols", None) or []:
+        parts.append(f"column '{col}' has type {got}, expected {want}")
+    for col in getattr(e, "nullability_none_err_cols", None) or []:
+        parts.append(f"column '{col}' has null values")
+    return ClaimsSearchError(f"{path}: " + ("; ".join(parts) or str(e)))
+
+
+def open_dataset(root: str | Path) -> MedsDataset:
+    """Find the shards and read the metadata of the MEDS dataset at ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ClaimsSearchError(f"{root}: not a directory")
+    data_dir = root / meds.data_subdirectory
+    shards = sorted(data_dir.rglob("*.parquet"))
+    if not shards:
+        raise ClaimsSearchError(f"{data_dir}: empty dataset: no *.parquet shards found")
+    return MedsDataset(root, shards, _read_splits(root), _read_codes(root))
+
+
+def _read_splits(root: Path) -> pl.DataFrame:
+    path = root / meds.subject_splits_filepath
+    if not path.exists():
+        raise ClaimsSearchError(f"{path}: file missing: every subject needs a split")
+    table = pq.read_table(path)
+    check_schema(meds.SubjectSplitSchema, table.schema, str(path))
+    df = pl.from_arrow(table.select(["subject_id", "split"]))
+    if df["subject_id"].null_count():
+        raise ClaimsSearchError(f"{path}: column 'subject_id': null value")
+    bad = df.filter(~pl.col("split").is_in(SPLITS))
+    if len(bad):
+        name = bad["split"][0]
+        raise ClaimsSearchError(
+            f"{path}: column 'split': unknown split name {name!r} ({len(bad)} rows); "
+            f"expected one of {', '.join(SPLITS)}"
+        )
+    dup = df.filter(pl.col("subject_id").is_duplicated())
+    if len(dup):
+        raise ClaimsSearchError(
+            f"{path}: column 'subject_id': subject {dup['subject_id'][0]} has more than one split"
+        )
+    return df
+
+
+def _read_codes(root: Path) -> set[str] | None:
+    path = root / meds.code_metadata_filepath
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    check_schema(meds.CodeMetadataSchema, table.schema, str(path))
+    codes = set(table.column("code").drop_null().to_pylist())
+    return codes or None
+
+
+def read_shard(ds: MedsDataset, path: Path, columns=DATA_COLUMNS) -> pl.DataFrame:
+    """Read one shard's ``columns`` after checking them against ``meds.DataSchema``.
+
+    ``numeric_value`` is added as nulls when the shard has no such column (the schema allows it).
+    """
+    name = ds.rel(path)
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for a non-Parquet file
+        raise ClaimsSearchError(f"{name}: not a readable Parquet file ({e})") from None
+    check_schema(meds.DataSchema, schema, name)
+    present = [c for c in columns if c in schema.names]
+    df = pl.from_arrow(pq.read_table(path, columns=present))
+    if "numeric_value" in columns:
+        if "numeric_value" in present:
+            df = df.with_columns(pl.col("numeric_value").cast(pl.Float32))
+        else:
+            df = df.with_columns(pl.lit(None, dtype=pl.Float32).alias("numeric_value"))
+    if "subject_id" in present and df["subject_id"].null_count():
+        row = int(df["subject_id"].is_null().arg_max())
+        raise ClaimsSearchError(f"{name}: column 'subject_id': null value at row {row}")
+    if "code" in present and df["code"].null_count():
+        row = int(df["code"].is_null().arg_max())
+        raise ClaimsSearchError(f"{name}: column 'code': null value at row {row}")
+    return df
+
+
+def check_order(name: str, df: pl.DataFrame) -> np.ndarray:
+    """Check that subjects are contiguous and sorted by time (nulls first); return their ids.
+
+    ``df`` holds one shard's ``subject_id`` and ``time`` columns. Returns the subject ids in
+    file order.
+    """
+    sid = df["subject_id"].to_numpy()
+    # Time as int64 microseconds; static rows (null) sort before everything.
+    t = df["time"].dt.epoch("us").fill_null(np.iinfo(np.int64).min).to_numpy()
+    if len(sid) == 0:
+        return sid
+    change = np.flatnonzero(sid[1:] != sid[:-1]) + 1
+    subjects = sid[np.r_[0, change]]
+    if len(np.unique(subjects)) != len(subjects):
+        u, counts = np.unique(subjects, return_counts=True)
+        raise ClaimsSearchError(
+            f"{name}: column 'subject_id': rows of subject {u[counts > 1][0]} are not contiguous"
+        )
+    same = np.ones(len(sid), dtype=bool)
+    same[change] = False
+    same[0] = False
+    back = np.flatnonzero(same & (t < np.r_[t[0], t[:-1]]))
+    if len(back):
+        row = int(back[0])
+        raise ClaimsSearchError(
+            f"{name}: column 'time': not sorted for subject {sid[row]} (row {row}); "
+            "MEDS needs each subject's rows sorted by time, static rows (null time) first"
+        )
+    return subjects
+
+
+@dataclass
+class ShardScan:
+    """What one shard contributes to the dataset checks (no rows kept)."""
+
+    name: str
+    subjects: np.ndarray  # int64, in file order
+    n_events: int
+    n_static: int
+    codes: set[str]
+
+
+def scan_shard(ds: MedsDataset, path: Path, df: pl.DataFrame | None = None) -> ShardScan:
+    """Check one shard's columns, ids and order; ``df`` if already read (subject_id, time, code)."""
+    name = ds.rel(path)
+    if df is None:
+        df = read_shard(ds, path, ("subject_id", "time", "code"))
+    subjects = check_order(name, df)
+    codes = set(df["code"].unique().to_list())
+    return ShardScan(name, subjects, len(df), df["time"].null_count(), codes)
+
+
+def summarize(ds: MedsDataset, scans: list[ShardScan], strict: bool = False) -> ValidationReport:
+    """The checks across shards (subjects in one file, splits, codes) and the report.
+
+    Codes absent from ``codes.parquet`` (or an empty codes file) are a warning that counts
+    them, or an error naming the first such code when ``strict``.
+    """
+    rep = ValidationReport(n_shards=len(scans), codes_file_empty=ds.codes is None)
+    rep.n_events = sum(s.n_events for s in scans)
+    rep.n_static = sum(s.n_static for s in scans)
+    if rep.n_events == 0:
+        raise ClaimsSearchError(f"{ds.root / meds.data_subdirectory}: empty dataset: no rows")
+    ids = np.concatenate([s.subjects for s in scans])
+    shard_of = np.repeat(np.arange(len(scans)), [len(s.subjects) for s in scans])
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        subject = uniq[counts > 1][0]
+        where = [scans[i].name for i in shard_of[ids == subject]]
+        raise ClaimsSearchError(
+            f"{where[1]}: column 'subject_id': subject {subject} also has rows in {where[0]}; "
+            "MEDS keeps each subject in one file"
+        )
+    rep.n_subjects = len(uniq)
+    _check_splits(ds, uniq, rep)
+    all_codes = set().union(*(s.codes for s in scans))
+    if ds.codes is None:
+        msg = f"{meds.code_metadata_filepath} missing or empty: {len(all_codes)} codes undescribed"
+        if strict:
+            raise ClaimsSearchError(f"{ds.root / meds.code_metadata_filepath}: {msg}")
+        rep.missing_codes = len(all_codes)
+        rep.warnings.append(msg)
+    else:
+        if strict:
+            for s in scans:
+                missing = s.codes - ds.codes
+                if missing:
+                    raise ClaimsSearchError(
+                        f"{s.name}: column 'code': {len(missing)} codes absent from "
+                        f"{meds.code_metadata_filepath} (e.g. {sorted(missing)[0]!r})"
+                    )
+        rep.missing_codes = len(all_codes - ds.codes)
+        if rep.missing_codes:
+            rep.warnings.append(
+                f"{rep.missing_codes} codes absent from {meds.code_metadata_filepath}"
+            )
+    for w in rep.warnings:
+        log.warning(w)
+    return rep
+
+
+def validate(root: str | Path, strict: bool = False) -> ValidationReport:
+    """Validate the whole MEDS dataset at ``root``, streaming shard by shard."""
+    ds = open_dataset(root)
+    return summarize(ds, [scan_shard(ds, p) for p in ds.shards], strict)
+
+
+def _check_splits(ds: MedsDataset, subjects: np.ndarray, rep: ValidationReport) -> None:
+    """Every subject in the data has a split; count subjects per split."""
+    have = pl.DataFrame({"subject_id": subjects})
+    joined = have.join(ds.splits, on="subject_id", how="left")
+    nosplit = joined.filter(pl.col("split").is_null())
+    if len(nosplit):
+        raise ClaimsSearchError(
+            f"{ds.root / meds.subject_splits_filepath}: column 'subject_id': subject "
+            f"{nosplit['subject_id'][0]} has data but no split ({len(nosplit)} such subjects)"
+        )
+    counts = joined.group_by("split").len()
+    rep.splits = {s: int(counts.filter(pl.col("split") == s)["len"].sum()) for s in SPLITS}
+
+
+def events_frame(rows: list[tuple]) -> pl.DataFrame:
+    """A MEDS data table from literal rows ``(subject_id, time, code[, numeric_value])``.
+
+    ``time`` is a ``datetime``, an ISO string (``"2020-01-31"``) or None for static rows.
+    """
+    import datetime as dt
+
+    def when(t):
+        return dt.datetime.fromisoformat(t) if isinstance(t, str) else t
+
+    return pl.DataFrame(
+        {
+            "subject_id": [r[0] for r in rows],
+            "time": [when(r[1]) for r in rows],
+            "code": [r[2] for r in rows],
+            "numeric_value": [float(r[3]) if len(r) > 3 and r[3] is not None else None
+                              for r in rows],
+        },
+        schema={"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,
+                "numeric_value": pl.Float32},
+    )
+
+
+def write_dataset(
+    root: str | Path,
+    shards: dict[str, pl.DataFrame | list[tuple]],
+    splits: dict[int, str],
+    codes: list[str] | None = None,
+) -> Path:
+    """Write a small MEDS dataset (tests, examples): ``shards`` maps a shard name to its rows.
+
+    A shard is literal rows (see :func:`events_frame`) or a DataFrame with ``subject_id``,
+    ``time``, ``code`` (and maybe ``numeric_value``), cast to the MEDS types where present and
+    otherwise written as given, so tests can write broken inputs on purpose.
+    """
+    root = Path(root)
+    (root / "metadata").mkdir(parents=True, exist_ok=True)
+    casts = {"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,
+             "numeric_value": pl.Float32}
+    for name, df in shards.items():
+        if isinstance(df, list):
+            df = events_frame(df)
+        path = root / meds.data_subdirectory / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df = df.with_columns([pl.col(c).cast(t) for c, t in casts.items() if c in df.columns])
+        pq.write_table(_plain_strings(df.to_arrow()), path)
+    pq.write_table(
+        pa.table({"subject_id": pa.array(list(splits), pa.int64()),
+                  "split": pa.array(list(splits.values()), pa.string())}),
+        root / meds.subject_splits_filepath,
+    )
+    pq.write_table(
+        pa.table({"code": pa.array(codes or [], pa.string()),
+                  "description": pa.array([None] * len(codes or []), pa.string())}),
+        root / meds.code_metadata_filepath,
+    )
+    return root
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """Polars writes large_string; MEDS says string."""
+    fields = [pa.field(f.name, pa.string()) if f.type == pa.large_string() else f
+              for f in table.schema]
+    return table.cast(pa.schema(fields))

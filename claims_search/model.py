@@ -1,0 +1,181 @@
+"""The claims Transformer: an encoder over code tokens, and separate heads (femr style).
+
+Input is a packed ``batches.Batch``: each row holds several patient sequences side by side,
+``batch.seq`` says which sequence every position belongs to (-1 = padding), and attention is
+block-diagonal (a position sees only its own sequence), so short patients waste no compute
+on padding. Each sequence starts with a [CLS] token.
+
+Embeddings, summed (BEHRT / CEHR-BERT style): code + age in years at the event + whole months
+before the sequence's reference day (the prediction time for task samples, the last event for
+pretraining crops) + visit index (distinct event days so far; events on one day share it).
+Blocks are pre-LayerNorm with ``F.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from claims_search.sizes import AGE_BUCKETS, MONTH_BUCKETS, ModelSize
+
+
+class Block(nn.Module):
+    """One pre-LN Transformer block: x + attn(ln(x)), then x + ff(ln(x))."""
+
+    def __init__(self, size: ModelSize):
+        super().__init__()
+        w = size.width
+        self.heads = size.heads
+        self.dropout = size.dropout
+        self.ln1 = nn.LayerNorm(w)
+        self.qkv = nn.Linear(w, 3 * w)
+        self.proj = nn.Linear(w, w)
+        self.ln2 = nn.LayerNorm(w)
+        self.ff1 = nn.Linear(w, size.ff_dim)
+        self.ff2 = nn.Linear(size.ff_dim, w)
+        self.drop = nn.Dropout(size.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, W = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(W, dim=2)  # 3 x (B, T, W)
+        q = q.view(B, T, self.heads, W // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.heads, W // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.heads, W // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, W)  # (B, T, W)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.ff2(F.gelu(self.ff1(self.ln2(x)))))
+
+
+class ClaimsEncoder(nn.Module):
+    """Encoder of packed patient sequences: ``forward(batch) -> hidden (B, T, W)``."""
+
+    def __init__(self, size: ModelSize, vocab_size: int):
+        super().__init__()
+        self.size = size
+        self.vocab_size = vocab_size
+        w = size.width
+        self.codes = nn.Embedding(vocab_size, w)
+        self.ages = nn.Embedding(AGE_BUCKETS, w)
+        self.months = nn.Embedding(MONTH_BUCKETS, w)
+        self.visits = nn.Embedding(size.max_len + 1, w)  # [CLS] is visit 0
+        self.drop = nn.Dropout(size.dropout)
+        self.blocks = nn.ModuleList(Block(size) for _ in range(size.depth))
+        self.ln_f = nn.LayerNorm(w)
+        self.apply(_init_weights)
+
+    def forward(self, batch) -> torch.Tensor:
+        """Hidden states (B, T, W) of a ``batches.Batch`` (already on this module's device)."""
+        x = (
+            self.codes(batch.tokens)
+            + self.ages(batch.ages.clamp(0, AGE_BUCKETS - 1))
+            + self.months(batch.months.clamp(0, MONTH_BUCKETS - 1))
+            + self.visits(batch.visits.clamp(0, self.size.max_len))
+        )  # (B, T, W)
+        x = self.drop(x)
+        # No mask when every row is one whole sequence: SDPA may then take its flash path.
+        mask = None if batch.unpacked else attention_mask(batch.seq)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+
+def attention_mask(seq: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal boolean mask (B, 1, T, T) from sequence ids (B, T).
+
+    Padding (-1) attends to padding only, so no softmax row is empty (that would give NaN);
+    real positions never see padding or another patient.
+    """
+    return (seq[:, :, None] == seq[:, None, :]).unsqueeze(1)  # (B, 1, T, T)
+
+
+class MaskedCodeHead(nn.Module):
+    """Masked-code prediction; logits only at masked positions (``batch.targets >= 0``).
+
+    The decoder is tied to the encoder's code embedding, so it adds only ``vocab_size`` biases.
+    Returns ``(logits (M, V), loss)`` where M is the number of masked positions.
+    """
+
+    def __init__(self, encoder: ClaimsEncoder):
+        super().__init__()
+        self.weight = encoder.codes.weight  # tied: (V, W)
+        self.bias = nn.Parameter(torch.zeros(encoder.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        where = batch.targets >= 0  # (B, T)
+        h = hidden[where]  # (M, W)
+        targets = batch.targets[where]  # (M,)
+        logits = F.linear(h, self.weight, self.bias)  # (M, V)
+        loss = F.cross_entropy(logits.float(), targets)
+        return logits, loss
+
+
+class ClassificationHead(nn.Module):
+    """One logit per packed sequence, from its [CLS] position (``pool="cls"``) or the mean of
+    its positions (``pool="mean"``). Returns ``(logits (S,), loss or None)``; the loss is binary
+    cross-entropy against ``batch.labels`` when the batch has labels.
+    """
+
+    def __init__(self, width: int, dropout: float = 0.1, pool: str = "cls"):
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.pool = pool
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, hidden: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, W = hidden.shape
+        flat = hidden.reshape(B * T, W)  # (B*T, W)
+        if self.pool == "cls":
+            pooled = flat[batch.cls_index]  # (S, W)
+        else:
+            seq = batch.seq.reshape(-1)  # (B*T,) global sequence index, -1 padding
+            real = seq >= 0
+            S = batch.cls_index.shape[0]
+            sums = flat.new_zeros(S, W).index_add_(0, seq[real], flat[real])  # (S, W)
+            counts = torch.bincount(seq[real], minlength=S).clamp(min=1)  # (S,)
+            pooled = sums / counts[:, None].to(sums.dtype)
+        logits = self.out(self.drop(pooled)).squeeze(-1)  # (S,)
+        loss = None
+        if batch.labels is not None:
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch.labels.float())
+        return logits, loss
+
+
+class ClaimsModel(nn.Module):
+    """Encoder + one head: ``forward(batch) -> (loss, logits)``; what the loop trains (or DDP wraps)."""
+
+    def __init__(self, encoder: ClaimsEncoder, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, batch) -> tuple[torch.Tensor | None, torch.Tensor]:
+        logits, loss = self.head(self.encoder(batch), batch)
+        return loss, logits
+
+
+def pretraining_model(size: ModelSize, vocab_size: int) -> ClaimsModel:
+    """A fresh encoder with a masked-code head."""
+    encoder = ClaimsEncoder(size, vocab_size)
+    return ClaimsModel(encoder, MaskedCodeHead(encoder))
+
+
+def classification_model(
+    encoder: ClaimsEncoder, pool: str = "cls", dropout: float | None = None
+) -> ClaimsModel:
+    """An encoder (fresh or pretrained) with a new classification head."""
+    p = encoder.size.dropout if dropout is None else dropout
+    return ClaimsModel(encoder, ClassificationHead(encoder.size.width, p, pool))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # BERT / nanoGPT: N(0, 0.02) weights, zero biases; LayerNorm keeps its ones/zeros.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

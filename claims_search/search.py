@@ -1,0 +1,208 @@
+"""The search driver: a space's trials on Ray Tune + Optuna, results into the tracking outbox.
+
+Flow: check everything (space, cache, tasks, tracking server, Ray address, cluster resources)
+before any trial starts → the LightGBM baseline once per task (a Ray task) → the trials
+(`trial.run_trial`, a Tune function trainable whose training runs on Ray Train workers) →
+per-task frontier, recommendation, plots and registry (`tracking.Tracker.publish`).
+
+The Optuna study lives in ``<run>/optuna.db`` (RDB storage) so it can be inspected and resumed;
+``resume=True`` restores the Tune experiment and finishes it without re-running finished trials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from claims_search.errors import ClaimsSearchError
+from claims_search.frontier import TrialRecord
+from claims_search.trial import TrialContext, cost_value, run_trial
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What `claims-search search` asks for."""
+
+    space: str
+    data: str
+    tracking_uri: str
+    name: str
+    storage: str = "runs"
+    address: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+def run_search(req: SearchRequest) -> dict[str, Any]:
+    """Run (or resume) a search; return ``{task: Recommendation | None}``."""
+    from claims_search.cache import Cache
+    from claims_search.space import load_space
+    from claims_search.tracking import Tracker, reachable
+
+    space = load_space(req.space)
+    cache = Cache.open(req.data)
+    missing = [t for t in space.task_names if t not in cache.tasks]
+    if missing:
+        raise ClaimsSearchError(f"{req.data}: task(s) {missing} not in the prepared cache (has {cache.tasks}); "
+                                f"run `claims-search prepare --task ...` for them")
+    if not reachable(req.tracking_uri):
+        raise ClaimsSearchError(f"tracking server {req.tracking_uri} is unreachable (or refuses this host)")
+    run_dir = Path(req.storage).resolve() / req.name
+    tune_dir = run_dir / "tune"
+    if run_dir.exists() and not req.resume and (tune_dir.exists() or (run_dir / "outbox").exists()):
+        raise ClaimsSearchError(f"{run_dir}: a search named {req.name!r} exists; pass --resume to finish it "
+                                f"or choose another --name")
+    if req.resume and not tune_dir.exists():
+        raise ClaimsSearchError(f"{run_dir}: nothing to resume for search {req.name!r}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(req.tracking_uri, req.name, run_dir / "outbox", metric=space.metric, cost=space.cost)
+
+    ray = _init_ray(req.address)
+    try:
+        from claims_search.space import validate_against_cluster
+
+        concurrency = validate_against_cluster(space, ray.cluster_resources())
+        if space.baseline:
+            _baselines(ray, space, req.data, run_dir, tracker)
+        _tune(space, req, cache, run_dir, tracker, concurrency)
+    finally:
+        ray.shutdown()
+    recs = tracker.publish(tolerance=space.recommend.tolerance,
+                           reference=(space.recommend.reference.metric, space.recommend.reference.cost)
+                           if space.recommend.reference else None,
+                           min_gain_per_doubling=space.recommend.min_gain_per_doubling)
+    if tracker.pending():
+        log.warning("MLflow unreachable: %d result(s) wait in %s; run the search again with --resume to deliver "
+                    "them", len(tracker.pending()), run_dir / "outbox")
+    return recs
+
+
+def _init_ray(address: str | None):
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClaimsSearchError(f"Ray at {address or 'local'}: cannot connect: {str(e).splitlines()[0]}") from None
+    return ray
+
+
+def _baselines(ray, space, data: str, run_dir: Path, tracker) -> None:
+    """LightGBM once per task per search, shown on every frontier (skipped when resumed)."""
+    done = {r.task for r in tracker.records() if r.is_baseline}
+    todo = [t for t in space.task_names if t not in done]
+    if not todo:
+        return
+
+    @ray.remote(num_cpus=1)
+    def fit(task: str) -> dict:
+        from claims_search.baseline import baseline
+
+        res = baseline(data, task, run_dir / "baseline" / task)
+        return {"metrics": res.metrics["tuning"], "cost": res.cost.to_dict()}
+
+    for task, out in zip(todo, ray.get([fit.remote(t) for t in todo])):
+        m, c = out["metrics"], cost_value(out["cost"], space.cost)
+        tracker.log_trial(TrialRecord(
+            trial_id="baseline-lightgbm", task=task, status="complete", params={"model": {}, "kind": "lightgbm"},
+            n_params=None, metric=m[space.metric], metric_low=m[f"{space.metric}_low"],
+            metric_high=m[f"{space.metric}_high"], cost=c, pretrain_cost=0.0, finetune_cost=c, is_baseline=True,
+            extras=_extras(m, out["cost"])))
+
+
+def _extras(metrics: dict, cost: dict) -> dict[str, float]:
+    keep = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    keep.update({f"cost_{k}": float(v) for k, v in cost.items() if isinstance(v, (int, float))})
+    return keep
+
+
+def records_from_result(trial_id: str, result: dict, tasks: list[str], space) -> list[TrialRecord]:
+    """A trial's last reported result -> one TrialRecord per task. A trial that did not report
+    ``status: complete`` (pruned, stopped by a scheduler or a time budget, failed) is recorded
+    with that status and no metric, so it can never enter a frontier."""
+    status = result.get("status")
+    cfg = json.loads(result["trial_config"]) if "trial_config" in result else {}
+    pre_cost = json.loads(result["pretrain_cost"]) if "pretrain_cost" in result else None
+    n_params = result.get("n_params")
+    if status != "complete":
+        st = "failed" if status == "failed" else "pruned"
+        return [TrialRecord(trial_id, t, st, cfg, n_params, None, None, None, None,
+                            cost_value(pre_cost, space.cost), None) for t in tasks]
+    per_task = json.loads(result["tasks"])
+    out = []
+    for t in tasks:
+        r = per_task[t]
+        m = r["metrics"]
+        pc, fc = cost_value(pre_cost, space.cost) or 0.0, cost_value(r["finetune_cost"], space.cost) or 0.0
+        extras = _extras(m, r["finetune_cost"])
+        extras["pretrain_val_loss"] = float(result["pretrain_val_loss"])
+        extras["total_cost"] = float(cost_value(json.loads(result["total_cost"]), space.cost) or 0.0)
+        out.append(TrialRecord(trial_id, t, "complete", cfg, n_params, m[space.metric], m[f"{space.metric}_low"],
+                               m[f"{space.metric}_high"], pc + fc, pc, fc, checkpoint=r["checkpoint"],
+                               extras=extras))
+    return out
+
+
+def _tune(space, req: SearchRequest, cache, run_dir: Path, tracker, concurrency: int) -> None:
+    from ray import tune
+
+    from claims_search.search_tune import GuardedOptunaSearch, TrackingCallback, make_sampler
+
+    b = space.budget
+    ctx = TrialContext(
+        space_path=str(space.path), cache_dir=str(Path(req.data).resolve()), artifacts=str(run_dir / "trials"),
+        tasks=tuple(space.task_names), metric=space.metric, cost=space.cost, workers=b.workers_per_trial,
+        use_gpu=b.gpus_per_worker > 0, cpus_per_worker=b.cpus_per_worker, gpus_per_worker=b.gpus_per_worker,
+        vocab_size=cache.vocab_size)
+    # The trial's own driver takes ~no CPU: its Ray Train workers hold the resources (with a
+    # whole CPU each, two trials on two CPUs deadlock; STACK.md).
+    driver = {"cpu": 0.01} if b.workers_per_trial else {"cpu": b.cpus_per_worker, "gpu": b.gpus_per_worker}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
+    callbacks = [TrackingCallback(tracker, space, progress=req.progress, total=space.num_samples()
+                                  if not space.is_grid else len(space.grid_samples()))]
+    run_config = tune.RunConfig(name="tune", storage_path=str(run_dir), callbacks=callbacks, verbose=0,
+                                failure_config=tune.FailureConfig(max_failures=1))
+    if req.resume and tune.Tuner.can_restore(str(run_dir / "tune")):
+        tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=trainable, resume_errored=True,
+                                   restart_errored=False, param_space=space.tune_param_space())
+        # Callbacks are not restored with the experiment: hand them over again.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+    else:
+        search_alg = None
+        if not space.is_grid:
+            metrics, modes = _directions(space)
+            search_alg = GuardedOptunaSearch(
+                metric=metrics, mode=modes, sampler=make_sampler(space),
+                storage=_optuna_storage(run_dir), study_name=req.name)
+        tuner = tune.Tuner(
+            trainable, param_space=space.tune_param_space(),
+            tune_config=tune.TuneConfig(num_samples=space.num_samples(), search_alg=search_alg,
+                                        max_concurrent_trials=concurrency, reuse_actors=False,
+                                        time_budget_s=b.time_budget_s),
+            run_config=run_config)
+    started = time.monotonic()
+    tuner.fit()
+    log.info("search %s: trials finished in %.0f s", req.name, time.monotonic() - started)
+
+
+def _directions(space):
+    from claims_search.objective import directions
+
+    return directions(space)
+
+
+def _optuna_storage(run_dir: Path):
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")

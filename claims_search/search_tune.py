@@ -1,0 +1,127 @@
+"""Ray Tune pieces of the search: the guarded Optuna searcher, the sampler, the callback that
+turns finished trials into tracked records and shows live progress."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import optuna
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+
+class GuardedOptunaSearch(OptunaSearch):
+    """OptunaSearch that never tells the study a trial COMPLETE unless it finished.
+
+    With several objectives OptunaSearch gets no pruning signal, and a trial stopped by a
+    scheduler, a time budget or our own divergence check would be told COMPLETE with its
+    partial values. Here anything without ``status: complete`` and every objective is PRUNED
+    (or FAIL on error), so the sampler never learns from half-trained trials.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        finished = bool(result) and result.get("status") == "complete" and all(
+            result.get(m) is not None for m in metrics)
+        if finished or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
+        self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def make_sampler(space) -> optuna.samplers.BaseSampler:
+    """The space's sampler. TPE is multivariate (Optuna 5's default for several objectives)."""
+    kind, seed = space.sampler.kind, space.sampler.seed
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+class TrackingCallback(Callback):
+    """Finished trials -> TrialRecords in the tracker's outbox (then a best-effort MLflow sync),
+    and a live table: trials done / running / pending, best so far per task, compute spent."""
+
+    def __init__(self, tracker, space, *, progress: bool = True, total: int = 0):
+        self.tracker, self.space, self.total = tracker, space, total
+        self.started = time.monotonic()
+        self.compute = 0.0
+        self.best: dict[str, float] = {}
+        self.done = self.pruned = self.failed = 0
+        self.running: set[str] = set()
+        self.console = Console(stderr=True)
+        self.live = Live(console=self.console, refresh_per_second=2, transient=False) if (
+            progress and self.console.is_terminal) else None
+        if self.live:
+            self.live.start()
+
+    def __getstate__(self):  # Tune pickles its run config: leave the live display behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("live", "console")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, live=None, console=Console(stderr=True))
+
+    def _record(self, trial, result: dict | None, failed: bool = False) -> None:
+        from claims_search.search import records_from_result
+
+        result = dict(result or {})
+        if failed:
+            result["status"] = "failed"
+        records = records_from_result(trial.trial_id, result, self.space.task_names, self.space)
+        for r in records:
+            self.tracker.log_trial(r, sync=False)
+            if r.status == "complete":
+                self.best[r.task] = max(self.best.get(r.task, float("-inf")), r.metric)
+        status = records[0].status if records else "failed"
+        self.done += status == "complete"
+        self.pruned += status == "pruned"
+        self.failed += status == "failed"
+        total = result.get("total_cost")
+        if total:
+            import json
+
+            from claims_search.trial import cost_value
+
+            self.compute += cost_value(json.loads(total), "device_seconds") or 0.0
+        self.running.discard(trial.trial_id)
+        self.tracker.sync()
+        self._show(f"trial {trial.trial_id}: {status}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._show(f"trial {trial.trial_id}: started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, trial.last_result)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, trial.last_result, failed=True)
+
+    def on_experiment_end(self, trials, **info):
+        if self.live:
+            self.live.stop()
+
+    def _show(self, event: str) -> None:
+        finished = self.done + self.pruned + self.failed
+        pending = max(self.total - finished - len(self.running), 0)
+        elapsed = time.monotonic() - self.started
+        best = ", ".join(f"{t} {self.space.metric}={v:.3f}" for t, v in sorted(self.best.items())) or "-"
+        if not self.live:
+            log.info("%s | done %d (pruned %d, failed %d) running %d pending %d | best %s | compute %.0f device-s "
+                     "| %.0f s", event, finished, self.pruned, self.failed, len(self.running), pending, best,
+                     self.compute, elapsed)
+            return
+        table = Table(title=f"search {self.tracker.experiment_name}", show_header=True)
+        for col in ("done", "pruned", "failed", "running", "pending", "best so far", "compute (device-s)", "elapsed"):
+            table.add_column(col)
+        table.add_row(str(self.done), str(self.pruned), str(self.failed), str(len(self.running)), str(pending),
+                      best, f"{self.compute:.0f}", f"{elapsed:.0f} s")
+        self.live.update(table)

@@ -1,0 +1,480 @@
+"""Search spaces as data: `search_spaces/*.yaml`, validated on load into pydantic models.
+
+A space names its tasks, primary metric, cost measure, objective, sampler, budget, the model
+dimensions and training settings to search, and how to recommend. Each searchable value is
+written as one of
+
+    0.1                                  a constant
+    [2, 4, 8]                            a choice
+    {low: 1.0e-4, high: 1.0e-3, log: true}   a range (ints stay ints; ``step`` for int ranges)
+
+The model is either ``presets: [names]`` (named sizes from ``claims_search.sizes.PRESETS``,
+searched as a grid: the study's design) or real dimensions ``head_dim × heads = width`` and
+``depth``, so that every sample is a valid size. Any problem is one ``ClaimsSearchError`` line
+naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from claims_search.errors import ClaimsSearchError
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Keys of PretrainSettings / FinetuneSettings when loop.py can't be imported (checked lazily).
+_FALLBACK_TRAIN_KEYS = {
+    "lr", "batch_tokens", "steps", "warmup", "mask_prob", "weight_decay", "grad_clip", "seed",
+    "log_every", "pool", "from_scratch",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Range(_Strict):
+    """A numeric range; ints if both ends are ints (and no float step), else floats."""
+
+    low: Union[int, float]
+    high: Union[int, float]
+    log: bool = False
+    step: Union[int, float, None] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Range":
+        if self.low > self.high:
+            raise ValueError(f"empty range: low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log range needs low > 0, got {self.low}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high)) and (
+            self.step is None or isinstance(self.step, int)
+        )
+
+
+Scalar = Union[bool, int, float, str]
+Param = Union[Range, list[Scalar], Scalar]
+Number = Union[int, float]
+NumParam = Union[Range, list[Number], Number]  # model dimensions are numbers
+
+
+def _check_choices(v: Any) -> Any:
+    if isinstance(v, list) and not v:
+        raise ValueError("empty choice list")
+    return v
+
+
+class DimsModel(_Strict):
+    """Real dimensions: width = head_dim × heads, so every sample is valid; or width + heads as
+    choices, each width divisible by each heads."""
+
+    head_dim: NumParam | None = None
+    width: list[int] | None = None
+    heads: NumParam
+    depth: NumParam
+    ff_ratio: NumParam = 4.0
+    dropout: NumParam = 0.1
+    max_len: NumParam = 512
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _choices(cls, v: Any) -> Any:
+        return _check_choices(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DimsModel":
+        if (self.head_dim is None) == (self.width is None):
+            raise ValueError("give exactly one of head_dim (width = head_dim × heads) or width")
+        return self
+
+    @field_validator("heads", mode="after")
+    @classmethod
+    def _divides(cls, heads: Any, info: ValidationInfo) -> Any:
+        widths = info.data.get("width") or []
+        bad = [(w, h) for w in widths for h in _values(heads) if w % h]
+        if bad:
+            raise ValueError(f"{bad[0][1]} heads can't divide width {bad[0][0]}")
+        return heads
+
+
+class PresetModel(_Strict):
+    """Named sizes from claims_search.sizes.PRESETS (the paper's grid)."""
+
+    presets: list[str] = Field(min_length=1)
+    dropout: NumParam | None = None
+    max_len: NumParam | None = None
+
+
+class Objective(_Strict):
+    """``multi``: maximise each task's metric, minimise cost. ``scalar``: one number per trial,
+    mean over tasks of ``metric − lambda·log2(cost / reference_cost)``."""
+
+    kind: Literal["multi", "scalar"] = "multi"
+    lambda_: float | None = Field(default=None, alias="lambda", ge=0)
+    reference_cost: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Objective":
+        if self.kind == "scalar" and (self.lambda_ is None or self.reference_cost is None):
+            raise ValueError("a scalar objective needs lambda and reference_cost")
+        return self
+
+
+class Sampler(_Strict):
+    kind: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    seed: int = 0
+
+
+class Budget(_Strict):
+    """``workers_per_trial: 0`` trains in the trial's own process (no Ray Train workers)."""
+
+    trials: int = Field(ge=1)
+    concurrency: int = Field(default=1, ge=1)
+    workers_per_trial: int = Field(default=1, ge=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    time_budget_s: float | None = Field(default=None, gt=0)
+
+
+class Training(_Strict):
+    pretrain: dict[str, Param] = Field(default_factory=dict)
+    finetune: dict[str, Param] = Field(default_factory=dict)
+
+    @field_validator("pretrain", "finetune", mode="after")
+    @classmethod
+    def _nonempty(cls, d: dict) -> dict:
+        for k, v in d.items():
+            if isinstance(v, list) and not v:
+                raise ValueError(f"{k}: empty choice list")
+        return d
+
+
+class Reference(_Strict):
+    metric: float
+    cost: float = Field(gt=0)
+
+
+class RecommendSettings(_Strict):
+    """``tolerance: null`` = within the best trial's bootstrap interval."""
+
+    tolerance: float | None = Field(default=None, ge=0)
+    min_gain_per_doubling: float = Field(default=0.005, ge=0)
+    reference: Reference | None = None
+
+
+class Space(_Strict):
+    """A validated search space. Load with :func:`load_space`."""
+
+    name: str = Field(min_length=1)
+    tasks: list[str] = Field(min_length=1)
+    metric: Literal["auprc", "auroc"] = "auprc"
+    cost: Literal["device_seconds", "flops", "wall_seconds"] = "device_seconds"
+    objective: Objective = Objective()
+    sampler: Sampler = Sampler()
+    budget: Budget
+    model: Union[PresetModel, DimsModel]
+    training: Training = Training()
+    recommend: RecommendSettings = RecommendSettings()
+    baseline: bool = True
+    path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("objective", "sampler", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> "Space":
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks: a task is listed twice")
+        if self.sampler.kind == "grid":
+            for key, p in self._params():
+                if isinstance(p, Range):
+                    raise ValueError(f"{key}: the grid sampler needs choices, not a range")
+        return self
+
+    # ---- the parameters, flat -------------------------------------------------------------
+    def _params(self) -> list[tuple[str, Any]]:
+        m = self.model
+        out: list[tuple[str, Any]] = []
+        if isinstance(m, PresetModel):
+            out.append(("model.preset", list(m.presets)))
+            out += [(f"model.{k}", v) for k in ("dropout", "max_len") if (v := getattr(m, k)) is not None]
+        else:
+            for k in ("head_dim", "width", "heads", "depth", "ff_ratio", "dropout", "max_len"):
+                if (v := getattr(m, k)) is not None:
+                    out.append((f"model.{k}", v))
+        out += [(f"pretrain.{k}", v) for k, v in self.training.pretrain.items()]
+        out += [(f"finetune.{k}", v) for k, v in self.training.finetune.items()]
+        return out
+
+    @property
+    def is_grid(self) -> bool:
+        """True when trials are the grid of choices (presets or sampler: grid), not samples."""
+        return self.sampler.kind == "grid" or isinstance(self.model, PresetModel)
+
+    def grid_samples(self) -> list[dict[str, Any]]:
+        """Every point of the grid as a nested sample (only meaningful when ``is_grid``)."""
+        keys, values = zip(*[(k, _values(p) if isinstance(p, list) else [p]) for k, p in self._params()])
+        return [_nest(dict(zip(keys, combo))) for combo in itertools.product(*values)]
+
+    def num_samples(self) -> int:
+        """Ray Tune's ``num_samples``: 1 pass over a grid, else ``budget.trials``."""
+        return 1 if self.is_grid else self.budget.trials
+
+    def tune_param_space(self) -> dict[str, Any]:
+        """Nested ``param_space`` for Ray Tune: ``{"model": {...}, "pretrain": {...}, ...}``.
+
+        Ranges become ``tune.uniform/loguniform/randint/lograndint/qrandint``, choices
+        ``tune.choice`` (``tune.grid_search`` when ``is_grid``), constants stay constants.
+        OptunaSearch takes it as is (it flattens nested keys); a grid runs without a searcher.
+        """
+        from ray import tune
+
+        def domain(p: Any) -> Any:
+            if isinstance(p, Range):
+                if p.is_int:
+                    if p.step not in (None, 1):
+                        return tune.qrandint(p.low, p.high, p.step)
+                    return (tune.lograndint if p.log else tune.randint)(p.low, p.high + 1)
+                if p.log:
+                    return tune.loguniform(p.low, p.high)
+                if p.step is not None:
+                    return tune.quniform(p.low, p.high, p.step)
+                return tune.uniform(p.low, p.high)
+            if isinstance(p, list):
+                if len(p) == 1:
+                    return p[0]
+                return tune.grid_search(p) if self.is_grid else tune.choice(p)
+            return p
+
+        return _nest({k: domain(p) for k, p in self._params()})
+
+    def sample_to_trial_config(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """A (nested, or flat with '.'/'/' keys) sample -> the design doc's trial config
+        ``{"model": ModelSize kwargs, "pretrain": {...}, "finetune": {...}}``."""
+        flat = _flatten(sample)
+        model = {k[6:]: v for k, v in flat.items() if k.startswith("model.")}
+        if "preset" in model:
+            from claims_search import sizes
+
+            size = dataclasses.asdict(sizes.PRESETS[model.pop("preset")])
+            size.update(model)
+            model = size
+        elif "head_dim" in model:
+            model["width"] = int(model.pop("head_dim")) * int(model["heads"])
+        for k in ("width", "heads", "depth", "max_len"):
+            if k in model:
+                model[k] = int(model[k])
+        return {
+            "model": model,
+            "pretrain": {k[9:]: v for k, v in flat.items() if k.startswith("pretrain.")},
+            "finetune": {k[9:]: v for k, v in flat.items() if k.startswith("finetune.")},
+        }
+
+    def task_paths(self) -> dict[str, Path]:
+        """Task name -> ACES config file (built-in name, or a path relative to the space)."""
+        return {Path(t).stem if t.endswith((".yaml", ".yml")) else t: _task_path(t, self.path) for t in self.tasks}
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.task_paths())
+
+
+def _values(p: Any) -> list:
+    if isinstance(p, list):
+        return list(p)
+    if isinstance(p, Range):
+        if p.is_int:
+            return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
+        return [p.low, p.high]
+    return [p]
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": {}, "pretrain": {}, "finetune": {}}
+    for k, v in flat.items():
+        head, _, tail = k.partition(".")
+        out.setdefault(head, {})[tail] = v
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{str(k).replace('/', '.')}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _task_path(task: str, space_path: Path | None) -> Path | None:
+    builtin = TASKS_DIR / f"{task}.yaml"
+    if builtin.exists():
+        return builtin
+    for base in ([space_path.parent] if space_path else []) + [Path.cwd()]:
+        p = base / task
+        if p.suffix in (".yaml", ".yml") and p.is_file():
+            return p
+    return None
+
+
+# YAML 1.1 reads 1e-4 as a string; accept it as a float like everyone expects.
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+_TYPES = {"int", "float", "str", "bool", "none"}
+
+
+def _first_error(e: ValidationError) -> str:
+    def key(err: dict) -> list[str]:
+        # Drop pydantic's union-branch names (e.g. "Range", "list[...]") from the key path.
+        return [str(x) for x in err["loc"] if not (isinstance(x, str) and (x[:1].isupper() or "[" in x or x in _TYPES))]
+
+    errors = e.errors()
+    err, loc = errors[0], key(errors[0])
+    if len(errors) > 1 and all(key(x) == loc for x in errors):  # every branch of a union failed
+        # Report the branch the value was meant for: a dict is a range, a list a choice.
+        branch = "Range" if isinstance(err["input"], dict) else "list[" if isinstance(err["input"], list) else None
+        meant = [x for x in errors if branch and any(branch in str(p) for p in x["loc"])]
+        if not meant:
+            return f"{'.'.join(loc)}: {err['input']!r} is not a value, a list of choices or {{low, high}}"
+        err = meant[0]
+        loc = key(err)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{'.'.join(loc)}: {msg}" if loc else msg
+
+
+def parse_space(data: Any, path: str | Path = "<space>") -> Space:
+    """Validate an already-parsed YAML mapping; errors name ``path`` and the key."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise ClaimsSearchError(f"{path}: a search space must be a mapping")
+    model = data.get("model")
+    # Pick the model branch by its keys so errors talk about the right one.
+    if isinstance(model, dict):
+        data = dict(data)
+        cls = PresetModel if "presets" in model else DimsModel
+        try:
+            data["model"] = cls.model_validate(model)
+        except ValidationError as e:
+            raise ClaimsSearchError(f"{path}: model.{_first_error(e)}") from None
+    try:
+        space = Space.model_validate({**data, "path": path})
+    except ValidationError as e:
+        raise ClaimsSearchError(f"{path}: {_first_error(e)}") from None
+    for t in space.tasks:
+        if _task_path(t, path) is None:
+            builtin = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+            raise ClaimsSearchError(
+                f"{path}: tasks: unknown task {t!r} (built-in: {', '.join(builtin)}; or a path to an ACES .yaml)"
+            )
+    _check_lazy(space, path)
+    return space
+
+
+def _check_lazy(space: Space, path: Path) -> None:
+    """Checks against modules written elsewhere (sizes, loop), skipped while they don't import."""
+    try:
+        from claims_search import sizes
+    except ImportError:
+        sizes = None
+    if sizes is not None and isinstance(space.model, PresetModel):
+        for name in space.model.presets:
+            if name not in sizes.PRESETS:
+                raise ClaimsSearchError(
+                    f"{path}: model.presets: unknown preset {name!r} (known: {', '.join(sizes.PRESETS)})"
+                )
+    if sizes is not None:
+        # Every size at the corners of the space (ends of ranges, every choice) must build.
+        model = [(k, p) for k, p in space._params() if k.startswith("model.")]
+        ends = [[(k, v) for v in ([p.low, p.high] if isinstance(p, Range) else _values(p))] for k, p in model]
+        for corner in itertools.islice(itertools.product(*ends), 256):
+            try:
+                sizes.ModelSize(**space.sample_to_trial_config(_nest(dict(corner)))["model"])
+            except (ClaimsSearchError, TypeError, ValueError) as e:
+                raise ClaimsSearchError(f"{path}: model: {e}") from None
+    try:
+        from claims_search import loop
+
+        classes = {"pretrain": loop.PretrainSettings, "finetune": loop.FinetuneSettings}
+    except Exception:  # loop.py (imports torch) unusable here: check the names only
+        classes = {}
+    for section in ("pretrain", "finetune"):
+        settings = getattr(space.training, section)
+        cls = classes.get(section)
+        known = {f.name for f in dataclasses.fields(cls)} if cls else _FALLBACK_TRAIN_KEYS
+        for k in settings:
+            if k not in known:
+                raise ClaimsSearchError(f"{path}: training.{section}.{k}: unknown key")
+        if cls is None:
+            continue
+        # Build the settings at the corners of the space (ends of ranges, every choice).
+        ends = {k: [p.low, p.high] if isinstance(p, Range) else _values(p) for k, p in settings.items()}
+        corners = itertools.product(*[[(k, v) for v in vs] for k, vs in ends.items()])
+        for corner in itertools.islice(corners, 256):
+            try:
+                cls(**dict(corner))
+            except (ClaimsSearchError, TypeError, ValueError) as e:
+                raise ClaimsSearchError(f"{path}: training.{section}: {e}") from None
+
+
+def load_space(path: str | Path) -> Space:
+    """Load and validate a search space YAML (a path, or a shipped space's name like 'smoke')."""
+    p = Path(path)
+    if not p.exists() and (SPACES_DIR / f"{path}.yaml").exists():
+        p = SPACES_DIR / f"{path}.yaml"
+    if not p.is_file():
+        raise ClaimsSearchError(f"{p}: search space file not found")
+    try:
+        data = yaml.load(p.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ClaimsSearchError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_space(data, p)
+
+
+def validate_against_cluster(space: Space, resources: dict[str, float]) -> int:
+    """Check one trial fits the cluster (``ray.cluster_resources()``-style dict); return the
+    concurrency to use: the space's, lowered to what the cluster can run at once."""
+    b = space.budget
+    workers = max(b.workers_per_trial, 1)
+    need = {"GPU": workers * b.gpus_per_worker, "CPU": workers * b.cpus_per_worker}
+    keys = {"GPU": "budget.gpus_per_worker", "CPU": "budget.cpus_per_worker"}
+    where = space.path or "<space>"
+    fits = [b.concurrency, b.trials]
+    for res, n in need.items():
+        have = float(resources.get(res, 0))
+        if n > have + 1e-9:
+            raise ClaimsSearchError(
+                f"{where}: {keys[res]}: a trial needs {n:g} {res} "
+                f"({workers} worker(s)) but the cluster has {have:g}"
+            )
+        if n > 0:
+            fits.append(math.floor(have / n + 1e-9))
+    return max(1, min(fits))

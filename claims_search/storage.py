@@ -1,0 +1,167 @@
+"""Where data and results live: local paths and ``s3://``, ``gs://``, ``hdfs://`` or any fsspec URI.
+
+A multi-node Ray cluster needs shared storage: trials move between nodes, so checkpoints and
+results written to one node's disk are lost to the others. Ray Tune/Train take a URI as
+``storage_path`` directly (through pyarrow); data read by every trial (the prepared cache) is
+copied once per node from the URI into a local folder (``localize``), because the cache is
+memory-mapped. ``file://`` URIs and plain paths are local. Only pyarrow/fsspec are used here, so
+the module is cheap to import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from claims_search.errors import ClaimsSearchError
+
+# Schemes pyarrow opens natively; anything else goes through fsspec (gcsfs/s3fs/adlfs/memory...).
+_PYARROW_SCHEMES = {"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` (except ``file://``): storage that is not this machine's disk."""
+    scheme = urlparse(str(path)).scheme
+    # A one-letter scheme is a Windows drive ("C:\\data"), not a URI.
+    return len(scheme) > 1 and scheme != "file"
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    """True for plain paths and ``file://`` URIs."""
+    return not is_uri(path)
+
+
+def local_path(path: str | os.PathLike) -> Path:
+    """The absolute local path of a plain path or ``file://`` URI."""
+    s = str(path)
+    if s.startswith("file://"):
+        s = urlparse(s).path
+    if is_uri(s):
+        raise ClaimsSearchError(f"{s}: not a local path")
+    return Path(s).expanduser().resolve()
+
+
+def normalize(path: str | os.PathLike) -> str:
+    """A URI unchanged (minus a trailing slash), a local path made absolute: what to hand to
+    another machine or process, whose working directory differs from ours."""
+    return str(path).rstrip("/") if is_uri(path) else str(local_path(path))
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local path or a URI (URIs always use ``/``)."""
+    if is_local(base):
+        return str(local_path(base).joinpath(*parts))
+    return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def filesystem(path: str | os.PathLike):
+    """``(pyarrow.fs.FileSystem, path inside it)`` for a local path or a URI.
+
+    Native pyarrow filesystems for s3/gs/hdfs/abfs; fsspec (wrapped for pyarrow) for any other
+    scheme fsspec knows (``memory://`` in tests, ``gcsfs``/``s3fs`` if installed).
+    """
+    import pyarrow.fs as pafs
+
+    if is_local(path):
+        return pafs.LocalFileSystem(), str(local_path(path))
+    uri = str(path)
+    scheme = urlparse(uri).scheme
+    if scheme in _PYARROW_SCHEMES:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as e:  # pyarrow raises several types for bad credentials / buckets
+            raise ClaimsSearchError(f"{uri}: cannot open storage: {_one_line(e)}") from None
+    import fsspec
+
+    try:
+        fs, inner = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as e:
+        raise ClaimsSearchError(f"{uri}: no filesystem for scheme {scheme!r}: {_one_line(e)}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether a file or folder exists at ``path`` (local or URI)."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def require(path: str | os.PathLike, what: str) -> str:
+    """``normalize(path)``, or a ClaimsSearchError naming ``what`` if nothing is there."""
+    try:
+        found = exists(path)
+    except ClaimsSearchError:
+        raise
+    except Exception as e:  # network/credential errors from the storage backend
+        raise ClaimsSearchError(f"{path}: {what}: cannot be read: {_one_line(e)}") from None
+    if not found:
+        raise ClaimsSearchError(f"{path}: {what} not found")
+    return normalize(path)
+
+
+def tune_storage(path: str | os.PathLike, *, multi_node: bool = False) -> tuple[str, object | None]:
+    """``(storage_path, storage_filesystem)`` for ``ray.tune.RunConfig``.
+
+    On a multi-node cluster a local path is refused unless it is on a shared mount
+    (``CLAIMS_SEARCH_SHARED_FS=1`` says it is, e.g. NFS mounted at the same path on every node):
+    trial checkpoints on one node's disk are invisible to the others.
+    """
+    if is_local(path):
+        if multi_node and os.environ.get("CLAIMS_SEARCH_SHARED_FS") != "1":
+            raise ClaimsSearchError(
+                f"{path}: storage_path: a local path on a multi-node cluster; use s3://, gs:// "
+                "or a shared mount (set CLAIMS_SEARCH_SHARED_FS=1 if it is one)"
+            )
+        return str(local_path(path)), None
+    uri = normalize(path)
+    if urlparse(uri).scheme in _PYARROW_SCHEMES:
+        return uri, None  # Ray resolves these itself (and per node, with that node's credentials)
+    fs, inner = filesystem(uri)
+    return inner, fs
+
+
+def localize(path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
+    """A local folder holding the contents of ``path``: itself if local, else a per-node copy.
+
+    The copy goes to ``cache_root/<hash of the URI>`` (default ``~/.cache/claims-search``),
+    is made once (a ``.complete`` marker says it finished) and is reused by later trials on the
+    same node. Written through a temporary sibling so a killed copy is never mistaken for one.
+    """
+    if is_local(path):
+        return local_path(path)
+    import pyarrow.fs as pafs
+
+    from claims_search.atomic import atomic_dir
+
+    uri = normalize(path)
+    root = Path(cache_root or os.environ.get("CLAIMS_SEARCH_CACHE", "~/.cache/claims-search"))
+    target = root.expanduser() / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (target / ".complete").exists():
+        return target
+    fs, inner = filesystem(uri)
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        raise ClaimsSearchError(f"{uri}: not found")
+    with atomic_dir(target) as tmp:
+        pafs.copy_files(inner, str(tmp), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        (tmp / ".complete").write_text(uri)
+    return target
+
+
+def upload(local: str | os.PathLike, uri: str | os.PathLike) -> str:
+    """Copy a local folder to ``uri`` (local or remote); returns the normalized destination."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(uri)
+    fs.create_dir(inner, recursive=True)
+    pafs.copy_files(str(local_path(local)), inner, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    return normalize(uri)
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -1,0 +1,495 @@
+"""The MLflow edge (the only module that imports mlflow), built around an on-disk outbox.
+
+Layout in MLflow: one experiment per search; a parent run per task (tags ``claims_search.role
+= parent``, ``claims_search.task``); under it a child run per trial (params: width, depth,
+heads, n_params, training settings; metrics: the primary metric with ``_low``/``_high``, cost,
+pretrain_cost, finetune_cost and the record's aggregate extras; tags: ``trial_id``, ``status``,
+``pareto=true/false``, ``recommended=true|false``). Each parent run holds the frontier as
+``frontier.csv``/``frontier.json``, ``recommendation.json``, ``frontier.png`` and
+``frontier.html``. The recommended model of each task is registered as
+``<experiment>-<task>`` with the alias ``recommended``.
+
+Resilience: every result is first appended to ``<outbox_dir>/outbox.jsonl``; :meth:`Tracker.sync`
+pushes pending entries and notes each delivery in ``sent.jsonl``. Pushing is idempotent (runs
+are found by their ``trial_id`` tag, never duplicated), so a crash between a push and its note
+is harmless. An unreachable server never raises to the caller: entries stay pending and the
+next ``sync()`` delivers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any, Iterable
+
+from claims_search.errors import ClaimsSearchError
+from claims_search.frontier import TrialRecord, default_reference, hypervolume, pareto_front
+
+log = logging.getLogger(__name__)
+
+ROLE, TASK, RECORD = "claims_search.role", "claims_search.task", "claims_search.record"
+_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+# Models-from-code file for the registered pyfunc: no pickled classes, only the checkpoint folder.
+_PYFUNC_CODE = textwrap.dedent(
+    '''
+    """A fine-tuned claims-search checkpoint (weights + config) as an MLflow pyfunc."""
+    import mlflow.pyfunc
+    from mlflow.models import set_model
+
+
+    class ClaimsSearchCheckpoint(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            self.checkpoint = context.artifacts["checkpoint"]
+
+        def predict(self, context, model_input: list[str], params=None) -> list[float]:
+            # Scoring needs the tokenized cache; load the checkpoint with claims_search instead.
+            raise NotImplementedError(f"load {self.checkpoint} with claims_search.training")
+
+
+    set_model(ClaimsSearchCheckpoint())
+    '''
+)
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def reachable(uri: str) -> bool:
+    """Quick check, so an unreachable server costs seconds rather than MLflow's retries."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            return requests.get(uri.rstrip("/") + "/health", timeout=3).ok
+        except requests.RequestException:
+            return False
+    return True
+
+
+_reachable = reachable  # the name search.py first used
+
+
+def _artifact_location(uri: str, name: str) -> str | None:
+    # Keep a SQLite store's artifacts beside the database, not in whatever the cwd is.
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).resolve().as_uri()
+    return None
+
+
+def _experiment_id(client, uri: str, name: str, create: bool = True) -> str | None:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        return None
+    return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+
+
+def _q(value: str) -> str:
+    return str(value).replace("'", "\\'")
+
+
+def _find(client, exp_id: str, tags: dict[str, str]):
+    flt = " and ".join(f"tags.`{k}` = '{_q(v)}'" for k, v in tags.items())
+    runs = client.search_runs([exp_id], flt, max_results=2, order_by=["attributes.start_time ASC"])
+    return runs[0] if runs else None
+
+
+def _params(record: TrialRecord) -> dict[str, str]:
+    out: dict[str, str] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"[:250]] = str(v)[:6000]
+
+    params = dict(record.params)
+    walk(params.pop("model", {}) if isinstance(params.get("model"), dict) else {}, "")
+    walk(params, "")
+    if record.n_params is not None:
+        out["n_params"] = str(record.n_params)
+    return out
+
+
+def _metrics(record: TrialRecord, metric: str) -> dict[str, float]:
+    values = {
+        metric: record.metric,
+        f"{metric}_low": record.metric_low,
+        f"{metric}_high": record.metric_high,
+        "cost": record.cost,
+        "pretrain_cost": record.pretrain_cost,
+        "finetune_cost": record.finetune_cost,
+        **{k: v for k, v in record.extras.items()},
+    }
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+
+
+def registered_name(experiment: str, task: str) -> str:
+    """Model Registry name of a task's recommended model."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{experiment}-{task}")
+
+
+class Tracker:
+    """Outbox-first MLflow tracking for one search (see the module docstring).
+
+    ``metric`` and ``cost`` name what a record's ``metric`` and ``cost`` measure (the space's
+    ``metric`` and ``cost``); they become the MLflow metric names' stem and experiment tags.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        outbox_dir: str | os.PathLike,
+        metric: str = "auprc",
+        cost: str = "device_seconds",
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.outbox_dir = Path(outbox_dir)
+        self.metric, self.cost = metric, cost
+        self.outbox_dir.mkdir(parents=True, exist_ok=True)
+        # A server that dies mid-sync should cost seconds, not MLflow's default minutes of
+        # retries: the outbox keeps what was not delivered. A user's own setting wins.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        self._outbox = self.outbox_dir / "outbox.jsonl"
+        self._sent = self.outbox_dir / "sent.jsonl"
+
+    # ---- the outbox ---------------------------------------------------------------------------
+    def _append(self, path: Path, entry: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read(self, path: Path) -> list[dict]:
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: skipping a torn line (a crash mid-write)", path)
+        return out
+
+    def _entries(self) -> dict[str, dict]:
+        latest: dict[str, dict] = {}
+        for e in self._read(self._outbox):  # later entries for one key replace earlier ones
+            latest.pop(e["key"], None)
+            latest[e["key"]] = e
+        return latest
+
+    def put(self, kind: str, key: str, payload: dict) -> None:
+        """Append an entry to the outbox (nothing is sent until :meth:`sync`)."""
+        body = json.dumps(payload, sort_keys=True, default=str)
+        digest = hashlib.sha256(f"{kind}|{key}|{body}".encode()).hexdigest()[:16]
+        self._append(self._outbox, {"kind": kind, "key": key, "hash": digest, "payload": json.loads(body)})
+
+    def pending(self) -> list[dict]:
+        """Outbox entries not yet delivered, oldest first."""
+        sent = {(e["key"], e["hash"]) for e in self._read(self._sent)}
+        return [e for e in self._entries().values() if (e["key"], e["hash"]) not in sent]
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial record in the outbox (delivered or not), latest per (task, trial)."""
+        return [TrialRecord.from_dict(e["payload"]) for e in self._entries().values() if e["kind"] == "trial"]
+
+    # ---- what callers log ------------------------------------------------------------------
+    def log_trial(self, record: TrialRecord, sync: bool = True) -> None:
+        """Record one trial's result on one task: outbox first, then a best-effort sync."""
+        self.put("trial", f"trial/{record.task}/{record.trial_id}", record.to_dict())
+        if sync:
+            self.sync()
+
+    def publish(
+        self,
+        tolerance: float | None = None,
+        reference: tuple[float, float] | None = None,
+        min_gain_per_doubling: float = 0.005,
+        sync: bool = True,
+    ) -> dict[str, Any]:
+        """Per task: frontier, recommendation, hypervolume and plots from the outbox's records,
+        written under ``<outbox_dir>/artifacts/<task>/`` and queued for MLflow. Returns
+        ``{task: Recommendation | None}``."""
+        from claims_search.plots import write_plots
+        from claims_search.recommend import recommend
+        from claims_search.atomic import atomic_dir
+
+        records = self.records()
+        self.put("settings", "settings", {
+            "tolerance": tolerance, "min_gain_per_doubling": min_gain_per_doubling,
+            "reference": list(reference) if reference else None,
+        })
+        out: dict[str, Any] = {}
+        for task in sorted({r.task for r in records}):
+            rec = recommend(records, task, tolerance, min_gain_per_doubling)
+            front = pareto_front(records, task)
+            ref = reference or default_reference(records, task)
+            hv = hypervolume(front, ref)
+            art = self.outbox_dir / "artifacts" / task
+            with atomic_dir(art) as tmp:
+                write_frontier_table(tmp, records, task, front, rec)
+                write_plots(tmp, records, task, rec, metric=self.metric, cost=self.cost)
+            task_records = [r for r in records if r.task == task]
+            self.put(
+                "summary",
+                f"summary/{task}",
+                {
+                    "task": task,
+                    "pareto": [r.trial_id for r in front],
+                    "recommended": rec.record.trial_id if rec else None,
+                    "checkpoint": rec.record.checkpoint if rec else None,
+                    "hypervolume": hv,
+                    "reference": list(ref),
+                    "tolerance": tolerance,
+                    "artifacts": str(art),
+                    "n_trials": len(task_records),
+                    "recommendation": rec.to_dict() if rec else None,
+                },
+            )
+            out[task] = rec
+        if sync:
+            self.sync()
+        return out
+
+    # ---- delivery ----------------------------------------------------------------------------
+    def sync(self) -> int:
+        """Push pending entries to MLflow; return how many are still pending. Never raises for
+        an unreachable or failing server: what was not delivered stays in the outbox."""
+        todo = self.pending()
+        if not todo:
+            return 0
+        if not reachable(self.tracking_uri):
+            log.warning("MLflow at %s unreachable: %d result(s) kept in %s", self.tracking_uri, len(todo), self._outbox)
+            return len(todo)
+        try:
+            client = _client(self.tracking_uri)
+            exp_id = _experiment_id(client, self.tracking_uri, self.experiment_name)
+            client.set_experiment_tag(exp_id, "claims_search.metric", self.metric)
+            client.set_experiment_tag(exp_id, "claims_search.cost", self.cost)
+        except Exception as e:  # noqa: BLE001 - any server failure means "try again later"
+            log.warning("MLflow at %s failed (%s): %d result(s) kept pending", self.tracking_uri, e, len(todo))
+            return len(todo)
+        done = 0
+        for entry in todo:
+            try:
+                if entry["kind"] == "trial":
+                    self._push_trial(client, exp_id, TrialRecord.from_dict(entry["payload"]))
+                elif entry["kind"] == "settings":
+                    for k, v in entry["payload"].items():
+                        client.set_experiment_tag(exp_id, f"claims_search.{k}", json.dumps(v))
+                elif entry["kind"] == "summary":
+                    self._push_summary(client, exp_id, entry["payload"])
+            except Exception as e:  # noqa: BLE001
+                log.warning("MLflow push of %s failed (%s); kept pending", entry["key"], e)
+                break  # keep order: summaries come after the trials they tag
+            self._append(self._sent, {"key": entry["key"], "hash": entry["hash"]})
+            done += 1
+        return len(todo) - done
+
+    def _parent(self, client, exp_id: str, task: str) -> str:
+        run = _find(client, exp_id, {ROLE: "parent", TASK: task})
+        if run is not None:
+            return run.info.run_id
+        return client.create_run(exp_id, run_name=task, tags={ROLE: "parent", TASK: task}).info.run_id
+
+    def _push_trial(self, client, exp_id: str, r: TrialRecord) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        parent = self._parent(client, exp_id, r.task)
+        tags = {
+            "trial_id": str(r.trial_id),
+            "status": r.status,
+            "baseline": str(r.is_baseline).lower(),
+            RECORD: json.dumps(r.to_dict(), sort_keys=True, default=str)[:7900],
+        }
+        run = _find(client, exp_id, {ROLE: "trial", TASK: r.task, "trial_id": str(r.trial_id)})
+        if run is None:
+            name = "baseline" if r.is_baseline else _size_name(r) or str(r.trial_id)
+            run_id = client.create_run(
+                exp_id,
+                run_name=f"{r.task}/{name}",
+                tags={"mlflow.parentRunId": parent, ROLE: "trial", TASK: r.task, "pareto": "false", **tags},
+            ).info.run_id
+            params = [Param(k, v) for k, v in _params(r).items()]
+        else:
+            run_id, params = run.info.run_id, []  # params are immutable: logged once
+        metrics = [Metric(k, v, 0, 0) for k, v in _metrics(r, self.metric).items()]
+        client.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.set_terminated(run_id, _STATUS[r.status])
+
+    def _push_summary(self, client, exp_id: str, s: dict) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        task = s["task"]
+        parent = self._parent(client, exp_id, task)
+        pareto, chosen = set(s["pareto"]), s["recommended"]
+        children = client.search_runs([exp_id], f"tags.`{ROLE}` = 'trial' and tags.`{TASK}` = '{_q(task)}'", max_results=10000)
+        for run in children:
+            tid = run.data.tags.get("trial_id")
+            client.log_batch(
+                run.info.run_id,
+                tags=[RunTag("pareto", str(tid in pareto).lower()), RunTag("recommended", str(tid == chosen).lower())],
+            )
+        metrics = {"hypervolume": s["hypervolume"], "n_trials": s["n_trials"]}
+        rec = s.get("recommendation") or {}
+        if rec:
+            metrics.update(
+                {
+                    f"recommended_{self.metric}": rec["recommended"]["metric"],
+                    "recommended_cost": rec["recommended"]["cost"],
+                    "compute_saved": rec["compute_saved"],
+                    "compute_saved_factor": rec["compute_saved_factor"],
+                }
+            )
+        client.log_batch(
+            parent,
+            metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items() if v is not None and v == v and abs(v) != float("inf")],
+            tags=[RunTag("recommended_trial", str(chosen)), RunTag("tolerance", str(s["tolerance"]))],
+        )
+        client.log_artifacts(parent, s["artifacts"])
+        if chosen is not None and s.get("checkpoint"):
+            child = next((c for c in children if c.data.tags.get("trial_id") == chosen), None)
+            if child is not None:
+                self._register(client, task, chosen, child.info.run_id, s["checkpoint"])
+        client.set_terminated(parent, "FINISHED")
+
+    def _register(self, client, task: str, trial_id: str, run_id: str, checkpoint: str) -> None:
+        """Register the recommended checkpoint (once per trial) and point ``recommended`` at it."""
+        name = registered_name(self.experiment_name, task)
+        if not client.search_registered_models(f"name = '{_q(name)}'"):
+            client.create_registered_model(name, tags={TASK: task})
+        versions = client.search_model_versions(f"name = '{_q(name)}' and tag.trial_id = '{_q(trial_id)}'")
+        if versions:
+            version = versions[0].version
+        else:
+            if not Path(checkpoint).is_dir():
+                raise ClaimsSearchError(f"{checkpoint}: recommended checkpoint folder not found")
+            import warnings
+
+            import mlflow.pyfunc
+
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict"
+                code = Path(tmp) / "claims_search_checkpoint.py"
+                code.write_text(_PYFUNC_CODE)
+                model_dir = Path(tmp) / "model"
+                mlflow.pyfunc.save_model(
+                    str(model_dir),
+                    python_model=str(code),
+                    artifacts={"checkpoint": str(checkpoint)},
+                    pip_requirements=["claims-search", "torch", "mlflow"],
+                )
+                client.log_artifacts(run_id, str(model_dir), "model")
+            version = client.create_model_version(
+                name, f"runs:/{run_id}/model", run_id=run_id, tags={"trial_id": trial_id, TASK: task}
+            ).version
+        client.set_registered_model_alias(name, "recommended", version)
+
+
+def _size_name(r: TrialRecord) -> str | None:
+    m = r.model
+    if {"width", "depth", "heads"} <= set(m):
+        return f"w{m['width']}-d{m['depth']}-h{m['heads']}"
+    return None
+
+
+def write_frontier_table(
+    out_dir: Path, records: Iterable[TrialRecord], task: str, front: list[TrialRecord], rec
+) -> None:
+    """``frontier.csv``/``frontier.json`` (every trial of the task, flagged) and
+    ``recommendation.json`` in ``out_dir``. Aggregates only."""
+    import csv
+
+    pareto = {r.trial_id for r in front}
+    chosen = rec.record.trial_id if rec else None
+    rows = []
+    for r in sorted((r for r in records if r.task == task), key=lambda r: (r.cost is None, r.cost or 0, str(r.trial_id))):
+        m = r.model
+        rows.append(
+            {
+                "trial_id": r.trial_id,
+                "status": r.status,
+                "baseline": r.is_baseline,
+                "width": m.get("width"),
+                "depth": m.get("depth"),
+                "heads": m.get("heads"),
+                "n_params": r.n_params,
+                "metric": r.metric,
+                "metric_low": r.metric_low,
+                "metric_high": r.metric_high,
+                "cost": r.cost,
+                "pretrain_cost": r.pretrain_cost,
+                "finetune_cost": r.finetune_cost,
+                "pareto": r.trial_id in pareto,
+                "recommended": r.trial_id == chosen,
+            }
+        )
+    with open(out_dir / "frontier.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
+        w.writeheader()
+        w.writerows(rows)
+    (out_dir / "frontier.json").write_text(json.dumps(rows, indent=2, default=str))
+    (out_dir / "recommendation.json").write_text(json.dumps(rec.to_dict() if rec else None, indent=2, default=str))
+
+
+def _existing_client(tracking_uri: str):
+    """A client for a store that must already exist: reading never creates an empty database."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise ClaimsSearchError(f"{tracking_uri}: no MLflow database there (run `claims-search search` first?)")
+    if not reachable(tracking_uri):
+        raise ClaimsSearchError(f"{tracking_uri}: MLflow tracking server unreachable")
+    return _client(tracking_uri)
+
+
+def load_records(tracking_uri: str, experiment_name: str) -> list[TrialRecord]:
+    """Every trial record of a search, read back from MLflow (for `frontier` / `recommend`)."""
+    client = _existing_client(tracking_uri)
+    exp_id = _experiment_id(client, tracking_uri, experiment_name, create=False)
+    if exp_id is None:
+        raise ClaimsSearchError(f"{tracking_uri}: experiment {experiment_name!r} not found")
+    out, token = [], None
+    while True:
+        page = client.search_runs([exp_id], f"tags.`{ROLE}` = 'trial'", max_results=1000, page_token=token)
+        out += [TrialRecord.from_dict(json.loads(r.data.tags[RECORD])) for r in page if RECORD in r.data.tags]
+        token = page.token
+        if not token:
+            return sorted(out, key=lambda r: (r.task, str(r.trial_id)))
+
+
+def load_settings(tracking_uri: str, experiment_name: str) -> dict[str, Any]:
+    """The search's settings stored as experiment tags: ``metric``, ``cost`` (names) and, once
+    published, ``tolerance``, ``min_gain_per_doubling`` and the hypervolume ``reference``."""
+    client = _existing_client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        raise ClaimsSearchError(f"{tracking_uri}: experiment {experiment_name!r} not found")
+    out: dict[str, Any] = {
+        "metric": "auprc", "cost": "device_seconds", "tolerance": None,
+        "min_gain_per_doubling": 0.005, "reference": None,
+    }
+    for k, v in exp.tags.items():
+        if k.startswith("claims_search."):
+            k = k.removeprefix("claims_search.")
+            out[k] = v if k in ("metric", "cost") else json.loads(v)
+    return out

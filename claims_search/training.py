@@ -1,0 +1,423 @@
+"""Single training runs: pretrain one size, fine-tune it on one task. Plain Python, no Ray.
+
+``workers=None`` runs ``loop.TrainLoop`` in this process; ``workers >= 1`` hands the same job
+to ``train_ray.run_job`` (Ray Train workers, DDP). Both paths run :func:`execute`, so a run
+gives the same result format either way.
+
+Everything that can be checked is checked before any training starts (a size whose heads
+don't divide its width, a ``max_len`` longer than the cache was prepared for, a checkpoint
+from another vocabulary or of another size, a task missing from the cache, an evaluation
+split with one class only) and raises ClaimsSearchError.
+
+Output folder (written atomically when the run finishes)::
+
+    OUT/result.json          kind, size, settings, vocab, val_loss | metrics, cost, steps
+    OUT/checkpoint/meta.json the same facts, readable without torch
+    OUT/checkpoint/state.pt  loop.TrainLoop.state_dict(): model, optimiser, step, cost so far
+
+While a run is in progress its periodic checkpoints live in ``OUT.partial/`` (in-process:
+``state.pt``; on Ray: Ray Train's storage); ``resume=True`` continues from there, and a
+finished ``OUT`` whose settings differ only in ``steps`` is continued to the new step count.
+Pretraining cost and fine-tuning cost are kept apart: ``FinetuneResult.cost`` is the
+fine-tuning alone, ``FinetuneResult.pretrain_cost`` what its initial checkpoint cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from claims_search.cost import Cost
+from claims_search.errors import ClaimsSearchError
+from claims_search.loop import FinetuneSettings, PretrainSettings
+from claims_search.sizes import ModelSize
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """A finished pretraining run: its checkpoint folder, tuning-split masked-code loss, cost."""
+
+    checkpoint: Path
+    val_loss: float
+    cost: Cost
+    steps: int = 0
+    resumed_from_step: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """A finished fine-tuning run: ``{split: metrics}``, its own cost, its checkpoint folder,
+    and the cost of the pretraining it started from (None when trained from scratch)."""
+
+    metrics: dict[str, dict[str, float | int]]
+    cost: Cost
+    checkpoint: Path
+    pretrain_cost: Cost | None = None
+    steps: int = 0
+    resumed_from_step: int = 0
+
+
+# ---------------------------------------------------------------- checks and checkpoints
+
+
+def vocab_fingerprint(cache) -> dict:
+    """``{"size", "hash"}`` of a cache's vocabulary (sha256 of its codes in token-id order)."""
+    codes = "\n".join(cache.vocab.sort_values("token_id")["code"].astype(str))
+    return {"size": int(cache.vocab_size), "hash": hashlib.sha256(codes.encode()).hexdigest()[:16]}
+
+
+def read_meta(checkpoint: str | os.PathLike) -> dict:
+    """The ``meta.json`` of a checkpoint folder (or of ``OUT/checkpoint`` given ``OUT``)."""
+    path = Path(checkpoint)
+    if (path / "checkpoint" / "meta.json").exists():
+        path = path / "checkpoint"
+    meta = path / "meta.json"
+    if not meta.exists() or not (path / "state.pt").exists():
+        raise ClaimsSearchError(f"{path}: not a claims-search checkpoint (needs meta.json and state.pt)")
+    try:
+        data = json.loads(meta.read_text())
+    except ValueError as e:
+        raise ClaimsSearchError(f"{meta}: not valid JSON: {e}") from None
+    if data.get("format") != CHECKPOINT_FORMAT:
+        raise ClaimsSearchError(f"{meta}: format: {data.get('format')!r} is not {CHECKPOINT_FORMAT}")
+    data["path"] = str(path)
+    return data
+
+
+def as_size(size: ModelSize | dict | str) -> ModelSize:
+    """A ModelSize from itself, its kwargs, or a preset name (validated: heads divide width...)."""
+    if isinstance(size, ModelSize):
+        return size
+    if isinstance(size, str):
+        return ModelSize.from_name(size)
+    try:
+        return ModelSize(**size)
+    except TypeError as e:
+        raise ClaimsSearchError(f"model size {size}: {e}") from None
+
+
+def _check_common(cache, cache_dir, size: ModelSize, settings) -> None:
+    if size.max_len > cache.max_len:
+        raise ClaimsSearchError(
+            f"{Path(cache_dir) / 'manifest.json'}: settings.max_len: the cache was prepared for up to "
+            f"{cache.max_len} events per sequence, the model size asks for max_len={size.max_len} "
+            f"(prepare again with --max-len {size.max_len}, or use a smaller max_len)"
+        )
+    if settings.batch_tokens < size.max_len + 1:
+        raise ClaimsSearchError(
+            f"batch_tokens ({settings.batch_tokens}) must hold one full sequence "
+            f"(max_len + 1 = {size.max_len + 1})"
+        )
+
+
+def _check_init(meta: dict, cache, size: ModelSize) -> None:
+    where = Path(meta["path"]) / "meta.json"
+    if meta["vocab"]["hash"] != vocab_fingerprint(cache)["hash"]:
+        raise ClaimsSearchError(
+            f"{where}: vocab: the checkpoint was trained on another vocabulary "
+            f"({meta['vocab']['size']} codes, hash {meta['vocab']['hash']}) than this cache's "
+            f"({cache.vocab_size} codes, hash {vocab_fingerprint(cache)['hash']})"
+        )
+    if as_size(meta["size"]) != size:
+        raise ClaimsSearchError(f"{where}: size: the checkpoint is {meta['size']}, the run asks for {size.to_dict()}")
+
+
+def _check_task(cache, cache_dir, task: str, splits: Sequence[str]) -> None:
+    manifest = Path(cache_dir) / "manifest.json"
+    if task not in cache.tasks:
+        raise ClaimsSearchError(
+            f"{manifest}: tasks: task {task!r} is not in the cache (has: {', '.join(cache.tasks) or 'none'})"
+        )
+    counts = cache.manifest["tasks"][task].get("splits", {})
+    for split in ("train", *splits):
+        c = counts.get(split, {"n": 0, "positives": 0})
+        if c["n"] == 0 or c["positives"] in (0, c["n"]):
+            raise ClaimsSearchError(
+                f"{manifest}: tasks.{task}.splits.{split}: {c['n']} samples, {c['positives']} positive; "
+                "training and AUROC/AUPRC need both classes"
+            )
+
+
+def _meta(kind: str, size: ModelSize, settings, vocab: dict, **extra) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "kind": kind, "size": size.to_dict(),
+            "settings": settings.to_dict(), "vocab": vocab, **extra}
+
+
+def _resume_state(partial: Path, out_dir: Path, meta: dict, resume: bool) -> Path | None:
+    """The state file to continue from, if any: an interrupted run's, else a finished run that
+    differs only in having fewer steps."""
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+        return None
+    same = lambda m: ({**m["settings"], "steps": 0} == {**meta["settings"], "steps": 0}  # noqa: E731
+                      and m["size"] == meta["size"] and m["vocab"] == meta["vocab"]
+                      and m.get("task") == meta.get("task") and m.get("init") == meta.get("init"))
+    if (partial / "meta.json").exists():
+        if not same(json.loads((partial / "meta.json").read_text())):
+            log.warning("%s: an interrupted run with other settings; starting afresh", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+        elif (partial / "state.pt").exists():
+            return partial / "state.pt"
+    if (out_dir / "checkpoint" / "meta.json").exists():
+        done = json.loads((out_dir / "checkpoint" / "meta.json").read_text())
+        if same(done) and done["step"] <= meta["settings"]["steps"]:
+            return out_dir / "checkpoint" / "state.pt"
+    return None
+
+
+# ---------------------------------------------------------------- the job, on any worker
+
+
+def execute(
+    job: dict,
+    *,
+    device: Any = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    prepare: Callable = lambda model: model,
+    state: dict | None = None,
+    on_report: Callable[[int, dict], None] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 0,
+) -> dict:
+    """Run one training job (a plain dict from :func:`pretrain` / :func:`finetune`) on this
+    worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
+
+    ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
+    ``{"step", "resumed_from_step", "cost", "val_loss" | "metrics"}`` (evaluation on rank 0 only;
+    other ranks return the same keys without the evaluation).
+    """
+    import torch
+
+    from claims_search import batches as B
+    from claims_search import loop, model as M
+    from claims_search.cache import Cache
+
+    cache = Cache.open(job["cache_dir"])
+    size = ModelSize(**job["size"])
+    device = torch.device(device)
+    if job["kind"] == "pretrain":
+        settings = PretrainSettings(**job["settings"])
+        torch.manual_seed(settings.seed)
+        model = M.pretraining_model(size, cache.vocab_size)
+
+        def batches(epoch):
+            return B.pretrain_batches(cache, "train", batch_tokens=settings.batch_tokens, max_len=size.max_len,
+                                      mask_prob=settings.mask_prob, seed=settings.seed, epoch=epoch,
+                                      rank=rank, world_size=world_size)
+    else:
+        settings = FinetuneSettings(**job["settings"])
+        torch.manual_seed(settings.seed)
+        encoder = M.ClaimsEncoder(size, cache.vocab_size)
+        if job.get("init"):
+            weights = torch.load(Path(job["init"]) / "state.pt", map_location="cpu", weights_only=True)["model"]
+            encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
+        model = M.classification_model(encoder, pool=settings.pool)
+
+        def batches(epoch):
+            return B.task_batches(cache, job["task"], "train", batch_tokens=settings.batch_tokens,
+                                  max_len=size.max_len, shuffle=True, seed=settings.seed, epoch=epoch,
+                                  rank=rank, world_size=world_size)
+
+    model = prepare(model.to(device))
+
+    def save(state: dict) -> None:
+        # The loop's state holds this rank's cost; store the total over ranks (a collective:
+        # every rank checkpoints at the same steps), so a resumed run keeps counting all ranks.
+        state["cost"] = trainer.cost().to_dict()
+        on_checkpoint(state)
+
+    trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size, on_report=on_report,
+                             on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every)
+    if state is not None:
+        trainer.load_state_dict(state)
+    resumed_from = trainer.step
+    cost = trainer.run()
+    out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict()}
+    if rank != 0:
+        return out
+    bare = getattr(model, "module", model)  # never run DDP's forward on one rank only
+    if job["kind"] == "pretrain":
+        val = B.pretrain_batches(cache, "tuning", batch_tokens=settings.batch_tokens, max_len=size.max_len,
+                                 mask_prob=settings.mask_prob, seed=settings.seed, epoch=0)
+        out["val_loss"] = loop.evaluate_loss(bare, val)
+    else:
+        out["metrics"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size, settings,
+                                         n_boot=job.get("n_boot", 1000))
+    return out
+
+
+def evaluate_splits(model, cache, task: str, splits: Sequence[str], size: ModelSize, settings,
+                    n_boot: int = 1000) -> dict:
+    """``{split: metrics.evaluate(...)}`` of a classification model on each split of ``task``."""
+    from claims_search import batches as B
+    from claims_search.loop import predict
+    from claims_search.metrics import evaluate
+
+    result = {}
+    for split in splits:
+        labels = cache.labels(task, split)
+        prob, index = predict(model, B.task_batches(cache, task, split, batch_tokens=settings.batch_tokens,
+                                                    max_len=size.max_len))
+        result[split] = evaluate(labels["label"].to_numpy()[index], prob,
+                                 labels["subject_idx"].to_numpy()[index],
+                                 where=f"{task}/{split}", seed=settings.seed, n_boot=n_boot)
+    return result
+
+
+# ---------------------------------------------------------------- drivers
+
+
+def _device(use_gpu: bool):
+    import torch
+
+    if use_gpu and not torch.cuda.is_available():
+        raise ClaimsSearchError("--gpu: no CUDA device is visible to torch")
+    return "cuda" if use_gpu else "cpu"
+
+
+def _run(job: dict, meta: dict, out_dir: Path, *, workers, use_gpu, resume, checkpoint_every, on_report,
+         ray_options) -> tuple[dict, Path]:
+    """Run ``job`` in-process or on Ray Train; return its outcome and the final state file."""
+    import torch
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    start = _resume_state(partial, out_dir, meta, resume)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+    if workers is not None:
+        from claims_search.train_ray import run_job
+
+        return run_job(job, partial, workers=workers, use_gpu=use_gpu, init_state=start,
+                       checkpoint_every=checkpoint_every, **(ray_options or {}))
+
+    from claims_search.atomic import atomic_write_bytes
+
+    def save(state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(partial / "state.pt", buf.getvalue())
+
+    state = torch.load(start, map_location="cpu", weights_only=True) if start else None
+    outcome = execute(job, device=_device(use_gpu), state=state, on_report=on_report,
+                      on_checkpoint=save, checkpoint_every=checkpoint_every)
+    # No step trained (the run was already at its step count): the state it started from.
+    return outcome, partial / "state.pt" if (partial / "state.pt").exists() else start
+
+
+def _finish(out_dir: Path, state_file: Path, meta: dict, result: dict) -> None:
+    from claims_search.atomic import atomic_dir
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "checkpoint").mkdir()
+        shutil.copyfile(state_file, tmp / "checkpoint" / "state.pt")
+        (tmp / "checkpoint" / "meta.json").write_text(json.dumps({**meta, **result}, indent=2))
+        (tmp / "result.json").write_text(json.dumps({**meta, **result}, indent=2))
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def pretrain(
+    cache_dir: str | os.PathLike,
+    size: ModelSize | dict | str,
+    settings: PretrainSettings,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    use_gpu: bool = False,
+    resume: bool = True,
+    checkpoint_every: int = 200,
+    on_report: Callable[[int, dict], None] | None = None,
+    ray_options: dict | None = None,
+) -> PretrainResult:
+    """Masked-code pretraining of ``size`` on the cache's train split; validation loss on its
+    tuning split. ``on_report(step, metrics)`` sees progress (in-process runs only);
+    ``ray_options`` go to ``train_ray.run_job`` (max_failures, resources_per_worker, ...)."""
+    from claims_search.cache import Cache
+
+    cache = Cache.open(cache_dir)
+    size = as_size(size)
+    _check_common(cache, cache_dir, size, settings)
+    vocab = vocab_fingerprint(cache)
+    meta = _meta("pretrain", size, settings, vocab, task=None, init=None)
+    out_dir = Path(out_dir)
+    outcome, state_file = _run({"kind": "pretrain", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
+                                "settings": settings.to_dict()}, meta, out_dir, workers=workers,
+                               use_gpu=use_gpu, resume=resume, checkpoint_every=checkpoint_every,
+                               on_report=on_report, ray_options=ray_options)
+    cost = Cost.from_dict(outcome["cost"])
+    result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
+              "val_loss": outcome["val_loss"], "cost": cost.to_dict(), "workers": workers}
+    _finish(out_dir, state_file, meta, result)
+    return PretrainResult(out_dir / "checkpoint", outcome["val_loss"], cost, outcome["step"],
+                          outcome["resumed_from_step"])
+
+
+def finetune(
+    cache_dir: str | os.PathLike,
+    task: str,
+    size: ModelSize | dict | str | None,
+    settings: FinetuneSettings,
+    out_dir: str | os.PathLike,
+    *,
+    init_checkpoint: str | os.PathLike | None = None,
+    eval_splits: Sequence[str] = ("tuning",),
+    n_boot: int = 1000,
+    workers: int | None = None,
+    use_gpu: bool = False,
+    resume: bool = True,
+    checkpoint_every: int = 200,
+    on_report: Callable[[int, dict], None] | None = None,
+    ray_options: dict | None = None,
+) -> FinetuneResult:
+    """Fine-tune a classifier for ``task`` on the train split, from ``init_checkpoint`` (a
+    pretraining output or its ``checkpoint/`` folder) or from scratch (no checkpoint, or
+    ``settings.from_scratch``); report metrics on ``eval_splits`` with ``n_boot`` bootstrap
+    replicates for the intervals. ``size=None`` takes the checkpoint's size."""
+    from claims_search.cache import Cache
+
+    cache = Cache.open(cache_dir)
+    _check_task(cache, cache_dir, task, eval_splits)
+    init = None
+    if init_checkpoint is not None and settings.from_scratch:
+        log.warning("from_scratch is set: ignoring the initial checkpoint %s", init_checkpoint)
+    elif init_checkpoint is not None:
+        init = read_meta(init_checkpoint)
+        if size is None:
+            size = as_size(init["size"])
+    if size is None:
+        raise ClaimsSearchError("finetune: give a model size, or an initial checkpoint to take it from")
+    size = as_size(size)
+    if init is not None:
+        _check_init(init, cache, size)
+    _check_common(cache, cache_dir, size, settings)
+    meta = _meta("finetune", size, settings, vocab_fingerprint(cache), task=task,
+                 init=str(Path(init["path"]).resolve()) if init else None, eval_splits=list(eval_splits))
+    out_dir = Path(out_dir)
+    job = {"kind": "finetune", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
+           "task": task, "settings": settings.to_dict(), "init": meta["init"],
+           "eval_splits": list(eval_splits), "n_boot": n_boot}
+    outcome, state_file = _run(job, meta, out_dir, workers=workers, use_gpu=use_gpu, resume=resume,
+                               checkpoint_every=checkpoint_every, on_report=on_report,
+                               ray_options=ray_options)
+    cost = Cost.from_dict(outcome["cost"])
+    pretrain_cost = Cost.from_dict(init["cost"]) if init and "cost" in init else None
+    result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
+              "metrics": outcome["metrics"], "cost": cost.to_dict(),
+              "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers}
+    _finish(out_dir, state_file, meta, result)
+    return FinetuneResult(outcome["metrics"], cost, out_dir / "checkpoint", pretrain_cost,
+                          outcome["step"], outcome["resumed_from_step"])
+
+

@@ -1,0 +1,95 @@
+"""One trial = one architecture: pretrain once, fine-tune on every task, report per-task results.
+
+Runs as a Ray Tune function trainable; its training runs on Ray Train workers through
+`training.pretrain` / `training.finetune` (``workers >= 1``), or in this process
+(``workers_per_trial: 0``). The only Ray call here is ``ray.tune.report``: the trial reports
+once after pretraining (progress) and once at the end with ``status`` and every objective.
+
+A trial whose pretraining diverged (non-finite loss, or no better than guessing uniformly
+over the vocabulary) stops early with ``status: pruned``: the searcher is told PRUNED and
+the frontier never sees it (see `search.GuardedOptunaSearch`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from claims_search.objective import COST_FIELDS, directions, objective_values
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search shares (passed with ``tune.with_parameters``)."""
+
+    space_path: str
+    cache_dir: str
+    artifacts: str  # folder (shared storage on a cluster) for each trial's checkpoints
+    tasks: tuple[str, ...]
+    metric: str
+    cost: str  # the space's cost measure: device_seconds | flops | wall_seconds
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    gpus_per_worker: float
+    vocab_size: int
+
+
+def cost_value(cost: dict | None, measure: str) -> float | None:
+    """A `cost.Cost` dict read in the space's cost measure."""
+    if cost is None:
+        return None
+    v = cost.get(COST_FIELDS[measure])
+    return None if v is None else float(v)
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    """The Tune trainable: ``config`` is a Tune sample of the space's parameters."""
+    from ray import tune
+
+    from claims_search import training
+    from claims_search.loop import FinetuneSettings, PretrainSettings
+    from claims_search.sizes import ModelSize
+    from claims_search.space import load_space
+
+    space = load_space(ctx.space_path)
+    cfg = space.sample_to_trial_config(config)
+    size = ModelSize(**cfg["model"])
+    trial_id = tune.get_context().get_trial_id()
+    out = Path(ctx.artifacts) / trial_id
+    run_kw = dict(workers=ctx.workers or None, use_gpu=ctx.use_gpu)
+    if ctx.workers:
+        res = {"CPU": ctx.cpus_per_worker * 0.99}
+        if ctx.gpus_per_worker:
+            res["GPU"] = ctx.gpus_per_worker
+        run_kw["ray_options"] = {"resources_per_worker": res}
+
+    pre = training.pretrain(ctx.cache_dir, size, PretrainSettings(**cfg["pretrain"]), out / "pretrain", **run_kw)
+    pre_cost = pre.cost.to_dict()
+    # Nested values travel as JSON strings: Tune flattens nested dicts on the way.
+    base = {"trial_config": json.dumps(cfg), "n_params": size.n_params(ctx.vocab_size),
+            "pretrain_val_loss": pre.val_loss, "pretrain_cost": json.dumps(pre_cost)}
+    # Tune insists every result carries the searcher's metrics: None until the trial is done
+    # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
+    unset = {m: None for m in directions(space)[0]}
+    if not math.isfinite(pre.val_loss) or pre.val_loss >= math.log(ctx.vocab_size):
+        tune.report({**base, **unset, "status": "pruned", "reason": f"pretraining loss {pre.val_loss:.3f} diverged"})
+        return
+    tune.report({**base, **unset, "status": "pretrained"})
+
+    per_task, results = {}, {}
+    total = pre.cost
+    for task in ctx.tasks:
+        ft = training.finetune(ctx.cache_dir, task, size, FinetuneSettings(**cfg["finetune"]), out / f"finetune-{task}",
+                               init_checkpoint=pre.checkpoint, **run_kw)
+        m = ft.metrics["tuning"]
+        ft_cost = ft.cost.to_dict()
+        task_cost = (cost_value(pre_cost, ctx.cost) or 0.0) + (cost_value(ft_cost, ctx.cost) or 0.0)
+        per_task[task] = (m[ctx.metric], task_cost)
+        results[task] = {"metrics": m, "finetune_cost": ft_cost, "checkpoint": str(ft.checkpoint)}
+        total = total + ft.cost
+    total_cost = cost_value(total.to_dict(), ctx.cost)
+    tune.report({**base, "status": "complete", "tasks": json.dumps(results), "total_cost": json.dumps(total.to_dict()),
+                 **objective_values(space, per_task, total_cost)})

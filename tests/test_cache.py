@@ -1,0 +1,169 @@
+"""The tokenized cache: what `prepare` writes is what `Cache` reads back."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import numpy as np
+import polars as pl
+import pytest
+
+from claims_search import cache, labels, meds
+from claims_search.cli import main
+
+CHECKUP, SBP, CKD, ARB = "HC//SPECIFIC_CHECKUP", "HC//SBP", "DX//ICD10//N18.3", "DRUG//ATC//C09CA01"
+
+
+def chart(sid: int, sbp: float, *later) -> list[tuple]:
+    """A patient born 1960 with a checkup (blood pressure ``sbp``) on 2020-04-01, then ``later``."""
+    return [
+        (sid, None, "GENDER//F" if sid % 2 else "GENDER//M"),
+        (sid, "1960-01-01", "MEDS_BIRTH"),
+        (sid, "2020-04-01", CHECKUP),
+        (sid, "2020-04-01", SBP, sbp),
+        *[(sid, t, code) for t, code in later],
+    ]
+
+
+@pytest.fixture
+def claims(tmp_path):
+    """12 train patients (1: CKD later, 2: ARB later), one tuning, one held out."""
+    train = [chart(1, 100, ("2020-06-01", "DX//ICD10//I10"), ("2020-10-01", CKD))]
+    train += [chart(2, 210, ("2020-05-01", ARB))]
+    train += [chart(3, 130, ("2021-01-01", "DX//ICD10//I10"))]
+    train += [chart(i, 100 + 10 * i) for i in range(4, 13)]
+    rows = [r for c in train for r in c]
+    other = chart(13, 150, ("2020-05-01", "DX//ICD10//Z99"), ("2020-06-01", ARB)) + chart(14, 120)
+    splits = {i: "train" for i in range(1, 13)} | {13: "tuning", 14: "held_out"}
+    return meds.write_dataset(tmp_path / "meds", {"0": rows, "1": other}, splits)
+
+
+def prepare(meds_root, out, workers=1, **kw):
+    tasks = [labels.load_task(t) for t in labels.BUILTIN_TASKS]
+    return cache.write_cache(meds_root, out, tasks, cache.Settings(**kw), workers=workers,
+                             progress=lambda m: None)
+
+
+def days(iso: str) -> int:
+    return (date.fromisoformat(iso) - date(1970, 1, 1)).days
+
+
+def decode(c, tokens) -> list[str]:
+    return c.vocab["code"].to_numpy()[tokens].tolist()
+
+
+def test_sequences_round_trip_with_days_and_static_tokens(claims, tmp_path):
+    prepare(claims, tmp_path / "prep", min_count=2)
+    c = cache.Cache.open(tmp_path / "prep")
+    assert c.vocab_size == len(c.vocab) and c.max_len == 512
+    assert c.tasks == ["antihypertensive_start", "ckd_incidence"]
+    first = c.subjects.iloc[0]
+    assert (first.subject_id, first.split, first.length, first.n_static) == (1, "train", 6, 1)
+    assert first.birth_days == days("1960-01-01")
+    tokens, d = c.sequence(0)
+    assert decode(c, tokens) == ["GENDER//F", "MEDS_BIRTH", CHECKUP, "HC//SBP//Q1",
+                                 "DX//ICD10//I10", "[UNK]"]  # one CKD in train: below min_count
+    # the static row takes the birth day
+    assert d.tolist() == [days("1960-01-01")] * 2 + [days("2020-04-01")] * 2 + [
+        days("2020-06-01"), days("2020-10-01")]
+
+
+def test_labels_end_at_the_prediction_time(claims, tmp_path):
+    prepare(claims, tmp_path / "prep", min_count=2)
+    c = cache.Cache.open(tmp_path / "prep")
+    ckd = c.labels("ckd_incidence")
+    assert len(ckd) == 14 and ckd["label"].sum() == 1
+    row = ckd[ckd.subject_id == 1].iloc[0]
+    # gender, birth, checkup and the same-day SBP are at or before the prediction time
+    assert (row.label, row.split, row.subject_idx, row.end) == (True, "train", 0, 4)
+    tokens, _ = c.sequence(int(row.subject_idx), end=int(row.end))
+    assert decode(c, tokens)[-2:] == [CHECKUP, "HC//SBP//Q1"]
+    tuning = c.labels("antihypertensive_start", split="tuning")
+    assert tuning[["subject_id", "label"]].values.tolist() == [[13, True]]
+    assert c.subject_indices("held_out").tolist() == [13]
+    assert ckd["true_prob"].isna().all()
+
+
+def test_truncation_keeps_static_tokens_and_the_last_events(claims, tmp_path):
+    prepare(claims, tmp_path / "prep", min_count=2, max_len=3)
+    c = cache.Cache.open(tmp_path / "prep")
+    tokens, d = c.sequence(0, end=4)  # (3,), (3,)
+    assert decode(c, tokens) == ["GENDER//F", CHECKUP, "HC//SBP//Q1"]
+    assert d.tolist() == [days("1960-01-01"), days("2020-04-01"), days("2020-04-01")]
+    assert len(c.sequence(0, max_len=512)[0]) == 6
+    assert decode(c, c.sequence(0, max_len=1)[0]) == ["GENDER//F"]
+
+
+def test_vocabulary_cut_off_unknown_bucket_and_value_bins(claims, tmp_path):
+    prepare(claims, tmp_path / "prep", min_count=2)
+    c = cache.Cache.open(tmp_path / "prep")
+    vocab = c.vocab["code"].tolist()
+    assert vocab[:4] == ["[PAD]", "[UNK]", "[CLS]", "[MASK]"]
+    assert c.vocab["token_id"].tolist() == list(range(len(vocab)))
+    counts = c.vocab["count"].tolist()[4:]
+    assert counts == sorted(counts, reverse=True) and min(counts) >= 2
+    # 12 train values in five quantile bins; the raw code never appears
+    assert {f"HC//SBP//Q{k}" for k in range(1, 6)} <= set(vocab) and SBP not in vocab
+    assert CKD not in vocab and "DX//ICD10//Z99" not in vocab  # rare / tuning only -> [UNK]
+    tokens, _ = c.sequence(int(c.subject_indices("tuning")[0]))
+    # train values 100, 130, 140, 150 ... 210, 210, 220: cut points 142, 164, 186, 208
+    assert decode(c, tokens)[3:5] == ["HC//SBP//Q2", "[UNK]"]  # 150; Z99 never seen in train
+    assert decode(c, c.sequence(1)[0])[3] == "HC//SBP//Q5"  # 210
+
+
+def test_second_prepare_is_a_no_op_and_changes_rebuild(claims, tmp_path, capsys):
+    out = tmp_path / "prep"
+    args = ["prepare", "--meds", str(claims), "--out", str(out), "--workers", "1", "--min-count", "2"]
+    assert main(args) == 0
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+
+    # a changed setting rebuilds
+    assert main(args[:-1] + ["3"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["settings"]["min_count"] == 3
+    # a changed input rebuilds
+    shard = claims / "data" / "1.parquet"
+    df = pl.read_parquet(shard)
+    meds.write_dataset(claims, {"1": df.filter(pl.col("subject_id") != 14)}, {
+        i: "train" for i in range(1, 13)} | {13: "tuning", 14: "held_out"})
+    before = json.loads((out / "manifest.json").read_text())["inputs_hash"]
+    assert main(args[:-1] + ["3"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["inputs_hash"] != before and m["splits"]["held_out"] == 0
+
+
+def test_manifest_records_oracle_scores(claims, tmp_path):
+    (claims / "oracle").mkdir()
+    pl.DataFrame({
+        "subject_id": list(range(1, 15)),
+        "prediction_time": pl.Series([date(2020, 4, 1)] * 14).cast(pl.Datetime("us")),
+        "probability": [0.9] + [0.1] * 13, "label": [True] + [False] * 13,
+    }).write_parquet(claims / "oracle" / "ckd_incidence.parquet")
+    m = prepare(claims, tmp_path / "prep", min_count=2)
+    oracle = m["tasks"]["ckd_incidence"]["oracle"]
+    assert oracle["auroc"] == 1.0 and oracle["n"] == 14
+    assert oracle["splits"]["tuning"]["auroc"] is None  # one class there
+    assert m["tasks"]["antihypertensive_start"]["oracle"] is None
+    assert m["tasks"]["ckd_incidence"]["splits"]["train"] == {"n": 12, "positives": 1}
+    got = cache.Cache.open(tmp_path / "prep").labels("ckd_incidence")
+    assert np.allclose(got.sort_values("subject_id")["true_prob"], [0.9] + [0.1] * 13)
+
+
+def test_arrays_are_memory_mapped(claims, tmp_path):
+    m = prepare(claims, tmp_path / "prep")
+    c = cache.Cache.open(tmp_path / "prep")
+    assert isinstance(c.tokens, np.memmap) and c.tokens.dtype == np.int32
+    assert len(c.tokens) == len(c.days) == m["n_events"] == c.subjects["length"].sum()
+
+
+def test_two_worker_processes_write_the_same_cache(claims, tmp_path):
+    one = prepare(claims, tmp_path / "one", min_count=2)
+    two = prepare(claims, tmp_path / "two", min_count=2, workers=2)
+    assert one == two
+    for name in ("tokens.npy", "days.npy"):
+        assert np.array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name))
+    for name in ("vocab.parquet", "subjects.parquet", "labels/ckd_incidence.parquet"):
+        assert pl.read_parquet(tmp_path / "one" / name).equals(pl.read_parquet(tmp_path / "two" / name))

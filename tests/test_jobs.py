@@ -1,0 +1,201 @@
+"""Submitting to a real multi-node Ray cluster (head with no trial CPUs + worker nodes), the
+submit-side errors, and the pure parts of the job edge and shared storage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from claims_search import jobs, storage
+from claims_search.errors import ClaimsSearchError
+
+pytest_plugins = ["tests.cluster_harness"]  # ray_cluster, mlflow_server (registered, not imported)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A port nobody listens on (the harness's helper, imported late: it is a pytest plugin)."""
+    from tests.cluster_harness import free_port as _free_port
+
+    return _free_port()
+
+# What the cluster test submits. The probe asks for one CPU per task, as a trial does, and
+# reports which node ran each task. To submit the smoke search instead, this is the one line:
+#   ENTRYPOINT = ["search", "--space", "smoke", "--data", str(PREPARED)]
+WHERE = """
+import json, ray
+ray.init()
+@ray.remote(num_cpus=1)
+def where():
+    return ray.get_runtime_context().get_node_id()
+head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
+print("WHERE " + json.dumps({"head": head, "ran": ray.get([where.remote() for _ in range(4)])}))
+"""
+ENTRYPOINT = ["python", "-c", WHERE]
+
+
+def cli(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``claims-search ARGV`` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "claims_search.cli", *argv], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+# ---- the pure parts: entrypoint, runtime env, storage paths ----------------------------------
+
+def test_a_search_without_a_name_gets_one_and_the_tracking_uri():
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    cmd, experiment = jobs.build_entrypoint(
+        ["search", "--space", "search_spaces/smoke.yaml", "--data", "s3://b/prepared"],
+        tracking_uri="http://head:5000", storage_path="s3://b/runs", now=now,
+    )
+    assert experiment == "smoke-20260102-030405"
+    assert cmd == (
+        "python -m claims_search.cli search --space search_spaces/smoke.yaml --data s3://b/prepared "
+        "--name smoke-20260102-030405 --tracking-uri http://head:5000 --storage s3://b/runs"
+    )
+
+
+def test_a_named_search_keeps_its_name_and_a_raw_command_runs_as_given():
+    cmd, experiment = jobs.build_entrypoint(["search", "--name=ckd-v2", "--space", "smoke"])
+    assert experiment == "ckd-v2" and cmd.count("--name") == 1
+    cmd, experiment = jobs.build_entrypoint(["python", "-c", "print('a b')"])
+    assert shlex.split(cmd) == ["python", "-c", "print('a b')"] and experiment is None
+    with pytest.raises(ClaimsSearchError, match="nothing to run"):
+        jobs.build_entrypoint([])
+
+
+def test_the_runtime_env_uploads_the_project_without_venv_or_data():
+    env = jobs.runtime_env(".", {"MLFLOW_TRACKING_URI": "http://head:5000"})
+    assert env["working_dir"] == "." and env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://head:5000"}
+    assert {".venv/", "data/", "mlruns/", "*.db", ".git/"} <= set(env["excludes"])
+    remote = jobs.runtime_env("s3://bucket/claims-search.zip", {}, pip=["lightgbm"])
+    assert "excludes" not in remote and remote["pip"] == ["lightgbm"]
+    assert "working_dir" not in jobs.runtime_env(None, {})
+
+
+def test_storage_paths_local_and_uri(tmp_path, monkeypatch):
+    assert storage.is_uri("s3://bucket/x") and storage.is_uri("gs://b/x")
+    assert storage.is_local("data/prepared") and storage.is_local(f"file://{tmp_path}")
+    assert storage.join("s3://bucket/runs/", "exp", "trial_1") == "s3://bucket/runs/exp/trial_1"
+    assert storage.normalize("rel/dir") == str(Path("rel/dir").resolve())
+    assert storage.tune_storage("s3://bucket/runs") == ("s3://bucket/runs", None)
+    with pytest.raises(ClaimsSearchError, match="multi-node"):
+        storage.tune_storage(tmp_path, multi_node=True)
+    monkeypatch.setenv("CLAIMS_SEARCH_SHARED_FS", "1")  # an NFS mount at the same path everywhere
+    assert storage.tune_storage(tmp_path, multi_node=True) == (str(tmp_path), None)
+
+
+def test_a_prepared_cache_on_remote_storage_is_copied_once_per_node(tmp_path):
+    import fsspec
+
+    bucket = fsspec.filesystem("memory")  # an in-process stand-in for a bucket, through fsspec
+    bucket.pipe("/bucket/prepared/manifest.json", b'{"format_version": 1}')
+    bucket.pipe("/bucket/prepared/labels/ckd_incidence.parquet", b"PAR1")
+    local = storage.localize("memory://bucket/prepared", tmp_path)
+    assert (local / "manifest.json").read_bytes() == b'{"format_version": 1}'
+    assert (local / "labels" / "ckd_incidence.parquet").exists()
+    bucket.pipe("/bucket/prepared/manifest.json", b"changed")
+    assert storage.localize("memory://bucket/prepared", tmp_path) == local  # reused, not re-read
+    assert (local / "manifest.json").read_bytes() == b'{"format_version": 1}'
+    with pytest.raises(ClaimsSearchError, match="not found"):
+        storage.require("memory://bucket/missing", "prepared cache")
+
+
+# ---- errors on the submitting side, each one line and quick -----------------------------------
+
+def test_an_unreachable_head_fails_within_seconds():
+    port = free_port()  # nobody listens there
+    start = time.monotonic()
+    out = cli("submit", "--address", f"http://127.0.0.1:{port}", "--wait", "--", *ENTRYPOINT, timeout=60)
+    assert out.returncode == 2
+    assert "Ray head not reachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 20
+
+
+# ---- on the real multi-node cluster ------------------------------------------------------------
+
+@pytest.mark.ray
+@pytest.mark.cluster
+def test_submit_follow_runs_on_worker_nodes_not_the_head(ray_cluster):
+    env = ray_cluster.client_env()
+    out = cli("submit", "--address", ray_cluster.dashboard_url, "--follow", "--", *ENTRYPOINT, env=env)
+    assert out.returncode == 0, out.stderr + out.stdout
+    job_id = out.stdout.split("job_id: ", 1)[1].split()[0]
+    assert f"job {job_id} succeeded" in out.stdout
+    assert "WHERE {" in out.stdout  # --follow streamed the job's own output
+
+    log = cli("logs", job_id, "--address", ray_cluster.dashboard_url, env=env)
+    where = json.loads(log.stdout.rsplit("WHERE ", 1)[1].splitlines()[0])  # the output, not the echo
+    assert len(where["head"]) == 1 and len(where["ran"]) == 4
+    assert where["head"][0] not in where["ran"]  # the head has no CPUs for trials
+
+    listed = cli("jobs", "--address", ray_cluster.dashboard_url, env=env)
+    assert listed.returncode == 0 and job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+def test_a_failing_runtime_env_is_reported_with_its_reason(ray_cluster):
+    missing = "file:///nonexistent/claims-search-project.zip"  # the cluster can't fetch it
+    start = time.monotonic()
+    out = cli("submit", "--address", ray_cluster.dashboard_url, "--working-dir", missing,
+              "--wait", "--timeout", "120", "--", "python", "-c", "print(1)", env=ray_cluster.client_env())
+    assert out.returncode == 2, out.stdout
+    assert "failed" in out.stderr and "claims-search-project.zip" in out.stderr
+    assert time.monotonic() - start < 120
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+def test_a_space_asking_for_gpus_the_cluster_lacks_is_refused_before_submitting(ray_cluster, tmp_path):
+    space = (REPO / "search_spaces" / "smoke.yaml").read_text()
+    gpu_space = tmp_path / "gpu.yaml"
+    gpu_space.write_text(space.replace("gpus_per_worker: 0", "gpus_per_worker: 1"))
+    out = cli("submit", "--address", ray_cluster.dashboard_url, "--", "search", "--space",
+              str(gpu_space), "--data", "/shared/prepared", env=ray_cluster.client_env())
+    assert out.returncode == 2
+    assert "needs 1 GPU" in out.stderr and "cluster has 0" in out.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+def test_a_tracking_server_that_refuses_our_host_is_caught_before_submitting(ray_cluster, mlflow_server):
+    # 0.0.0.0 reaches the server but is not in its --allowed-hosts: MLflow answers 403.
+    refused = f"http://0.0.0.0:{mlflow_server.port}"
+    out = cli("submit", "--address", ray_cluster.dashboard_url, "--tracking-uri", refused,
+              "--", *ENTRYPOINT, env=ray_cluster.client_env())
+    assert out.returncode == 2
+    assert "refuses the host" in out.stderr and "--allowed-hosts" in out.stderr
+    down = f"http://127.0.0.1:{free_port()}"
+    out = cli("submit", "--address", ray_cluster.dashboard_url, "--tracking-uri", down,
+              "--", *ENTRYPOINT, env=ray_cluster.client_env())
+    assert out.returncode == 2 and "not reachable" in out.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+def test_a_running_job_can_be_stopped(ray_cluster):
+    env = ray_cluster.client_env()
+    out = cli("submit", "--address", ray_cluster.dashboard_url, "--no-upload", "--",
+              "python", "-c", "import time; time.sleep(600)", env=env)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.split("job_id: ", 1)[1].split()[0]
+    stopped = cli("stop", job_id, "--address", ray_cluster.dashboard_url, env=env)
+    assert stopped.returncode == 0 and f"job {job_id}: stopping" in stopped.stdout
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = cli("jobs", "--address", ray_cluster.dashboard_url, env=env).stdout
+        row = next(line for line in listed.splitlines() if job_id in line)
+        if "STOPPED" in row:
+            break
+        time.sleep(2)
+    assert "STOPPED" in row

@@ -1,0 +1,97 @@
+"""The claims Transformer: packing isolates patients, heads see only what they should."""
+
+import numpy as np
+import pytest
+import torch
+
+from claims_search.batches import make_sequence, mask_sequence, pack
+from claims_search.model import (ClaimsEncoder, attention_mask, classification_model,
+                                 pretraining_model)
+from claims_search.sizes import ModelSize
+
+SIZE = ModelSize(width=32, depth=2, heads=4, max_len=24)
+VOCAB = 50
+
+# Three short patient histories: (token, day) pairs; patient C is a single event.
+PATIENTS = {
+    "A": [(10, 100), (11, 100), (12, 130), (20, 400), (21, 401)],
+    "B": [(30, 50), (31, 90), (32, 90), (33, 95), (34, 300), (35, 300), (36, 310), (37, 900)],
+    "C": [(40, 7)],
+}
+
+
+def sequence(name: str, masked: bool = False):
+    tokens, days = (np.array(x) for x in zip(*PATIENTS[name]))
+    s = make_sequence(tokens, days, birth_days=-9000, ref_day=int(days[-1]) + 10)
+    return mask_sequence(s, np.random.default_rng(len(name)), 0.3, VOCAB) if masked else s
+
+
+@pytest.fixture
+def encoder():
+    torch.manual_seed(0)
+    return ClaimsEncoder(SIZE, VOCAB).eval()  # eval: dropout off, outputs comparable
+
+
+def hidden_per_sequence(encoder, batch) -> list[torch.Tensor]:
+    h = encoder(batch)  # (B, T, W)
+    return [h[batch.seq == s] for s in range(batch.n_sequences)]
+
+
+def test_packed_patients_get_the_same_outputs_as_each_alone(encoder):
+    names = ["A", "B", "C"]
+    packed = pack([sequence(n) for n in names], row_len=SIZE.max_len + 1)
+    assert packed.tokens.shape[0] == 1  # all three share one row
+    together = hidden_per_sequence(encoder, packed)
+    for name, h in zip(names, together):
+        (alone,) = hidden_per_sequence(encoder, pack([sequence(name)], row_len=SIZE.max_len + 1))
+        torch.testing.assert_close(h, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_changing_one_patient_does_not_move_its_row_neighbours(encoder):
+    before = pack([sequence("A"), sequence("B")], row_len=32)
+    after = pack([sequence("A"), sequence("B")], row_len=32)
+    after.tokens[after.seq == 1] = 5  # rewrite patient B entirely
+    a0, b0 = hidden_per_sequence(encoder, before)
+    a1, b1 = hidden_per_sequence(encoder, after)
+    torch.testing.assert_close(a0, a1)
+    assert not torch.allclose(b0, b1)
+
+
+def test_mask_is_block_diagonal_and_padding_sees_only_padding():
+    seq = torch.tensor([[0, 0, 1, -1]])
+    mask = attention_mask(seq)[0, 0]
+    assert mask.tolist() == [[True, True, False, False], [True, True, False, False],
+                             [False, False, True, False], [False, False, False, True]]
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_classification_gives_one_logit_per_patient_independent_of_packing(encoder, pool):
+    model = classification_model(encoder, pool=pool).eval()
+    seqs = [sequence(n) for n in "ABC"]
+    for s, label in zip(seqs, [1.0, 0.0, 1.0]):
+        s.label, s.sample_index = label, 0
+    loss, logits = model(pack(seqs, row_len=SIZE.max_len + 1))
+    assert logits.shape == (3,) and torch.isfinite(loss)
+    alone = torch.cat([model(pack([s], row_len=SIZE.max_len + 1))[1] for s in seqs])
+    torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_code_head_scores_only_masked_positions_with_the_tied_embedding():
+    torch.manual_seed(0)
+    model = pretraining_model(SIZE, VOCAB)
+    batch = pack([sequence("A", masked=True), sequence("B", masked=True)], row_len=SIZE.max_len + 1)
+    loss, logits = model(batch)
+    assert logits.shape == (int((batch.targets >= 0).sum()), VOCAB)
+    assert model.head.weight is model.encoder.codes.weight
+    assert loss.item() == pytest.approx(np.log(VOCAB), rel=0.1)  # untrained: near uniform
+    loss.backward()
+    assert model.encoder.codes.weight.grad is not None
+
+
+def test_a_batch_of_whole_rows_runs_without_a_mask(encoder):
+    s = make_sequence(np.arange(4, 11), np.arange(7), -1, 7)  # 8 positions with [CLS]
+    batch = pack([s], row_len=8)
+    assert batch.unpacked
+    masked = pack([s], row_len=8)
+    masked.unpacked = False  # force the block-diagonal path
+    torch.testing.assert_close(encoder(batch), encoder(masked), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,181 @@
+"""The search end to end: a real local Ray instance, real Optuna, a real MLflow SQLite store.
+
+One smoke search runs once per session (module fixture); the tests read what it left in MLflow
+and on disk. The resume test interrupts a second search by killing its driver and finishes it
+with --resume.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TASKS = ["ckd_incidence", "antihypertensive_start"]
+
+
+def _kill_ray_under(tmp_root: str) -> None:
+    """Stop the Ray processes of one test's own Ray instance (never `ray stop`: it would stop
+    every Ray instance on the machine)."""
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(tmp_root in part for part in p.info["cmdline"] or []):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def search_cmd(prepared, workdir: Path, name: str, space="smoke", *extra):
+    return [sys.executable, "-m", "claims_search.cli", "search", "--space", str(space), "--data", str(prepared),
+            "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--name", name,
+            "--storage", str(workdir / "runs"), "--no-progress", *extra]
+
+
+class RaySandbox:
+    """Runs commands whose local Ray instance lives under a short private temp dir."""
+
+    def __init__(self):
+        self.root = tempfile.mkdtemp(prefix="csr-", dir="/tmp")
+        self.env = {**os.environ, "RAY_TMPDIR": self.root, "PYTHONUNBUFFERED": "1"}
+
+    def run(self, cmd, timeout=900):
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def start(self, cmd, log: Path):
+        return subprocess.Popen(cmd, env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def close(self):
+        _kill_ray_under(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_search(prepared, tmp_path_factory):
+    work = tmp_path_factory.mktemp("search")
+    box = RaySandbox()
+    try:
+        proc = box.run(search_cmd(prepared, work, "smoke-e2e"))
+    finally:
+        box.close()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, proc.stdout
+
+
+def _client(work):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+
+
+def test_the_search_prints_a_recommendation_for_both_tasks(smoke_search):
+    _, out = smoke_search
+    for task in TASKS:
+        assert f"{task}: recommended" in out
+
+
+def test_mlflow_holds_a_parent_per_task_and_tagged_children(smoke_search):
+    work, _ = smoke_search
+    client = _client(work)
+    exp = client.get_experiment_by_name("smoke-e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    parents = {r.data.tags["claims_search.task"]: r for r in runs if r.data.tags.get("claims_search.role") == "parent"}
+    assert sorted(parents) == sorted(TASKS)
+    for task, parent in parents.items():
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        trials = [c for c in children if c.data.tags.get("trial_id") != "baseline-lightgbm"]
+        assert len(trials) == 3, task  # smoke.yaml: three trials
+        assert any(c.data.tags.get("trial_id") == "baseline-lightgbm" for c in children)
+        assert all(c.data.tags.get("pareto") in ("true", "false") for c in children)
+        assert sum(c.data.tags.get("recommended") == "true" for c in children) == 1
+        complete = [c for c in trials if c.data.tags.get("status") == "complete"]
+        for c in complete:
+            assert {"width", "depth", "heads", "n_params"} <= set(c.data.params)
+            assert "auprc" in c.data.metrics and "auprc_low" in c.data.metrics and "cost" in c.data.metrics
+        arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"frontier.png", "frontier.html", "frontier.csv"} <= arts
+
+
+def test_the_recommended_model_is_registered_with_its_alias(smoke_search):
+    from claims_search.tracking import registered_name
+
+    work, _ = smoke_search
+    client = _client(work)
+    for task in TASKS:
+        mv = client.get_model_version_by_alias(registered_name("smoke-e2e", task), "recommended")
+        assert mv.version
+
+
+def test_frontier_and_recommend_commands_read_the_search_back(smoke_search):
+    work, _ = smoke_search
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    rec = subprocess.run([sys.executable, "-m", "claims_search.cli", "recommend", "--experiment", "smoke-e2e",
+                          "--tracking-uri", uri, "--json"], capture_output=True, text=True, timeout=300)
+    assert rec.returncode == 0, rec.stderr
+    data = json.loads(rec.stdout)
+    assert sorted(data) == sorted(TASKS)
+    assert all(d["recommended"]["cost"] > 0 for d in data.values())
+    fr = subprocess.run([sys.executable, "-m", "claims_search.cli", "frontier", "--experiment", "smoke-e2e",
+                         "--tracking-uri", uri], capture_output=True, text=True, timeout=300)
+    assert fr.returncode == 0, fr.stderr
+    assert all(t in fr.stdout for t in TASKS)
+
+
+def test_nothing_patient_level_reaches_mlflow(smoke_search, prepared):
+    """No subject id of the data appears in any MLflow artifact, param or tag."""
+    import pyarrow.parquet as pq
+
+    work, _ = smoke_search
+    ids = {str(i) for i in pq.read_table(Path(prepared) / "subjects.parquet", columns=["subject_id"])
+           .column(0).to_pylist() if i >= 100000}  # long ids only: short numbers collide with sizes
+    client = _client(work)
+    exp = client.get_experiment_by_name("smoke-e2e")
+    for r in client.search_runs([exp.experiment_id], max_results=500):
+        text = json.dumps([r.data.params, r.data.tags])
+        for a in client.list_artifacts(r.info.run_id):
+            if not a.is_dir and a.path.endswith((".csv", ".json")):
+                text += Path(client.download_artifacts(r.info.run_id, a.path)).read_text()
+        assert not any(i in text for i in ids)
+
+
+def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials(prepared, tmp_path):
+    box = RaySandbox()
+    try:
+        outbox = tmp_path / "runs" / "resumable" / "outbox" / "outbox.jsonl"
+        proc = box.start(search_cmd(prepared, tmp_path, "resumable"), tmp_path / "first.log")
+
+        def finished_trials():
+            if not outbox.exists():
+                return set()
+            rows = [json.loads(x) for x in outbox.read_text().splitlines() if x.strip()]
+            return {r["payload"]["trial_id"] for r in rows if r["kind"] == "trial"} - {"baseline-lightgbm"}
+
+        deadline = time.monotonic() + 600
+        while not finished_trials() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)
+        first = finished_trials()
+        assert first, (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-search
+        proc.wait()
+        _kill_ray_under(box.root)
+        done = {t: (tmp_path / "runs" / "resumable" / "trials" / t / "pretrain" / "result.json").stat().st_mtime
+                for t in first}
+
+        again = box.run(search_cmd(prepared, tmp_path, "resumable", "smoke", "--resume"))
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert all(f"{t}: recommended" in again.stdout for t in TASKS)
+        # Finished trials were not trained again; the search still has three trials in all.
+        for t, mtime in done.items():
+            assert (tmp_path / "runs" / "resumable" / "trials" / t / "pretrain" / "result.json").stat().st_mtime == mtime
+        assert len(finished_trials()) == 3
+    finally:
+        box.close()

@@ -1,0 +1,70 @@
+"""The search's guard against half-finished trials, with real Optuna (no cluster needed)."""
+
+import json
+
+import optuna
+from ray import tune
+
+from claims_search.search import records_from_result
+from claims_search.search_tune import GuardedOptunaSearch
+from claims_search.space import load_space
+
+METRICS = ["ckd_incidence/auprc", "antihypertensive_start/auprc", "cost"]
+
+
+def _searcher():
+    s = GuardedOptunaSearch(metric=METRICS, mode=["max", "max", "min"],
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    s.set_search_properties(None, None, {"lr": tune.loguniform(1e-4, 1e-2)})
+    return s
+
+
+def test_a_trial_stopped_after_pretraining_is_pruned_not_complete():
+    s = _searcher()
+    s.suggest("t1")
+    # The last result a scheduler-stopped trial leaves: pretraining done, no task metrics.
+    s.on_trial_complete("t1", {"status": "pretrained", "pretrain_val_loss": 3.2})
+    (trial,) = s._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.values is None
+
+
+def test_a_finished_trial_is_complete_with_every_objective():
+    s = _searcher()
+    s.suggest("t1")
+    s.on_trial_complete("t1", {"status": "complete", METRICS[0]: 0.31, METRICS[1]: 0.62, "cost": 40.0})
+    (trial,) = s._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.values == [0.31, 0.62, 40.0]
+
+
+def test_an_errored_trial_is_failed():
+    s = _searcher()
+    s.suggest("t1")
+    s.on_trial_complete("t1", None, error=True)
+    assert s._ot_study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def _result(status="complete"):
+    cost = {"wall_s": 10.0, "device_s": 10.0, "tokens": 1000, "flops": 1e9, "n_params": 5000,
+            "peak_mem_bytes": 1, "device": "cpu", "n_devices": 1}
+    task = {"metrics": {"auprc": 0.4, "auprc_low": 0.3, "auprc_high": 0.5, "auroc": 0.7, "n": 100, "positives": 20},
+            "finetune_cost": {**cost, "device_s": 2.0}, "checkpoint": "/x/ckpt"}
+    return {"status": status, "trial_config": json.dumps({"model": {"width": 32}}), "n_params": 5000,
+            "pretrain_val_loss": 3.0, "pretrain_cost": json.dumps(cost),
+            "tasks": json.dumps({"ckd_incidence": task, "antihypertensive_start": task}),
+            "total_cost": json.dumps({**cost, "device_s": 14.0})}
+
+
+def test_records_charge_pretraining_to_every_task():
+    space = load_space("smoke")
+    recs = records_from_result("t1", _result(), ["ckd_incidence", "antihypertensive_start"], space)
+    assert [r.task for r in recs] == ["ckd_incidence", "antihypertensive_start"]
+    assert all(r.cost == 12.0 and r.pretrain_cost == 10.0 and r.finetune_cost == 2.0 for r in recs)
+    assert recs[0].metric == 0.4 and recs[0].metric_low == 0.3 and recs[0].usable
+
+
+def test_records_of_a_pruned_trial_never_carry_a_metric():
+    space = load_space("smoke")
+    recs = records_from_result("t2", {**_result(), "status": "pretrained"}, ["ckd_incidence"], space)
+    assert recs[0].status == "pruned" and recs[0].metric is None and not recs[0].usable

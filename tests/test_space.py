@@ -1,0 +1,146 @@
+"""Search spaces: every shipped YAML parses, every sample is a valid size, bad spaces fail clearly."""
+
+import copy
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from claims_search.errors import ClaimsSearchError
+from claims_search.sizes import ModelSize
+from claims_search.space import load_space, validate_against_cluster
+
+SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+
+GOOD = {
+    "name": "tiny",
+    "tasks": ["ckd_incidence"],
+    "budget": {"trials": 2},
+    "model": {"head_dim": [8], "heads": [2, 4], "depth": {"low": 1, "high": 2}},
+    "training": {"pretrain": {"lr": {"low": 1.0e-4, "high": 1.0e-3, "log": True}, "steps": 5, "warmup": 1}},
+}
+
+
+def write(tmp_path, space, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_space_parses_and_yields_valid_trial_configs(path):
+    space = load_space(path)
+    assert space.name == path.stem
+    assert set(space.task_names) == {"ckd_incidence", "antihypertensive_start"}
+    # Enumerate the model grid (choices and int ranges): every point must be a valid ModelSize.
+    samples = space.grid_samples() if space.is_grid else _model_grid(space)
+    assert samples
+    for sample in samples:
+        config = space.sample_to_trial_config(sample)
+        ModelSize(**config["model"])
+        assert set(config) == {"model", "pretrain", "finetune"}
+
+
+def _model_grid(space):
+    from claims_search.space import _values
+
+    dims = {k: _values(v) for k, v in space.model.model_dump(exclude_none=True).items()
+            if not isinstance(getattr(space.model, k), dict)}
+    for k in ("heads", "depth", "dropout", "head_dim"):
+        dims[k] = _values(getattr(space.model, k)) if getattr(space.model, k) is not None else [None]
+    keys = list(dims)
+    return [{"model": dict(zip(keys, combo))} for combo in itertools.product(*dims.values())]
+
+
+def test_shipped_spaces_by_name_and_the_paper_grid_is_the_five_presets():
+    paper = load_space("paper")
+    assert paper.is_grid and paper.num_samples() == 1
+    assert [s["model"]["preset"] for s in paper.grid_samples()] == ["2.2M", "4.9M", "11M", "33M", "101M"]
+    assert load_space("smoke").budget.trials <= 3
+
+
+def test_tune_param_space_has_ray_domains_and_the_sample_becomes_a_trial_config(tmp_path):
+    from ray import tune
+
+    space = load_space(write(tmp_path, GOOD))
+    ps = space.tune_param_space()
+    assert isinstance(ps["model"]["heads"], tune.search.sample.Categorical)
+    assert isinstance(ps["pretrain"]["lr"], tune.search.sample.Float)
+    assert ps["pretrain"]["steps"] == 5
+    sample = {"model": {"head_dim": 8, "heads": 4, "depth": 2}, "pretrain": {"lr": 3e-4, "steps": 5}}
+    assert space.sample_to_trial_config(sample) == {
+        "model": {"width": 32, "heads": 4, "depth": 2},  # width = head_dim x heads
+        "pretrain": {"lr": 3e-4, "steps": 5},
+        "finetune": {},
+    }
+    # Optuna-style flat keys give the same config.
+    flat = {"model/head_dim": 8, "model/heads": 4, "model/depth": 2, "pretrain/lr": 3e-4, "pretrain/steps": 5}
+    assert space.sample_to_trial_config(flat) == space.sample_to_trial_config(sample)
+
+
+def mutate(**changes):
+    space = copy.deepcopy(GOOD)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = space
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return space
+
+
+BAD = {
+    "unknown top-level key": (mutate(learning_rate=0.1), "learning_rate: unknown key"),
+    "unknown model key": (mutate(model__width_mult=2), "model.width_mult: unknown key"),
+    "empty range": (mutate(model__depth={"low": 4, "high": 2}), "model.depth: empty range"),
+    "empty choices": (mutate(model__heads=[]), "model.heads: empty choice list"),
+    "heads can't divide width": (
+        mutate(model={"width": [64, 96], "heads": [4, 5], "depth": 2}),
+        "model.heads: 5 heads can't divide width 64",
+    ),
+    "unknown task": (mutate(tasks=["diabetes_onset"]), "tasks: unknown task 'diabetes_onset'"),
+    "unknown metric": (mutate(metric="accuracy"), "metric: Input should be 'auprc' or 'auroc'"),
+    "scalar without lambda": (mutate(objective={"kind": "scalar"}), "objective: a scalar objective needs lambda"),
+    "grid over a range": (mutate(sampler="grid"), "the grid sampler needs choices"),
+    "unknown preset": (mutate(model={"presets": ["huge"]}), "model.presets: unknown preset 'huge'"),
+    "unknown training key": (mutate(training={"pretrain": {"learning_rate": 1.0e-3}}), "training.pretrain.learning_rate: unknown key"),
+    "settings that can't train": (
+        mutate(training={"pretrain": {"steps": [5, 500], "warmup": 100}}),
+        "training.pretrain: PretrainSettings: warmup (100) must be in [0, steps=5]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_spaces_fail_with_one_line_naming_file_and_key(tmp_path, case):
+    space, expected = BAD[case]
+    path = write(tmp_path, space)
+    with pytest.raises(ClaimsSearchError) as e:
+        load_space(path)
+    message = str(e.value)
+    assert message.startswith(str(path)), message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_a_task_may_be_an_aces_file_beside_the_space(tmp_path):
+    (tmp_path / "my_task.yaml").write_text("predicates: {}\n")
+    space = load_space(write(tmp_path, mutate(tasks=["my_task.yaml", "ckd_incidence"])))
+    assert space.task_names == ["my_task", "ckd_incidence"]
+
+
+def test_budget_checked_against_the_cluster(tmp_path):
+    space = load_space(write(tmp_path, mutate(budget={"trials": 8, "concurrency": 4, "workers_per_trial": 2, "gpus_per_worker": 1})))
+    assert validate_against_cluster(space, {"CPU": 64, "GPU": 8}) == 4
+    assert validate_against_cluster(space, {"CPU": 64, "GPU": 4}) == 2  # concurrency lowered to fit
+    with pytest.raises(ClaimsSearchError, match=r"budget.gpus_per_worker: a trial needs 2 GPU .* cluster has 1"):
+        validate_against_cluster(space, {"CPU": 64, "GPU": 1})
+
+
+def test_yaml_exponent_floats_and_missing_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(GOOD).replace("0.0001", "1e-4"))
+    assert load_space(path).training.pretrain["lr"].low == pytest.approx(1e-4)
+    with pytest.raises(ClaimsSearchError, match="not found"):
+        load_space(tmp_path / "nope.yaml")

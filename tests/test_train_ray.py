@@ -1,0 +1,47 @@
+"""Training runs on Ray Train workers (claims_search.train_ray): DDP on CPU, resume after failure."""
+
+import json
+
+import pytest
+
+from claims_search.loop import FinetuneSettings
+from claims_search.training import finetune
+
+from tests.test_baseline import recency_cache  # noqa: F401  (a pytest fixture)
+
+SETTINGS = FinetuneSettings(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
+
+
+@pytest.fixture
+def ray_local():
+    ray = pytest.importorskip("ray")
+    # address="local": our own small instance, never another engineer's cluster.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_two_workers_give_the_same_result_format_and_resume_after_a_failure(recency_cache, tmp_path, ray_local):  # noqa: F811
+    task = "antihypertensive_start"
+    local = finetune(recency_cache, task, "debug", SETTINGS, tmp_path / "local", n_boot=50)
+    # Both workers fail once right after the checkpoint at step 4; Ray Train restarts them and
+    # they continue from that checkpoint.
+    on_ray = finetune(recency_cache, task, "debug", SETTINGS, tmp_path / "ray", n_boot=50, workers=2,
+                      checkpoint_every=2, ray_options={"fail_at_step": 4, "max_failures": 1})
+
+    assert on_ray.metrics.keys() == local.metrics.keys()
+    assert list(on_ray.metrics["tuning"]) == list(local.metrics["tuning"])
+    assert on_ray.metrics["tuning"]["n"] == local.metrics["tuning"]["n"] == 40
+    assert (on_ray.resumed_from_step, on_ray.steps) == (4, 6)
+
+    # Cost across workers: device-seconds = wall x 2; tokens summed over both ranks, including
+    # the segment before the failure (each rank reads its own budget of tokens per step).
+    assert on_ray.cost.n_devices == 2
+    assert on_ray.cost.device_s == pytest.approx(2 * on_ray.cost.wall_s)
+    assert on_ray.cost.tokens > 1.5 * local.cost.tokens
+
+    saved = json.loads((tmp_path / "ray" / "result.json").read_text())
+    assert saved["workers"] == 2 and saved["step"] == 6
+    assert (tmp_path / "ray" / "checkpoint" / "state.pt").exists()
+    assert not (tmp_path / "ray.partial").exists()

@@ -1,0 +1,130 @@
+"""Single training runs (claims_search.training): pretrain, fine-tune, resume, bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from claims_search.errors import ClaimsSearchError
+from claims_search.loop import FinetuneSettings, PretrainSettings
+from claims_search.metrics import METRIC_KEYS
+from claims_search.training import finetune, pretrain, read_meta
+
+# The recency fixture of test_baseline: 240 patients, one checkup each, antihypertensive_start.
+from tests.test_baseline import recency_cache  # noqa: F401  (a pytest fixture)
+
+TINY_PT = dict(steps=6, warmup=1, batch_tokens=1024, log_every=2)
+TINY_FT = dict(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def pretrained(recency_cache, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("runs") / "pt"
+    return pretrain(recency_cache, "debug", PretrainSettings(**TINY_PT), out)
+
+
+def test_pretrain_writes_checkpoint_loss_and_cost(pretrained):
+    assert pretrained.steps == 6 and pretrained.val_loss > 0
+    meta = read_meta(pretrained.checkpoint)
+    assert meta["kind"] == "pretrain" and meta["size"]["width"] == 32 and meta["vocab"]["size"] == 11
+    result = json.loads((pretrained.checkpoint.parent / "result.json").read_text())
+    assert result["cost"]["tokens"] == pretrained.cost.tokens > 0
+    assert pretrained.cost.flops > 0 and pretrained.cost.n_devices == 1
+    assert not pretrained.checkpoint.parent.with_name("pt.partial").exists()
+
+
+def test_finetune_from_checkpoint_keeps_costs_apart(recency_cache, pretrained, tmp_path):  # noqa: F811
+    result = finetune(recency_cache, "antihypertensive_start", None, FinetuneSettings(**TINY_FT),
+                      tmp_path / "ft", init_checkpoint=pretrained.checkpoint.parent,
+                      eval_splits=("tuning", "held_out"), n_boot=100)
+    assert set(result.metrics) == {"tuning", "held_out"}
+    assert list(result.metrics["tuning"]) == list(METRIC_KEYS)
+    assert result.metrics["held_out"]["n"] == 40
+    assert result.pretrain_cost == pretrained.cost  # charged once, apart from fine-tuning
+    assert result.cost.tokens > 0 and result.cost != pretrained.cost
+    saved = json.loads((tmp_path / "ft" / "result.json").read_text())
+    assert saved["metrics"]["tuning"]["auroc"] == result.metrics["tuning"]["auroc"]
+    assert "subject_id" not in json.dumps(saved)
+
+
+def test_interrupted_run_resumes_and_continues_the_step_count(recency_cache, tmp_path):  # noqa: F811
+    seen = []
+
+    def stop_at_6(step, metrics):
+        seen.append(step)
+        if step == 6:
+            raise KeyboardInterrupt  # killed at step 6, before its checkpoint: the last is step 4
+
+    settings = PretrainSettings(**{**TINY_PT, "steps": 8})
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(recency_cache, "debug", settings, tmp_path / "pt", checkpoint_every=2, on_report=stop_at_6)
+    assert not (tmp_path / "pt").exists()  # nothing half-written in OUT
+    assert (tmp_path / "pt.partial" / "state.pt").exists()
+
+    again = pretrain(recency_cache, "debug", settings, tmp_path / "pt", checkpoint_every=2,
+                     on_report=lambda step, m: seen.append(step))
+    assert (again.resumed_from_step, again.steps) == (4, 8)
+    assert seen == [2, 4, 6, 6, 8]  # steps 1-4 were not trained twice
+    # A finished run is continued, not redone, when asked for more steps.
+    longer = pretrain(recency_cache, "debug", PretrainSettings(**{**TINY_PT, "steps": 10}), tmp_path / "pt")
+    assert (longer.resumed_from_step, longer.steps) == (8, 10)
+    assert longer.cost.tokens > again.cost.tokens
+
+
+def _no_training(step, metrics):
+    raise AssertionError("training started")
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        ({"width": 30, "depth": 1, "heads": 4}, "heads .4. must divide width .30."),
+        ({"width": 32, "depth": 1, "heads": 2, "max_len": 128}, "prepared for up to 64 events"),
+    ],
+    ids=["heads-do-not-divide-width", "max-len-longer-than-cache"],
+)
+def test_bad_size_fails_before_training(recency_cache, tmp_path, size, message):  # noqa: F811
+    with pytest.raises(ClaimsSearchError, match=message):
+        pretrain(recency_cache, size, PretrainSettings(**TINY_PT), tmp_path / "pt", on_report=_no_training)
+    assert not (tmp_path / "pt").exists() and not (tmp_path / "pt.partial").exists()
+
+
+def test_missing_task_fails_before_training(recency_cache, tmp_path):  # noqa: F811
+    with pytest.raises(ClaimsSearchError, match="task 'ckd_incidence' is not in the cache"):
+        finetune(recency_cache, "ckd_incidence", "debug", FinetuneSettings(**TINY_FT), tmp_path / "ft",
+                 on_report=_no_training)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_checkpoint_from_another_vocabulary_or_size_fails_before_training(recency_cache, pretrained, tmp_path):  # noqa: F811
+    other = tmp_path / "other"
+    shutil.copytree(pretrained.checkpoint, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "vocab": {"size": 5000, "hash": "0123456789abcdef"}}))
+    with pytest.raises(ClaimsSearchError, match="another vocabulary"):
+        finetune(recency_cache, "antihypertensive_start", None, FinetuneSettings(**TINY_FT), tmp_path / "ft",
+                 init_checkpoint=other, on_report=_no_training)
+    with pytest.raises(ClaimsSearchError, match="size: the checkpoint is"):
+        finetune(recency_cache, "antihypertensive_start", {"width": 64, "depth": 2, "heads": 2, "max_len": 64},
+                 FinetuneSettings(**TINY_FT), tmp_path / "ft", init_checkpoint=pretrained.checkpoint,
+                 on_report=_no_training)
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.slow
+def test_debug_model_beats_chance_on_both_builtin_tasks(tmp_path):
+    """Synthetic claims -> prepare -> pretrain debug -> fine-tune each built-in task, on CPU."""
+    from claims_search.cache import Settings, write_cache
+    from claims_search.labels import BUILTIN_TASKS, load_task
+    from claims_search.synth import generate
+
+    generate(tmp_path / "meds", 2000, 0, workers=1)
+    prepared = tmp_path / "prepared"
+    write_cache(tmp_path / "meds", prepared, [load_task(t) for t in BUILTIN_TASKS], Settings(max_len=64))
+    pt = pretrain(prepared, "debug", PretrainSettings(steps=150, warmup=15, batch_tokens=4096, lr=2e-3),
+                  tmp_path / "pt")
+    for task in BUILTIN_TASKS:
+        ft = finetune(prepared, task, None, FinetuneSettings(steps=150, warmup=15, batch_tokens=4096, lr=1e-3),
+                      tmp_path / f"ft-{task}", init_checkpoint=pt.checkpoint)
+        m = ft.metrics["tuning"]
+        assert m["auroc_low"] > 0.5, f"{task}: {m}"
