@@ -70,7 +70,8 @@ class Cache:
         self.days = np.load(self.path / "days.npy", mmap_mode="r")  # (E,) int32
         self._offset = self.subjects["offset"].to_numpy()
         self._length = self.subjects["length"].to_numpy()
-        self._n_static = self.subjects["n_static"].to_numpy()
+        self._n_static = (self.subjects["n_static"].to_numpy() if "n_static" in self.subjects
+                          else np.zeros(len(self.subjects), dtype=np.int32))
         self._labels: dict = {}
 
     @classmethod
@@ -259,6 +260,9 @@ def _write_tables(ds, tmp: Path, tasks: list, parts: list[dict], say) -> dict:
             "oracle": task_labels.oracle_scores(lab),
         }
         say(f"task {t.name}: {len(lab):,} samples, {int(lab['label'].sum()):,} positive")
+        for split, c in summary[t.name]["splits"].items():
+            if c["positives"] in (0, c["n"]):
+                log.warning("task %s: split %s has one class only (%d samples)", t.name, split, c["n"])
     return summary
 
 

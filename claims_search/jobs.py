@@ -79,9 +79,10 @@ def probe_head(address: str, token: str | None = None, timeout: float = PROBE_TI
             f"({type(e).__name__}); is the dashboard port forwarded?"
         ) from None
     if r.status_code in (401, 403):
+        problem = "wants an auth token" if r.status_code == 401 else "rejected our auth token"
         raise ClaimsSearchError(
-            f"{address}: the cluster wants an auth token ({r.status_code}); set RAY_AUTH_TOKEN "
-            "(on the head: `ray get-auth-token`)"
+            f"{address}: the cluster {problem} ({r.status_code}); set RAY_AUTH_TOKEN to the "
+            "cluster's token (on the head: `ray get-auth-token`)"
         )
     if r.status_code != 200:
         raise ClaimsSearchError(f"{address}: /api/version answered {r.status_code}; not a Ray dashboard?")
@@ -171,7 +172,7 @@ def check_space_fits(space_path: str | Path, resources: dict[str, float]) -> int
 
 # ---- the job ------------------------------------------------------------------------------
 
-def _flag(argv: list[str], name: str) -> str | None:
+def flag_value(argv: list[str], name: str) -> str | None:
     """The value of ``--name V`` or ``--name=V`` in ``argv``."""
     for i, a in enumerate(argv):
         if a == name and i + 1 < len(argv):
@@ -207,15 +208,15 @@ def build_entrypoint(
     argv = list(argv)
     experiment = None
     if argv[0] == "search":
-        experiment = _flag(argv, "--name")
+        experiment = flag_value(argv, "--name")
         if experiment is None:
-            space = Path(_flag(argv, "--space") or "search").stem
+            space = Path(flag_value(argv, "--space") or "search").stem
             stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
             experiment = f"{space}-{stamp}"
             argv += ["--name", experiment]
-        if tracking_uri and _flag(argv, "--tracking-uri") is None:
+        if tracking_uri and flag_value(argv, "--tracking-uri") is None:
             argv += ["--tracking-uri", tracking_uri]
-        if storage_path and _flag(argv, "--storage") is None:
+        if storage_path and flag_value(argv, "--storage") is None:
             argv += ["--storage", storage_path]
     if is_command(argv):
         argv = ["python", "-m", "claims_search.cli", *argv]
@@ -261,17 +262,18 @@ def log_tail(client, job_id: str, lines: int = TAIL_LINES) -> str:
 
 def _failure(client, job_id: str, status: str) -> ClaimsSearchError:
     info = client.get_job_info(job_id)
-    message = (info.message or "").strip()
+    lines = (info.message or "").strip().splitlines() or ["no message"]
     tail = log_tail(client, job_id)
-    # Runtime-env failures put the useful part in the message; keep it one line plus the tail.
-    first = message.splitlines()[-1] if message else "no message"
-    text = f"job {job_id} {status.lower()}: {first}"
+    # One line first (Ray's summary, e.g. "runtime_env setup failed: ..."), then what explains
+    # it: the job's own log, or, when the job never started (runtime env), the message's end,
+    # whose last line is the underlying exception.
+    text = f"job {job_id} {status.lower()}: {lines[0]}"
     if info.error_type:
         text += f" [{info.error_type}]"
     if tail:
         text += "\n--- last lines of the job's log ---\n" + tail
-    elif message and len(message.splitlines()) > 1:
-        text += "\n--- job message ---\n" + "\n".join(message.splitlines()[-TAIL_LINES:])
+    elif len(lines) > 1:
+        text += "\n--- end of the job's error ---\n" + "\n".join(lines[-6:])
     return ClaimsSearchError(text)
 
 

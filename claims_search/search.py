@@ -42,36 +42,42 @@ class SearchRequest:
 
 def run_search(req: SearchRequest) -> dict[str, Any]:
     """Run (or resume) a search; return ``{task: Recommendation | None}``."""
+    from claims_search import storage as st
     from claims_search.cache import Cache
-    from claims_search.space import load_space
+    from claims_search.space import load_space, validate_against_cluster
     from claims_search.tracking import Tracker, reachable
 
     space = load_space(req.space)
-    cache = Cache.open(req.data)
+    data = st.require(req.data, "prepared cache")
+    cache = Cache.open(st.localize(data))
     missing = [t for t in space.task_names if t not in cache.tasks]
     if missing:
         raise ClaimsSearchError(f"{req.data}: task(s) {missing} not in the prepared cache (has {cache.tasks}); "
                                 f"run `claims-search prepare --task ...` for them")
     if not reachable(req.tracking_uri):
         raise ClaimsSearchError(f"tracking server {req.tracking_uri} is unreachable (or refuses this host)")
-    run_dir = Path(req.storage).resolve() / req.name
-    tune_dir = run_dir / "tune"
-    if run_dir.exists() and not req.resume and (tune_dir.exists() or (run_dir / "outbox").exists()):
-        raise ClaimsSearchError(f"{run_dir}: a search named {req.name!r} exists; pass --resume to finish it "
-                                f"or choose another --name")
-    if req.resume and not tune_dir.exists():
-        raise ClaimsSearchError(f"{run_dir}: nothing to resume for search {req.name!r}")
+    # The outbox and the Optuna study are the driver's files: under --storage when it is a
+    # path, else in the driver's home (resume a remote-storage search from the same head).
+    remote = st.is_uri(req.storage)
+    run_dir = (Path.home() / ".cache" / "claims-search" / "runs" if remote else st.local_path(req.storage)) / req.name
+    tune_path = st.join(req.storage, req.name, "tune")
+    started = st.exists(tune_path) or (run_dir / "outbox").exists()
+    if started and not req.resume:
+        raise ClaimsSearchError(f"{st.join(req.storage, req.name)}: a search named {req.name!r} exists; pass "
+                                f"--resume to finish it or choose another --name")
+    if req.resume and not st.exists(tune_path):
+        raise ClaimsSearchError(f"{tune_path}: nothing to resume for search {req.name!r}")
     run_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(req.tracking_uri, req.name, run_dir / "outbox", metric=space.metric, cost=space.cost)
 
     ray = _init_ray(req.address)
     try:
-        from claims_search.space import validate_against_cluster
-
         concurrency = validate_against_cluster(space, ray.cluster_resources())
+        multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
+        storage_path, storage_fs = st.tune_storage(st.join(req.storage, req.name), multi_node=multi_node)
         if space.baseline:
-            _baselines(ray, space, req.data, run_dir, tracker)
-        _tune(space, req, cache, run_dir, tracker, concurrency)
+            _baselines(ray, space, data, run_dir, tracker)
+        _tune(space, req, cache, data, run_dir, tracker, concurrency, storage_path, storage_fs)
     finally:
         ray.shutdown()
     recs = tracker.publish(tolerance=space.recommend.tolerance,
@@ -89,9 +95,9 @@ def _init_ray(address: str | None):
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
-        if address:
+        if address or os.environ.get("RAY_ADDRESS"):  # a cluster (inside a Ray job RAY_ADDRESS is set)
             ray.init(address=address, log_to_driver=False)
-        else:
+        else:  # the embedded default: a local instance, no dashboard
             ray.init(include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClaimsSearchError(f"Ray at {address or 'local'}: cannot connect: {str(e).splitlines()[0]}") from None
@@ -107,9 +113,14 @@ def _baselines(ray, space, data: str, run_dir: Path, tracker) -> None:
 
     @ray.remote(num_cpus=1)
     def fit(task: str) -> dict:
-        from claims_search.baseline import baseline
+        import tempfile
 
-        res = baseline(data, task, run_dir / "baseline" / task)
+        from claims_search.baseline import baseline
+        from claims_search.storage import localize
+
+        # Only aggregates come back; the fitted model stays in a scratch folder on its node.
+        with tempfile.TemporaryDirectory() as tmp:
+            res = baseline(localize(data), task, Path(tmp) / task)
         return {"metrics": res.metrics["tuning"], "cost": res.cost.to_dict()}
 
     for task, out in zip(todo, ray.get([fit.remote(t) for t in todo])):
@@ -154,14 +165,16 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
     return out
 
 
-def _tune(space, req: SearchRequest, cache, run_dir: Path, tracker, concurrency: int) -> None:
+def _tune(space, req: SearchRequest, cache, data: str, run_dir: Path, tracker, concurrency: int,
+          storage_path: str, storage_fs) -> None:
     from ray import tune
 
     from claims_search.search_tune import GuardedOptunaSearch, TrackingCallback, make_sampler
+    from claims_search.storage import join
 
     b = space.budget
     ctx = TrialContext(
-        space_path=str(space.path), cache_dir=str(Path(req.data).resolve()), artifacts=str(run_dir / "trials"),
+        space_path=str(space.path), cache_dir=data, artifacts=join(req.storage, req.name, "trials"),
         tasks=tuple(space.task_names), metric=space.metric, cost=space.cost, workers=b.workers_per_trial,
         use_gpu=b.gpus_per_worker > 0, cpus_per_worker=b.cpus_per_worker, gpus_per_worker=b.gpus_per_worker,
         vocab_size=cache.vocab_size)
@@ -171,11 +184,12 @@ def _tune(space, req: SearchRequest, cache, run_dir: Path, tracker, concurrency:
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
     callbacks = [TrackingCallback(tracker, space, progress=req.progress, total=space.num_samples()
                                   if not space.is_grid else len(space.grid_samples()))]
-    run_config = tune.RunConfig(name="tune", storage_path=str(run_dir), callbacks=callbacks, verbose=0,
-                                failure_config=tune.FailureConfig(max_failures=1))
-    if req.resume and tune.Tuner.can_restore(str(run_dir / "tune")):
-        tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=trainable, resume_errored=True,
-                                   restart_errored=False, param_space=space.tune_param_space())
+    run_config = tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
+                                callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=1))
+    tune_path = f"{storage_path.rstrip('/')}/tune"
+    if req.resume and tune.Tuner.can_restore(tune_path, storage_filesystem=storage_fs):
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, restart_errored=False,
+                                   param_space=space.tune_param_space(), storage_filesystem=storage_fs)
         # Callbacks are not restored with the experiment: hand them over again.
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:

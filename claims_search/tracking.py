@@ -382,6 +382,9 @@ class Tracker:
         if versions:
             version = versions[0].version
         else:
+            from claims_search.storage import localize
+
+            checkpoint = str(localize(checkpoint))  # a local copy when it lives on s3:// or gs://
             if not Path(checkpoint).is_dir():
                 raise ClaimsSearchError(f"{checkpoint}: recommended checkpoint folder not found")
             import warnings

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,19 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     from claims_search.sizes import ModelSize
     from claims_search.space import load_space
 
+    from claims_search import storage as st
+
     space = load_space(ctx.space_path)
     cfg = space.sample_to_trial_config(config)
     size = ModelSize(**cfg["model"])
     trial_id = tune.get_context().get_trial_id()
-    out = Path(ctx.artifacts) / trial_id
+    cache_dir = str(st.localize(ctx.cache_dir))  # a per-node copy when the cache is on s3:// or gs://
+    # Runs write locally; on remote storage each finished run's folder is uploaded next to it.
+    remote = st.is_uri(ctx.artifacts)
+    out = (Path(tempfile.gettempdir()) / "claims-search-trials" if remote else Path(ctx.artifacts)) / trial_id
+
+    def keep(folder: Path) -> str:
+        return st.upload(folder, st.join(ctx.artifacts, trial_id, folder.name)) if remote else str(folder)
     run_kw = dict(workers=ctx.workers or None, use_gpu=ctx.use_gpu)
     if ctx.workers:
         res = {"CPU": ctx.cpus_per_worker * 0.99}
@@ -66,10 +75,13 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             res["GPU"] = ctx.gpus_per_worker
         run_kw["ray_options"] = {"resources_per_worker": res}
 
-    pre = training.pretrain(ctx.cache_dir, size, PretrainSettings(**cfg["pretrain"]), out / "pretrain", **run_kw)
+    pre = training.pretrain(cache_dir, size, PretrainSettings(**cfg["pretrain"]), out / "pretrain", **run_kw)
     pre_cost = pre.cost.to_dict()
+    keep(pre.checkpoint.parent)
     # Nested values travel as JSON strings: Tune flattens nested dicts on the way.
-    base = {"trial_config": json.dumps(cfg), "n_params": size.n_params(ctx.vocab_size),
+    import ray
+
+    base = {"node_id": ray.get_runtime_context().get_node_id(), "trial_config": json.dumps(cfg), "n_params": size.n_params(ctx.vocab_size),
             "pretrain_val_loss": pre.val_loss, "pretrain_cost": json.dumps(pre_cost)}
     # Tune insists every result carries the searcher's metrics: None until the trial is done
     # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
@@ -82,13 +94,14 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     per_task, results = {}, {}
     total = pre.cost
     for task in ctx.tasks:
-        ft = training.finetune(ctx.cache_dir, task, size, FinetuneSettings(**cfg["finetune"]), out / f"finetune-{task}",
+        ft = training.finetune(cache_dir, task, size, FinetuneSettings(**cfg["finetune"]), out / f"finetune-{task}",
                                init_checkpoint=pre.checkpoint, **run_kw)
         m = ft.metrics["tuning"]
         ft_cost = ft.cost.to_dict()
         task_cost = (cost_value(pre_cost, ctx.cost) or 0.0) + (cost_value(ft_cost, ctx.cost) or 0.0)
         per_task[task] = (m[ctx.metric], task_cost)
-        results[task] = {"metrics": m, "finetune_cost": ft_cost, "checkpoint": str(ft.checkpoint)}
+        results[task] = {"metrics": m, "finetune_cost": ft_cost,
+                         "checkpoint": st.join(keep(ft.checkpoint.parent), "checkpoint")}
         total = total + ft.cost
     total_cost = cost_value(total.to_dict(), ctx.cost)
     tune.report({**base, "status": "complete", "tasks": json.dumps(results), "total_cost": json.dumps(total.to_dict()),

@@ -78,7 +78,7 @@ def _pids_using(marker: str) -> list[int]:
     return [pid for pid in pids if pid != os.getpid()]
 
 
-def stop_processes(pgids: list[int], marker: str, grace: float = 10.0) -> None:
+def stop_processes(pgids: list[int], marker: str, grace: float = 5.0) -> None:
     """SIGTERM our process groups and every process naming ``marker``; SIGKILL what is left."""
     import psutil
 

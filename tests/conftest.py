@@ -4,6 +4,8 @@ per test session through the real CLI."""
 
 import pytest
 
+pytest_plugins = ["tests.cluster_harness"]  # real multi-node Ray, mlflow server, headless Chromium
+
 from claims_search.cli import main as cli
 
 

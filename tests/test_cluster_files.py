@@ -6,7 +6,6 @@ comment on every key. (search_spaces/*.yaml are checked in tests/test_space.py.)
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path

@@ -26,9 +26,9 @@ def free_port() -> int:
 
     return _free_port()
 
-# What the cluster test submits. The probe asks for one CPU per task, as a trial does, and
-# reports which node ran each task. To submit the smoke search instead, this is the one line:
-#   ENTRYPOINT = ["search", "--space", "smoke", "--data", str(PREPARED)]
+
+# What the cluster test submits: a probe that asks for one CPU per task, as a trial does, and
+# reports which node ran each task (see the `entrypoint` fixture to submit the smoke search).
 WHERE = """
 import json, ray
 ray.init()
@@ -39,6 +39,15 @@ head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head
 print("WHERE " + json.dumps({"head": head, "ran": ray.get([where.remote() for _ in range(4)])}))
 """
 ENTRYPOINT = ["python", "-c", WHERE]
+
+
+@pytest.fixture
+def entrypoint(request) -> list[str]:
+    """The command `test_submit_follow_runs_on_worker_nodes_not_the_head` submits. To submit
+    the smoke search instead, this is the one line (plus assertions on MLflow):
+        return ["search", "--space", "smoke", "--data", str(request.getfixturevalue("prepared"))]
+    """
+    return ENTRYPOINT
 
 
 def cli(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -125,9 +134,9 @@ def test_an_unreachable_head_fails_within_seconds():
 
 @pytest.mark.ray
 @pytest.mark.cluster
-def test_submit_follow_runs_on_worker_nodes_not_the_head(ray_cluster):
+def test_submit_follow_runs_on_worker_nodes_not_the_head(ray_cluster, entrypoint):
     env = ray_cluster.client_env()
-    out = cli("submit", "--address", ray_cluster.dashboard_url, "--follow", "--", *ENTRYPOINT, env=env)
+    out = cli("submit", "--address", ray_cluster.dashboard_url, "--follow", "--", *entrypoint, env=env)
     assert out.returncode == 0, out.stderr + out.stdout
     job_id = out.stdout.split("job_id: ", 1)[1].split()[0]
     assert f"job {job_id} succeeded" in out.stdout

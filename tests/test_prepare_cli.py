@@ -80,3 +80,12 @@ def test_help_of_the_console_script():
     got = subprocess.run([sys.executable, "-m", "claims_search.cli", "prepare", "--help"],
                          capture_output=True, text=True, check=True)
     assert "--max-len" in got.stdout and "quantile tokens" in got.stdout
+
+
+def test_prepare_refuses_to_replace_a_folder_that_is_not_a_cache(claims, tmp_path, capsys):
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "todo.txt").write_text("keep me")
+    assert main(["prepare", "--meds", str(claims), "--out", str(precious), "--workers", "1"]) == 2
+    assert "is not a prepared cache" in capsys.readouterr().err
+    assert (precious / "todo.txt").read_text() == "keep me"

@@ -118,13 +118,15 @@ def test_debug_model_beats_chance_on_both_builtin_tasks(tmp_path):
     from claims_search.labels import BUILTIN_TASKS, load_task
     from claims_search.synth import generate
 
-    generate(tmp_path / "meds", 2000, 0, workers=1)
+    generate(tmp_path / "meds", 3000, 0, workers=1)
     prepared = tmp_path / "prepared"
     write_cache(tmp_path / "meds", prepared, [load_task(t) for t in BUILTIN_TASKS], Settings(max_len=64))
-    pt = pretrain(prepared, "debug", PretrainSettings(steps=150, warmup=15, batch_tokens=4096, lr=2e-3),
+    pt = pretrain(prepared, "debug", PretrainSettings(steps=200, warmup=20, batch_tokens=4096, lr=2e-3),
                   tmp_path / "pt")
+    assert pt.val_loss < 4.5  # a uniform guess over the ~240 codes scores ~5.5
     for task in BUILTIN_TASKS:
-        ft = finetune(prepared, task, None, FinetuneSettings(steps=150, warmup=15, batch_tokens=4096, lr=1e-3),
-                      tmp_path / f"ft-{task}", init_checkpoint=pt.checkpoint)
+        ft = finetune(prepared, task, None, FinetuneSettings(steps=150, warmup=15, batch_tokens=4096, lr=2e-3),
+                      tmp_path / f"ft-{task}", init_checkpoint=pt.checkpoint, n_boot=200)
         m = ft.metrics["tuning"]
+        # Measured (seed 0, 2 threads): ckd 0.68 [0.56, 0.80], antihypertensive 0.75 [0.66, 0.86].
         assert m["auroc_low"] > 0.5, f"{task}: {m}"

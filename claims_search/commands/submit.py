@@ -69,17 +69,19 @@ def _env_vars(args: argparse.Namespace, command: list[str]) -> dict[str, str]:
     from claims_search import jobs, storage
     from claims_search.errors import ClaimsSearchError
 
-    env = {}
+    env: dict[str, str] = {}
     for kv in args.env:
         key, sep, value = kv.partition("=")
         if not sep or not key:
             raise ClaimsSearchError(f"--env {kv!r}: expected KEY=VALUE")
         env[key] = value
-    if args.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    tracking = args.tracking_uri or jobs.flag_value(command, "--tracking-uri")
+    if tracking:
+        env["MLFLOW_TRACKING_URI"] = tracking
     if args.storage_path:
-        env["CLAIMS_SEARCH_STORAGE_PATH"] = storage.normalize(args.storage_path) if storage.is_uri(args.storage_path) else args.storage_path
-    data = jobs._flag(command, "--data")
+        # A URI as given; a path as given too: it names the shared mount on the cluster's nodes.
+        env["CLAIMS_SEARCH_STORAGE_PATH"] = args.storage_path
+    data = jobs.flag_value(command, "--data")
     if data:
         env["CLAIMS_SEARCH_DATA"] = data
         if storage.is_local(data) and not os.path.isabs(data):
@@ -100,10 +102,15 @@ def run(args: argparse.Namespace) -> int:
     entrypoint, experiment = jobs.build_entrypoint(command, args.tracking_uri, args.storage_path)
     env = _env_vars(args, command)
 
+    tracking = env.get("MLFLOW_TRACKING_URI")
+    if command[:1] == ["search"] and not tracking:
+        print("claims-search submit: warning: no --tracking-uri (and $MLFLOW_TRACKING_URI unset): the "
+              "search tracks into sqlite:///mlflow.db inside the job's temporary working dir, which "
+              "Ray deletes; use the cluster's MLflow server (cluster/README.md)", file=sys.stderr)
     client = jobs.connect(address)
-    if args.tracking_uri and not args.no_tracking_check:
-        jobs.probe_tracking(args.tracking_uri)
-    space = jobs._flag(command, "--space") if command[:1] == ["search"] else None
+    if tracking and not args.no_tracking_check:
+        jobs.probe_tracking(tracking)
+    space = jobs.flag_value(command, "--space") if command[:1] == ["search"] else None
     if space and not args.no_resource_check:
         # On the cluster the path is read inside the uploaded working dir; here, the same file.
         local = space
