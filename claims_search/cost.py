@@ -21,7 +21,7 @@ class Cost:
     wall_s: float = 0.0
     device_s: float = 0.0
     tokens: int = 0
-    flops: float = 0.0
+    flops: float | None = 0.0  # None where there is no FLOP estimate (the tree baseline)
     n_params: int = 0
     peak_mem_bytes: int = 0
     device: str = ""
@@ -35,7 +35,7 @@ class Cost:
             wall_s=self.wall_s + other.wall_s,
             device_s=self.device_s + other.device_s,
             tokens=self.tokens + other.tokens,
-            flops=self.flops + other.flops,
+            flops=None if self.flops is None or other.flops is None else self.flops + other.flops,
             n_params=max(self.n_params, other.n_params),
             peak_mem_bytes=max(self.peak_mem_bytes, other.peak_mem_bytes),
             device=" + ".join(devices),

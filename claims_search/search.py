@@ -67,14 +67,14 @@ def run_search(req: SearchRequest) -> dict[str, Any]:
                                 f"--resume to finish it or choose another --name")
     if req.resume and not st.exists(tune_path):
         raise ClaimsSearchError(f"{tune_path}: nothing to resume for search {req.name!r}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(req.tracking_uri, req.name, run_dir / "outbox", metric=space.metric, cost=space.cost)
-
     ray = _init_ray(req.address)
     try:
+        # The last checks need the cluster; nothing is written before they pass.
         concurrency = validate_against_cluster(space, ray.cluster_resources())
         multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
         storage_path, storage_fs = st.tune_storage(st.join(req.storage, req.name), multi_node=multi_node)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tracker = Tracker(req.tracking_uri, req.name, run_dir / "outbox", metric=space.metric, cost=space.cost)
         if space.baseline:
             _baselines(ray, space, data, run_dir, tracker)
         _tune(space, req, cache, data, run_dir, tracker, concurrency, storage_path, storage_fs)
@@ -90,9 +90,25 @@ def run_search(req: SearchRequest) -> dict[str, Any]:
     return recs
 
 
+def _probe_ray(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing answers at a ``host:port`` Ray address
+    (ray.init itself retries an unreachable GCS for minutes)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" or a name Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ClaimsSearchError(f"Ray at {address}: cannot connect ({e.strerror or e}); is the cluster up?") from None
+
+
 def _init_ray(address: str | None):
     import ray
 
+    if address:
+        _probe_ray(address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         if address or os.environ.get("RAY_ADDRESS"):  # a cluster (inside a Ray job RAY_ADDRESS is set)

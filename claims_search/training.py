@@ -20,6 +20,10 @@ While a run is in progress its periodic checkpoints live in ``OUT.partial/`` (in
 finished ``OUT`` whose settings differ only in ``steps`` is continued to the new step count.
 Pretraining cost and fine-tuning cost are kept apart: ``FinetuneResult.cost`` is the
 fine-tuning alone, ``FinetuneResult.pretrain_cost`` what its initial checkpoint cost.
+
+:func:`run_trial` is one search trial: pretrain once, fine-tune on every task, the same
+outputs as separate calls; on Ray all its phases share one Ray Train fit (one worker-group
+start-up per trial instead of one per run).
 """
 
 from __future__ import annotations
@@ -328,6 +332,48 @@ def _finish(out_dir: Path, state_file: Path, meta: dict, result: dict) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
+def _pretrain_job(cache, cache_dir, size: ModelSize, settings: PretrainSettings) -> tuple[dict, dict]:
+    """Check a pretraining run and describe it: (the job for :func:`execute`, its meta)."""
+    _check_common(cache, cache_dir, size, settings)
+    meta = _meta("pretrain", size, settings, vocab_fingerprint(cache), task=None, init=None)
+    job = {"kind": "pretrain", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
+           "settings": settings.to_dict()}
+    return job, meta
+
+
+def _finetune_job(cache, cache_dir, task: str, size: ModelSize, settings: FinetuneSettings, init: str | None,
+                  eval_splits: Sequence[str], n_boot: int) -> tuple[dict, dict]:
+    """Check a fine-tuning run (task and size; the init checkpoint is checked by the caller)
+    and describe it: (the job for :func:`execute`, its meta)."""
+    _check_common(cache, cache_dir, size, settings)
+    meta = _meta("finetune", size, settings, vocab_fingerprint(cache), task=task, init=init,
+                 eval_splits=list(eval_splits))
+    job = {"kind": "finetune", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
+           "task": task, "settings": settings.to_dict(), "init": init, "eval_splits": list(eval_splits),
+           "n_boot": n_boot}
+    return job, meta
+
+
+def _pretrain_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path, workers) -> PretrainResult:
+    cost = Cost.from_dict(outcome["cost"])
+    result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
+              "val_loss": outcome["val_loss"], "cost": cost.to_dict(), "workers": workers}
+    _finish(out_dir, state_file, meta, result)
+    return PretrainResult(out_dir / "checkpoint", outcome["val_loss"], cost, outcome["step"],
+                          outcome["resumed_from_step"])
+
+
+def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path, workers,
+                     pretrain_cost: Cost | None) -> FinetuneResult:
+    cost = Cost.from_dict(outcome["cost"])
+    result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
+              "metrics": outcome["metrics"], "cost": cost.to_dict(),
+              "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers}
+    _finish(out_dir, state_file, meta, result)
+    return FinetuneResult(outcome["metrics"], cost, out_dir / "checkpoint", pretrain_cost,
+                          outcome["step"], outcome["resumed_from_step"])
+
+
 def pretrain(
     cache_dir: str | os.PathLike,
     size: ModelSize | dict | str,
@@ -347,21 +393,11 @@ def pretrain(
     from claims_search.cache import Cache
 
     cache = Cache.open(cache_dir)
-    size = as_size(size)
-    _check_common(cache, cache_dir, size, settings)
-    vocab = vocab_fingerprint(cache)
-    meta = _meta("pretrain", size, settings, vocab, task=None, init=None)
+    job, meta = _pretrain_job(cache, cache_dir, as_size(size), settings)
     out_dir = Path(out_dir)
-    outcome, state_file = _run({"kind": "pretrain", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
-                                "settings": settings.to_dict()}, meta, out_dir, workers=workers,
-                               use_gpu=use_gpu, resume=resume, checkpoint_every=checkpoint_every,
-                               on_report=on_report, ray_options=ray_options)
-    cost = Cost.from_dict(outcome["cost"])
-    result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
-              "val_loss": outcome["val_loss"], "cost": cost.to_dict(), "workers": workers}
-    _finish(out_dir, state_file, meta, result)
-    return PretrainResult(out_dir / "checkpoint", outcome["val_loss"], cost, outcome["step"],
-                          outcome["resumed_from_step"])
+    outcome, state_file = _run(job, meta, out_dir, workers=workers, use_gpu=use_gpu, resume=resume,
+                               checkpoint_every=checkpoint_every, on_report=on_report, ray_options=ray_options)
+    return _pretrain_result(out_dir, meta, outcome, state_file, workers)
 
 
 def finetune(
@@ -401,23 +437,101 @@ def finetune(
     size = as_size(size)
     if init is not None:
         _check_init(init, cache, size)
-    _check_common(cache, cache_dir, size, settings)
-    meta = _meta("finetune", size, settings, vocab_fingerprint(cache), task=task,
-                 init=str(Path(init["path"]).resolve()) if init else None, eval_splits=list(eval_splits))
+    job, meta = _finetune_job(cache, cache_dir, task, size, settings,
+                              str(Path(init["path"]).resolve()) if init else None, eval_splits, n_boot)
     out_dir = Path(out_dir)
-    job = {"kind": "finetune", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
-           "task": task, "settings": settings.to_dict(), "init": meta["init"],
-           "eval_splits": list(eval_splits), "n_boot": n_boot}
     outcome, state_file = _run(job, meta, out_dir, workers=workers, use_gpu=use_gpu, resume=resume,
                                checkpoint_every=checkpoint_every, on_report=on_report,
                                ray_options=ray_options)
-    cost = Cost.from_dict(outcome["cost"])
     pretrain_cost = Cost.from_dict(init["cost"]) if init and "cost" in init else None
-    result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
-              "metrics": outcome["metrics"], "cost": cost.to_dict(),
-              "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers}
-    _finish(out_dir, state_file, meta, result)
-    return FinetuneResult(outcome["metrics"], cost, out_dir / "checkpoint", pretrain_cost,
-                          outcome["step"], outcome["resumed_from_step"])
+    return _finetune_result(out_dir, meta, outcome, state_file, workers, pretrain_cost)
 
 
+# ---------------------------------------------------------------- a whole trial
+
+
+def run_trial(
+    cache_dir: str | os.PathLike,
+    size: ModelSize | dict | str,
+    pretrain_settings: PretrainSettings,
+    finetune_settings: FinetuneSettings,
+    tasks: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    use_gpu: bool = False,
+    eval_splits: Sequence[str] = ("tuning",),
+    n_boot: int = 1000,
+    checkpoint_every: int = 200,
+    max_pretrain_loss: float | None = None,
+    ray_options: dict | None = None,
+) -> tuple[PretrainResult, dict[str, FinetuneResult]]:
+    """Pretrain ``size`` once, then fine-tune it on each task: the same outputs as
+    :func:`pretrain` into ``OUT/pretrain`` and :func:`finetune` (from that checkpoint) into
+    ``OUT/finetune-<task>``, with every check done before any training starts.
+
+    ``workers=None`` runs in this process; ``workers >= 1`` runs every phase in ONE Ray Train
+    fit (``train_ray.run_phases``: the worker group starts once; a restarted group skips the
+    finished phases and continues the current one from its last checkpoint, kept in
+    ``OUT/trial.partial`` until the trial finishes). When pretraining's validation loss is
+    non-finite or ``>= max_pretrain_loss`` the fine-tunings are skipped (an empty dict).
+    ``ray_options`` go to ``train_ray.run_phases`` (max_failures, resources_per_worker, fail_at).
+    """
+    import math
+
+    from claims_search.cache import Cache
+
+    cache = Cache.open(cache_dir)
+    size = as_size(size)
+    out_dir = Path(out_dir)
+    pre_job, pre_meta = _pretrain_job(cache, cache_dir, size, pretrain_settings)
+    pre_out = out_dir / "pretrain"
+    init = None if finetune_settings.from_scratch else str((pre_out / "checkpoint").resolve())
+    plans = {}
+    for task in tasks:
+        _check_task(cache, cache_dir, task, eval_splits)
+        plans[task] = _finetune_job(cache, cache_dir, task, size, finetune_settings, init, eval_splits, n_boot)
+
+    def diverged(loss: float) -> bool:
+        return max_pretrain_loss is not None and (not math.isfinite(loss) or loss >= max_pretrain_loss)
+
+    if workers is None:
+        pre = pretrain(cache_dir, size, pretrain_settings, pre_out, use_gpu=use_gpu,
+                       checkpoint_every=checkpoint_every)
+        if diverged(pre.val_loss):
+            return pre, {}
+        return pre, {task: finetune(cache_dir, task, size, finetune_settings, out_dir / f"finetune-{task}",
+                                    init_checkpoint=None if init is None else pre.checkpoint,
+                                    eval_splits=eval_splits, n_boot=n_boot, use_gpu=use_gpu,
+                                    checkpoint_every=checkpoint_every)
+                     for task in tasks}
+
+    from claims_search.train_ray import run_phases
+
+    outs = [pre_out] + [out_dir / f"finetune-{task}" for task in tasks]
+    metas = [pre_meta] + [plans[t][1] for t in tasks]
+    phases = [{"job": pre_job, "init_state": None, "init_from": None}]
+    phases += [{"job": plans[t][0], "init_state": None, "init_from": None if init is None else 0} for t in tasks]
+    for phase, meta, out in zip(phases, metas, outs):
+        # A phase finished by an earlier call with the same settings (fewer steps) continues.
+        start = _resume_state(out.with_name(out.name + ".partial"), out, meta, True)
+        phase["init_state"] = str(start) if start else None
+    storage = out_dir / "trial.partial"
+    plan = json.loads(json.dumps({"metas": metas, "init_states": [p["init_state"] for p in phases],
+                                  "workers": workers, "max_pretrain_loss": max_pretrain_loss}))
+    if (storage / "plan.json").exists() and json.loads((storage / "plan.json").read_text()) != plan:
+        log.warning("%s: an interrupted trial with other settings; starting afresh", storage)
+        shutil.rmtree(storage)
+    storage.mkdir(parents=True, exist_ok=True)
+    (storage / "plan.json").write_text(json.dumps(plan, indent=2))
+    gate = None if max_pretrain_loss is None else {"phase": 0, "value": max_pretrain_loss}
+    done = run_phases(phases, storage, workers=workers, use_gpu=use_gpu, checkpoint_every=checkpoint_every,
+                      max_loss=gate, **(ray_options or {}))
+    pre = _pretrain_result(pre_out, pre_meta, *done[0], workers)
+    fts = {}
+    for task, out, phase_done in zip(tasks, outs[1:], done[1:]):
+        if phase_done is not None:
+            fts[task] = _finetune_result(out, plans[task][1], *phase_done, workers,
+                                         None if init is None else pre.cost)
+    shutil.rmtree(storage, ignore_errors=True)
+    return pre, fts

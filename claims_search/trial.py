@@ -1,13 +1,13 @@
 """One trial = one architecture: pretrain once, fine-tune on every task, report per-task results.
 
-Runs as a Ray Tune function trainable; its training runs on Ray Train workers through
-`training.pretrain` / `training.finetune` (``workers >= 1``), or in this process
-(``workers_per_trial: 0``). The only Ray call here is ``ray.tune.report``: the trial reports
-once after pretraining (progress) and once at the end with ``status`` and every objective.
+Runs as a Ray Tune function trainable; its training is one `training.run_trial` call: all
+phases in ONE Ray Train fit (``workers >= 1``; the worker group starts once per trial), or in
+this process (``workers_per_trial: 0``). The only Ray calls here are ``ray.tune.report``, once
+at the end with ``status`` and every objective, and the node id.
 
 A trial whose pretraining diverged (non-finite loss, or no better than guessing uniformly
-over the vocabulary) stops early with ``status: pruned``: the searcher is told PRUNED and
-the frontier never sees it (see `search.GuardedOptunaSearch`).
+over the vocabulary) skips its fine-tunings and reports ``status: pruned``: the searcher is
+told PRUNED and the frontier never sees it (see `search.GuardedOptunaSearch`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             res["GPU"] = ctx.gpus_per_worker
         run_kw["ray_options"] = {"resources_per_worker": res}
 
-    pre = training.pretrain(cache_dir, size, PretrainSettings(**cfg["pretrain"]), out / "pretrain", **run_kw)
+    # Fine-tunings are skipped in the same fit when pretraining did no better than a uniform guess.
+    pre, fts = training.run_trial(cache_dir, size, PretrainSettings(**cfg["pretrain"]),
+                                  FinetuneSettings(**cfg["finetune"]), list(ctx.tasks), out,
+                                  max_pretrain_loss=math.log(ctx.vocab_size), **run_kw)
     pre_cost = pre.cost.to_dict()
     keep(pre.checkpoint.parent)
     # Nested values travel as JSON strings: Tune flattens nested dicts on the way.
@@ -83,19 +86,17 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     base = {"node_id": ray.get_runtime_context().get_node_id(), "trial_config": json.dumps(cfg), "n_params": size.n_params(ctx.vocab_size),
             "pretrain_val_loss": pre.val_loss, "pretrain_cost": json.dumps(pre_cost)}
-    # Tune insists every result carries the searcher's metrics: None until the trial is done
-    # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
-    unset = {m: None for m in directions(space)[0]}
     if not math.isfinite(pre.val_loss) or pre.val_loss >= math.log(ctx.vocab_size):
+        # Tune insists every result carries the searcher's metrics: None for a pruned trial
+        # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
+        unset = {m: None for m in directions(space)[0]}
         tune.report({**base, **unset, "status": "pruned", "reason": f"pretraining loss {pre.val_loss:.3f} diverged"})
         return
-    tune.report({**base, **unset, "status": "pretrained"})
 
     per_task, results = {}, {}
     total = pre.cost
     for task in ctx.tasks:
-        ft = training.finetune(cache_dir, task, size, FinetuneSettings(**cfg["finetune"]), out / f"finetune-{task}",
-                               init_checkpoint=pre.checkpoint, **run_kw)
+        ft = fts[task]
         m = ft.metrics["tuning"]
         ft_cost = ft.cost.to_dict()
         task_cost = (cost_value(pre_cost, ctx.cost) or 0.0) + (cost_value(ft_cost, ctx.cost) or 0.0)

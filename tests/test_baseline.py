@@ -3,54 +3,12 @@
 import json
 from datetime import datetime, timedelta
 
-import numpy as np
-import polars as pl
 import pytest
 
-from claims_search.cache import Cache, Settings, write_cache
+from claims_search.cache import Cache
 from claims_search.errors import ClaimsSearchError
-from claims_search.labels import load_task
-from claims_search.meds import write_dataset
+from tests.conftest import CHECKUP
 
-CHECKUP = datetime(2024, 6, 1)
-
-# Two kinds of patient with the same codes, the same counts and the same checkup; only *when*
-# the hypertension diagnosis came differs. The synthetic world's guideline rule: a recent
-# diagnosis -> an antihypertensive within 90 days of the checkup.
-#                 days before the checkup, code
-RECENT_HT = [(400, "DX//ICD10//E11"), (20, "DX//ICD10//I10"), (0, "HC//SPECIFIC_CHECKUP")]
-OLD_HT = [(400, "DX//ICD10//I10"), (20, "DX//ICD10//E11"), (0, "HC//SPECIFIC_CHECKUP")]
-STARTS_DRUG = [(-30, "DRUG//ATC//C09CA01")]  # 30 days *after* the checkup
-
-
-def _patient(subject_id: int, chart, noise: int) -> list[dict]:
-    rows = [{"subject_id": subject_id, "time": None, "code": "GENDER//F"},
-            {"subject_id": subject_id, "time": datetime(1965, 1, 1), "code": "MEDS_BIRTH"}]
-    # A few background visits so histories are not identical.
-    for k in range(noise):
-        rows.append({"subject_id": subject_id, "time": CHECKUP - timedelta(days=700 - 37 * k),
-                     "code": "DX//ICD10//J06"})
-    for days_before, code in chart:
-        rows.append({"subject_id": subject_id, "time": CHECKUP - timedelta(days=days_before), "code": code})
-    return sorted(rows, key=lambda r: (r["time"] is not None, r["time"] or datetime.min))
-
-
-@pytest.fixture(scope="module")
-def recency_cache(tmp_path_factory):
-    """240 patients: recent diagnosis -> drug for 90 % of them, old diagnosis -> drug for 10 %."""
-    rng = np.random.default_rng(0)
-    rows, splits = [], {}
-    for sid in range(240):
-        recent = sid % 2 == 0
-        treated = rng.random() < (0.9 if recent else 0.1)
-        chart = (RECENT_HT if recent else OLD_HT) + (STARTS_DRUG if treated else [])
-        rows += _patient(sid, chart, noise=int(rng.integers(0, 4)))
-        splits[sid] = "train" if sid < 160 else "tuning" if sid < 200 else "held_out"
-    root = tmp_path_factory.mktemp("meds")
-    write_dataset(root, {"train/0": pl.DataFrame(rows)}, splits)
-    out = tmp_path_factory.mktemp("prep") / "prepared"
-    write_cache(root, out, [load_task("antihypertensive_start")], Settings(max_len=64, min_count=1))
-    return out
 
 
 def test_recency_features_win_where_only_recency_separates(recency_cache, tmp_path):

@@ -7,7 +7,6 @@ import pytest
 from claims_search.loop import FinetuneSettings
 from claims_search.training import finetune
 
-from tests.test_baseline import recency_cache  # noqa: F401  (a pytest fixture)
 
 SETTINGS = FinetuneSettings(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
 
@@ -22,7 +21,7 @@ def ray_local():
 
 
 @pytest.mark.ray
-def test_two_workers_give_the_same_result_format_and_resume_after_a_failure(recency_cache, tmp_path, ray_local):  # noqa: F811
+def test_two_workers_give_the_same_result_format_and_resume_after_a_failure(recency_cache, tmp_path, ray_local):
     task = "antihypertensive_start"
     local = finetune(recency_cache, task, "debug", SETTINGS, tmp_path / "local", n_boot=50)
     # Both workers fail once right after the checkpoint at step 4; Ray Train restarts them and

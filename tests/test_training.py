@@ -10,15 +10,13 @@ from claims_search.loop import FinetuneSettings, PretrainSettings
 from claims_search.metrics import METRIC_KEYS
 from claims_search.training import finetune, pretrain, read_meta
 
-# The recency fixture of test_baseline: 240 patients, one checkup each, antihypertensive_start.
-from tests.test_baseline import recency_cache  # noqa: F401  (a pytest fixture)
 
 TINY_PT = dict(steps=6, warmup=1, batch_tokens=1024, log_every=2)
 TINY_FT = dict(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
-def pretrained(recency_cache, tmp_path_factory):  # noqa: F811
+def pretrained(recency_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "pt"
     return pretrain(recency_cache, "debug", PretrainSettings(**TINY_PT), out)
 
@@ -33,7 +31,7 @@ def test_pretrain_writes_checkpoint_loss_and_cost(pretrained):
     assert not pretrained.checkpoint.parent.with_name("pt.partial").exists()
 
 
-def test_finetune_from_checkpoint_keeps_costs_apart(recency_cache, pretrained, tmp_path):  # noqa: F811
+def test_finetune_from_checkpoint_keeps_costs_apart(recency_cache, pretrained, tmp_path):
     result = finetune(recency_cache, "antihypertensive_start", None, FinetuneSettings(**TINY_FT),
                       tmp_path / "ft", init_checkpoint=pretrained.checkpoint.parent,
                       eval_splits=("tuning", "held_out"), n_boot=100)
@@ -47,7 +45,7 @@ def test_finetune_from_checkpoint_keeps_costs_apart(recency_cache, pretrained, t
     assert "subject_id" not in json.dumps(saved)
 
 
-def test_interrupted_run_resumes_and_continues_the_step_count(recency_cache, tmp_path):  # noqa: F811
+def test_interrupted_run_resumes_and_continues_the_step_count(recency_cache, tmp_path):
     seen = []
 
     def stop_at_6(step, metrics):
@@ -83,20 +81,20 @@ def _no_training(step, metrics):
     ],
     ids=["heads-do-not-divide-width", "max-len-longer-than-cache"],
 )
-def test_bad_size_fails_before_training(recency_cache, tmp_path, size, message):  # noqa: F811
+def test_bad_size_fails_before_training(recency_cache, tmp_path, size, message):
     with pytest.raises(ClaimsSearchError, match=message):
         pretrain(recency_cache, size, PretrainSettings(**TINY_PT), tmp_path / "pt", on_report=_no_training)
     assert not (tmp_path / "pt").exists() and not (tmp_path / "pt.partial").exists()
 
 
-def test_missing_task_fails_before_training(recency_cache, tmp_path):  # noqa: F811
+def test_missing_task_fails_before_training(recency_cache, tmp_path):
     with pytest.raises(ClaimsSearchError, match="task 'ckd_incidence' is not in the cache"):
         finetune(recency_cache, "ckd_incidence", "debug", FinetuneSettings(**TINY_FT), tmp_path / "ft",
                  on_report=_no_training)
     assert not (tmp_path / "ft").exists()
 
 
-def test_checkpoint_from_another_vocabulary_or_size_fails_before_training(recency_cache, pretrained, tmp_path):  # noqa: F811
+def test_checkpoint_from_another_vocabulary_or_size_fails_before_training(recency_cache, pretrained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(pretrained.checkpoint, other)
     meta = json.loads((other / "meta.json").read_text())

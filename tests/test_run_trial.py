@@ -1,0 +1,100 @@
+"""A whole trial (claims_search.training.run_trial): pretrain once, fine-tune per task; on Ray
+all phases share one Ray Train fit and a restarted worker group skips finished phases."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from claims_search.errors import ClaimsSearchError
+from claims_search.loop import FinetuneSettings, PretrainSettings
+from claims_search.training import finetune, pretrain, run_trial
+
+TASK = "antihypertensive_start"
+PT = PretrainSettings(steps=4, warmup=1, batch_tokens=1024, log_every=2)
+FT = FinetuneSettings(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _keys(folder: Path, run: str) -> list[str]:
+    return sorted(json.loads((folder / run / "result.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def separate(recency_cache, tmp_path_factory):
+    """The reference: a pretraining and one fine-tuning from it, as two separate calls."""
+    out = tmp_path_factory.mktemp("separate")
+    pre = pretrain(recency_cache, "debug", PT, out / "pretrain")
+    ft = finetune(recency_cache, TASK, "debug", FT, out / f"finetune-{TASK}", init_checkpoint=pre.checkpoint,
+                  n_boot=50)
+    return out, pre, ft
+
+
+def test_in_process_trial_gives_what_separate_calls_give(recency_cache, separate, tmp_path):
+    out, sep_pre, sep_ft = separate
+    pre, fts = run_trial(recency_cache, "debug", PT, FT, [TASK], tmp_path, n_boot=50)
+    assert _files(tmp_path) == _files(out) == [
+        "finetune-antihypertensive_start/checkpoint/meta.json", "finetune-antihypertensive_start/checkpoint/state.pt",
+        "finetune-antihypertensive_start/result.json", "pretrain/checkpoint/meta.json",
+        "pretrain/checkpoint/state.pt", "pretrain/result.json"]
+    # Seeded and in one process: the same numbers, not just the same format.
+    assert pre.val_loss == sep_pre.val_loss and pre.steps == 4
+    assert fts[TASK].metrics == sep_ft.metrics
+    assert fts[TASK].pretrain_cost == pre.cost != fts[TASK].cost  # costs kept apart
+
+
+def test_a_diverged_pretraining_skips_the_fine_tunings(recency_cache, tmp_path):
+    pre, fts = run_trial(recency_cache, "debug", PT, FT, [TASK], tmp_path, n_boot=50, max_pretrain_loss=0.0)
+    assert pre.val_loss > 0 and fts == {}
+    assert _files(tmp_path) == ["pretrain/checkpoint/meta.json", "pretrain/checkpoint/state.pt",
+                                "pretrain/result.json"]
+
+
+def test_a_missing_task_fails_before_any_training(recency_cache, tmp_path):
+    with pytest.raises(ClaimsSearchError, match="task 'ckd_incidence' is not in the cache"):
+        run_trial(recency_cache, "debug", PT, FT, [TASK, "ckd_incidence"], tmp_path, workers=2)
+    assert not tmp_path.joinpath("pretrain").exists() and not any(tmp_path.iterdir())
+
+
+@pytest.fixture
+def ray_local():
+    ray = pytest.importorskip("ray")
+    # address="local": our own small instance, never another engineer's cluster.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_one_fit_on_two_workers_resumes_a_failed_fine_tuning_without_pretraining_again(
+        recency_cache, separate, tmp_path, ray_local, caplog):
+    out, _, _ = separate
+    caplog.set_level(logging.INFO, logger="claims_search.train_ray")
+    # Both workers fail once right after the fine-tuning's checkpoint at step 4 (phase 1);
+    # Ray Train restarts the worker group, which skips the finished pretraining (phase 0).
+    pre, fts = run_trial(recency_cache, "debug", PT, FT, [TASK], tmp_path, workers=2, n_boot=50,
+                         checkpoint_every=2, ray_options={"fail_at": (1, 4), "max_failures": 1})
+    assert "the last worker group started at phase 1, step 4" in caplog.text
+    assert (pre.resumed_from_step, pre.steps) == (0, 4)
+    ft = fts[TASK]
+    assert (ft.resumed_from_step, ft.steps) == (4, 6)
+
+    # The same outputs as separate calls, nothing left behind.
+    assert _files(tmp_path) == _files(out)
+    for run in ("pretrain", f"finetune-{TASK}"):
+        assert _keys(tmp_path, run) == _keys(out, run)
+    assert list(ft.metrics["tuning"]) == list(separate[2].metrics["tuning"])
+    assert ft.metrics["tuning"]["n"] == 40
+    saved = json.loads((tmp_path / f"finetune-{TASK}" / "result.json").read_text())
+    assert saved["init"] == str((tmp_path / "pretrain" / "checkpoint").resolve())
+    assert saved["workers"] == 2 and saved["step"] == 6
+
+    # Costs per phase: pretraining charged once, apart; both phases on 2 devices.
+    assert ft.pretrain_cost == pre.cost and saved["pretrain_cost"] == pre.cost.to_dict()
+    assert pre.cost.n_devices == ft.cost.n_devices == 2
+    assert ft.cost.device_s == pytest.approx(2 * ft.cost.wall_s)
+    assert pre.cost.tokens > 0 and ft.cost.tokens > 0
