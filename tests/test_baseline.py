@@ -3,6 +3,7 @@
 import json
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 
 from claims_search.cache import Cache
