@@ -9,7 +9,7 @@ hands them the latest state, so the run continues its step count. Running ``run_
 with the same ``storage`` after the driver itself died restores from there too.
 
 Works on its own (``ray.init`` happens on first use) and inside a Ray Tune function trainable
-(a trial calls ``training.finetune(..., workers=n)``). On a small machine give the trial's
+(a trial calls ``training.run_trial(..., workers=n)``, which uses ``run_phases``). On a small machine give the trial's
 driver ~0 CPU (``tune.with_resources(fn, {"cpu": 0.01})``): the workers here take 0.99 CPU
 each by default, so two trials fit on two CPUs instead of deadlocking.
 

@@ -47,27 +47,59 @@ def cost_value(cost: dict | None, measure: str) -> float | None:
 
 
 def run_trial(config: dict, ctx: TrialContext) -> None:
-    """The Tune trainable: ``config`` is a Tune sample of the space's parameters."""
+    """The Tune trainable: ``config`` is a Tune sample of the space's parameters.
+
+    The final result is also kept as ``<trial>/final.json``: a trial that finished just before
+    its driver died (Tune had not yet saved that it ended) reports it again on ``--resume``
+    instead of training again.
+    """
     from ray import tune
 
+    from claims_search import storage as st
+    from claims_search.atomic import atomic_write_bytes
+
+    trial_id = tune.get_context().get_trial_id()
+    remote = st.is_uri(ctx.artifacts)
+    # Runs write locally; on remote storage each finished run's folder is uploaded next to it.
+    out = (Path(tempfile.gettempdir()) / "claims-search-trials" if remote else Path(ctx.artifacts)) / trial_id
+    final = st.join(ctx.artifacts, trial_id, "final.json")
+    if st.exists(final):
+        fs, inner = st.filesystem(final)
+        with fs.open_input_stream(inner) as f:
+            result = json.loads(f.read())
+        if result.get("trial_config_sample") == json.dumps(config, sort_keys=True, default=str):
+            tune.report(result)
+            return
+    result = _train(config, ctx, trial_id, out, remote)
+    result["trial_config_sample"] = json.dumps(config, sort_keys=True, default=str)
+    data = json.dumps(result).encode()
+    if remote:
+        fs, inner = st.filesystem(final)
+        with fs.open_output_stream(inner) as f:
+            f.write(data)
+    else:
+        atomic_write_bytes(final, data)
+    tune.report(result)
+
+
+def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bool) -> dict:
+    """Pretrain once and fine-tune on every task in one Ray Train fit; the trial's result."""
+    import ray
+
+    from claims_search import storage as st
     from claims_search import training
     from claims_search.loop import FinetuneSettings, PretrainSettings
     from claims_search.sizes import ModelSize
     from claims_search.space import load_space
 
-    from claims_search import storage as st
-
     space = load_space(ctx.space_path)
     cfg = space.sample_to_trial_config(config)
     size = ModelSize(**cfg["model"])
-    trial_id = tune.get_context().get_trial_id()
     cache_dir = str(st.localize(ctx.cache_dir))  # a per-node copy when the cache is on s3:// or gs://
-    # Runs write locally; on remote storage each finished run's folder is uploaded next to it.
-    remote = st.is_uri(ctx.artifacts)
-    out = (Path(tempfile.gettempdir()) / "claims-search-trials" if remote else Path(ctx.artifacts)) / trial_id
 
     def keep(folder: Path) -> str:
         return st.upload(folder, st.join(ctx.artifacts, trial_id, folder.name)) if remote else str(folder)
+
     run_kw = dict(workers=ctx.workers or None, use_gpu=ctx.use_gpu)
     if ctx.workers:
         res = {"CPU": ctx.cpus_per_worker * 0.99}
@@ -82,16 +114,14 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     pre_cost = pre.cost.to_dict()
     keep(pre.checkpoint.parent)
     # Nested values travel as JSON strings: Tune flattens nested dicts on the way.
-    import ray
-
-    base = {"node_id": ray.get_runtime_context().get_node_id(), "trial_config": json.dumps(cfg), "n_params": size.n_params(ctx.vocab_size),
-            "pretrain_val_loss": pre.val_loss, "pretrain_cost": json.dumps(pre_cost)}
+    base = {"node_id": ray.get_runtime_context().get_node_id(), "trial_config": json.dumps(cfg),
+            "n_params": size.n_params(ctx.vocab_size), "pretrain_val_loss": pre.val_loss,
+            "pretrain_cost": json.dumps(pre_cost)}
     if not math.isfinite(pre.val_loss) or pre.val_loss >= math.log(ctx.vocab_size):
         # Tune insists every result carries the searcher's metrics: None for a pruned trial
         # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
         unset = {m: None for m in directions(space)[0]}
-        tune.report({**base, **unset, "status": "pruned", "reason": f"pretraining loss {pre.val_loss:.3f} diverged"})
-        return
+        return {**base, **unset, "status": "pruned", "reason": f"pretraining loss {pre.val_loss:.3f} diverged"}
 
     per_task, results = {}, {}
     total = pre.cost
@@ -105,5 +135,5 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                          "checkpoint": st.join(keep(ft.checkpoint.parent), "checkpoint")}
         total = total + ft.cost
     total_cost = cost_value(total.to_dict(), ctx.cost)
-    tune.report({**base, "status": "complete", "tasks": json.dumps(results), "total_cost": json.dumps(total.to_dict()),
-                 **objective_values(space, per_task, total_cost)})
+    return {**base, "status": "complete", "tasks": json.dumps(results), "total_cost": json.dumps(total.to_dict()),
+            **objective_values(space, per_task, total_cost)}
