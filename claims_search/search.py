@@ -65,8 +65,8 @@ def run_search(req: SearchRequest) -> dict[str, Any]:
     if started and not req.resume:
         raise ClaimsSearchError(f"{st.join(req.storage, req.name)}: a search named {req.name!r} exists; pass "
                                 f"--resume to finish it or choose another --name")
-    if req.resume and not st.exists(tune_path):
-        raise ClaimsSearchError(f"{tune_path}: nothing to resume for search {req.name!r}")
+    if req.resume and not started:
+        raise ClaimsSearchError(f"{st.join(req.storage, req.name)}: nothing to resume for search {req.name!r}")
     ray = _init_ray(req.address)
     try:
         # The last checks need the cluster; nothing is written before they pass.
