@@ -45,8 +45,14 @@ def describe(rec, metric: str, cost: str) -> list[str]:
     if rec.saturation is not None:
         lines.append(f"  saturates at {fmt_size(rec.saturation)} (cost {rec.saturation.cost:.4g})")
     if rec.baseline is not None:
-        same = " - indistinguishable from the best" if rec.baseline_indistinguishable else ""
-        lines.append(f"  baseline {metric.upper()} {fmt_metric(rec.baseline)}{same}")
+        b, best = rec.baseline, rec.best
+        if best.metric_high is not None and b.metric > best.metric_high:
+            verdict = " - above the best Transformer's interval: more pretraining or data needed"
+        elif rec.baseline_indistinguishable:
+            verdict = " - indistinguishable from the best Transformer"
+        else:
+            verdict = ""
+        lines.append(f"  baseline (LightGBM) {metric.upper()} {fmt_metric(b)}{verdict}")
     return lines
 
 
