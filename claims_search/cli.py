@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except ClaimsSearchError as e:
         print(f"claims-search {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # unwritable --out, disk full, permission denied ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"claims-search {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"claims-search {args.command}: interrupted", file=sys.stderr)
         return 130

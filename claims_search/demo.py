@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     steps.append(["prepare", "--meds", str(meds), "--out", str(prepared)])
     search = ["search", "--space", args.space, "--data", str(prepared), "--tracking-uri", uri,
               "--name", "demo", "--storage", str(d / "runs")]
-    if (d / "runs" / "demo" / "tune").exists():
+    if any((d / "runs" / "demo" / part).exists() for part in ("tune", "outbox")):
         search.append("--resume")
     steps.append(search)
     for step in steps:

@@ -26,8 +26,9 @@ class TrialRecord:
 
     ``params`` is the trial config (``{"model": {...}, "pretrain": {...}, "finetune": {...}}``,
     see docs/design.md) or, for the baseline, its own settings. ``metric`` is the space's primary
-    metric on the test split with its bootstrap interval ``metric_low``/``metric_high``; ``cost``
-    is what this task pays in the space's cost measure: ``pretrain_cost + finetune_cost``
+    metric on the tuning split (trials are compared on it, so the winner's figure is optimistic:
+    confirm the chosen size with `finetune --held-out`), with its bootstrap interval
+    ``metric_low``/``metric_high``; ``cost`` is what this task pays in the space's cost measure: ``pretrain_cost + finetune_cost``
     (pretraining is charged in full to each task, since each task would pay it alone).
     ``checkpoint`` is the fine-tuned checkpoint folder (weights + config) the registry wraps;
     ``extras`` holds further aggregate numbers to track (e.g. the other metric, the shared total

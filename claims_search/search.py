@@ -54,6 +54,13 @@ def run_search(req: SearchRequest) -> dict[str, Any]:
     if missing:
         raise ClaimsSearchError(f"{req.data}: task(s) {missing} not in the prepared cache (has {cache.tasks}); "
                                 f"run `claims-search prepare --task ...` for them")
+    from claims_search.training import check_task
+
+    for task in space.task_names:  # both classes in the tuning split, before anything starts
+        check_task(cache, req.data, task, ("tuning",))
+    from claims_search.jobs import probe_tracking
+
+    probe_tracking(req.tracking_uri)  # an http server that refuses our Host header (403) fails here
     if not reachable(req.tracking_uri):
         raise ClaimsSearchError(f"tracking server {req.tracking_uri} is unreachable (or refuses this host)")
     # The outbox and the Optuna study are the driver's files: under --storage when it is a
@@ -74,6 +81,7 @@ def run_search(req: SearchRequest) -> dict[str, Any]:
         multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
         storage_path, storage_fs = st.tune_storage(st.join(req.storage, req.name), multi_node=multi_node)
         run_dir.mkdir(parents=True, exist_ok=True)
+        _same_search(run_dir, space, data, req.resume)
         tracker = Tracker(req.tracking_uri, req.name, run_dir / "outbox", metric=space.metric, cost=space.cost)
         if space.baseline:
             _baselines(ray, space, data, run_dir, tracker)
@@ -139,7 +147,14 @@ def _baselines(ray, space, data: str, run_dir: Path, tracker) -> None:
             res = baseline(localize(data), task, Path(tmp) / task)
         return {"metrics": res.metrics["tuning"], "cost": res.cost.to_dict()}
 
-    for task, out in zip(todo, ray.get([fit.remote(t) for t in todo])):
+    from ray.exceptions import RayTaskError
+
+    try:
+        outs = ray.get([fit.remote(t) for t in todo])
+    except RayTaskError as e:
+        cause = e.cause if getattr(e, "cause", None) is not None else e
+        raise ClaimsSearchError(f"baseline: {str(cause).strip().splitlines()[-1]}") from None
+    for task, out in zip(todo, outs):
         m, c = out["metrics"], cost_value(out["cost"], space.cost)
         tracker.log_trial(TrialRecord(
             trial_id="baseline-lightgbm", task=task, status="complete", params={"model": {}, "kind": "lightgbm"},
@@ -195,7 +210,7 @@ def _tune(space, req: SearchRequest, cache, data: str, run_dir: Path, tracker, c
         use_gpu=b.gpus_per_worker > 0, cpus_per_worker=b.cpus_per_worker, gpus_per_worker=b.gpus_per_worker,
         vocab_size=cache.vocab_size)
     # The trial's own driver takes ~no CPU: its Ray Train workers hold the resources (with a
-    # whole CPU each, two trials on two CPUs deadlock; STACK.md).
+    # whole CPU each, two trials on two CPUs deadlock).
     driver = {"cpu": 0.01} if b.workers_per_trial else {"cpu": b.cpus_per_worker, "gpu": b.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
     callbacks = [TrackingCallback(tracker, space, progress=req.progress, total=space.num_samples()
@@ -224,6 +239,51 @@ def _tune(space, req: SearchRequest, cache, data: str, run_dir: Path, tracker, c
     started = time.monotonic()
     tuner.fit()
     log.info("search %s: trials finished in %.0f s", req.name, time.monotonic() - started)
+    _recover_records(ctx.artifacts, space, tracker)
+
+
+def _recover_records(artifacts: str, space, tracker) -> None:
+    """Records of finished trials the outbox lacks (a driver that died between a trial's end and
+    its callback, or an outbox lost with its node), rebuilt from each trial's ``final.json``."""
+    import pyarrow.fs as pafs
+
+    from claims_search.storage import filesystem
+
+    have = {r.trial_id for r in tracker.records()}
+    fs, root = filesystem(artifacts)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        trial_id = info.base_name
+        final = f"{info.path}/final.json"
+        if trial_id in have or fs.get_file_info(final).type == pafs.FileType.NotFound:
+            continue
+        with fs.open_input_stream(final) as f:
+            try:
+                result = json.loads(f.read())
+            except ValueError:
+                continue
+        log.info("trial %s: result recovered from %s", trial_id, final)
+        for r in records_from_result(trial_id, result, space.task_names, space):
+            tracker.log_trial(r, sync=False)
+    tracker.sync()
+
+
+def _same_search(run_dir: Path, space, data: str, resume: bool) -> None:
+    """A resumed search must use the space and the data it started with: one frontier, one
+    experiment. The first start writes what they were."""
+    import hashlib
+
+    ident = {"space": hashlib.sha256(Path(space.path).read_bytes()).hexdigest()[:16], "data": data}
+    f = run_dir / "search.json"
+    if resume and f.exists():
+        was = json.loads(f.read_text())
+        for key, label in (("space", "search space file"), ("data", "--data")):
+            if was.get(key) != ident[key]:
+                raise ClaimsSearchError(f"{f}: --resume with another {label} than the search started with "
+                                        f"({was.get(key)} then, {ident[key]} now)")
+    elif not f.exists():
+        f.write_text(json.dumps(ident))
 
 
 def _directions(space):

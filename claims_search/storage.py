@@ -145,10 +145,14 @@ def localize(path: str | os.PathLike, cache_root: str | os.PathLike | None = Non
     fs, inner = filesystem(uri)
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
         raise ClaimsSearchError(f"{uri}: not found")
-    with atomic_dir(target) as tmp:
-        pafs.copy_files(inner, str(tmp), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-        (tmp / ".complete").write_text(uri)
+    try:
+        with atomic_dir(target, replace=False) as tmp:
+            pafs.copy_files(inner, str(tmp), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+            (tmp / ".complete").write_text(uri)
+    except OSError:  # another trial on this node finished the same copy first: use theirs
+        if not (target / ".complete").exists():
+            raise
     return target
 
 

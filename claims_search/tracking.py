@@ -81,9 +81,6 @@ def reachable(uri: str) -> bool:
     return True
 
 
-_reachable = reachable  # the name search.py first used
-
-
 def _artifact_location(uri: str, name: str) -> str | None:
     # Keep a SQLite store's artifacts beside the database, not in whatever the cwd is.
     if uri.startswith("sqlite:///"):
@@ -139,6 +136,15 @@ def _metrics(record: TrialRecord, metric: str) -> dict[str, float]:
         **{k: v for k, v in record.extras.items()},
     }
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+
+
+def _record_tag(r: TrialRecord) -> str:
+    """The record as JSON for a run tag (MLflow caps tags at 8,000 characters): without its
+    extras if too long, never a cut-off, unreadable string."""
+    text = json.dumps(r.to_dict(), sort_keys=True, default=str)
+    if len(text) > 7900:
+        text = json.dumps({**r.to_dict(), "extras": {}}, sort_keys=True, default=str)
+    return text
 
 
 def registered_name(experiment: str, task: str) -> str:
@@ -320,7 +326,7 @@ class Tracker:
             "trial_id": str(r.trial_id),
             "status": r.status,
             "baseline": str(r.is_baseline).lower(),
-            RECORD: json.dumps(r.to_dict(), sort_keys=True, default=str)[:7900],
+            RECORD: _record_tag(r),
         }
         run = _find(client, exp_id, {ROLE: "trial", TASK: r.task, "trial_id": str(r.trial_id)})
         if run is None:
@@ -332,7 +338,10 @@ class Tracker:
             ).info.run_id
             params = [Param(k, v) for k, v in _params(r).items()]
         else:
-            run_id, params = run.info.run_id, []  # params are immutable: logged once
+            # Params are immutable: log only those the run lacks (a trial first recorded as
+            # failed, with no config, then finished on --resume).
+            run_id = run.info.run_id
+            params = [Param(k, v) for k, v in _params(r).items() if k not in run.data.params]
         metrics = [Metric(k, v, 0, 0) for k, v in _metrics(r, self.metric).items()]
         client.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
         client.set_terminated(run_id, _STATUS[r.status])

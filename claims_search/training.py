@@ -42,6 +42,7 @@ from claims_search.cost import Cost
 from claims_search.errors import ClaimsSearchError
 from claims_search.loop import FinetuneSettings, PretrainSettings
 from claims_search.sizes import ModelSize
+from claims_search.storage import normalize
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,17 @@ def _check_init(meta: dict, cache, size: ModelSize) -> None:
         raise ClaimsSearchError(f"{where}: size: the checkpoint is {meta['size']}, the run asks for {size.to_dict()}")
 
 
-def _check_task(cache, cache_dir, task: str, splits: Sequence[str]) -> None:
+def open_cache(cache_dir):
+    """The prepared cache, from a path or a URI (s3://, gs://): a URI is copied once per node,
+    so each Ray Train worker opens its own node's copy."""
+    from claims_search.cache import Cache
+    from claims_search.storage import localize
+
+    return Cache.open(localize(cache_dir))
+
+
+def check_task(cache, cache_dir, task: str, splits: Sequence[str]) -> None:
+    """The task is in the cache and has both classes in train and in each of ``splits``."""
     manifest = Path(cache_dir) / "manifest.json"
     if task not in cache.tasks:
         raise ClaimsSearchError(
@@ -206,9 +217,8 @@ def execute(
 
     from claims_search import batches as B
     from claims_search import loop, model as M
-    from claims_search.cache import Cache
 
-    cache = Cache.open(job["cache_dir"])
+    cache = open_cache(job["cache_dir"])
     size = ModelSize(**job["size"])
     device = torch.device(device)
     if job["kind"] == "pretrain":
@@ -336,7 +346,7 @@ def _pretrain_job(cache, cache_dir, size: ModelSize, settings: PretrainSettings)
     """Check a pretraining run and describe it: (the job for :func:`execute`, its meta)."""
     _check_common(cache, cache_dir, size, settings)
     meta = _meta("pretrain", size, settings, vocab_fingerprint(cache), task=None, init=None)
-    job = {"kind": "pretrain", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
+    job = {"kind": "pretrain", "cache_dir": normalize(cache_dir), "size": size.to_dict(),
            "settings": settings.to_dict()}
     return job, meta
 
@@ -348,7 +358,7 @@ def _finetune_job(cache, cache_dir, task: str, size: ModelSize, settings: Finetu
     _check_common(cache, cache_dir, size, settings)
     meta = _meta("finetune", size, settings, vocab_fingerprint(cache), task=task, init=init,
                  eval_splits=list(eval_splits))
-    job = {"kind": "finetune", "cache_dir": str(Path(cache_dir).resolve()), "size": size.to_dict(),
+    job = {"kind": "finetune", "cache_dir": normalize(cache_dir), "size": size.to_dict(),
            "task": task, "settings": settings.to_dict(), "init": init, "eval_splits": list(eval_splits),
            "n_boot": n_boot}
     return job, meta
@@ -390,9 +400,8 @@ def pretrain(
     """Masked-code pretraining of ``size`` on the cache's train split; validation loss on its
     tuning split. ``on_report(step, metrics)`` sees progress (in-process runs only);
     ``ray_options`` go to ``train_ray.run_job`` (max_failures, resources_per_worker, ...)."""
-    from claims_search.cache import Cache
 
-    cache = Cache.open(cache_dir)
+    cache = open_cache(cache_dir)
     job, meta = _pretrain_job(cache, cache_dir, as_size(size), settings)
     out_dir = Path(out_dir)
     outcome, state_file = _run(job, meta, out_dir, workers=workers, use_gpu=use_gpu, resume=resume,
@@ -421,10 +430,9 @@ def finetune(
     pretraining output or its ``checkpoint/`` folder) or from scratch (no checkpoint, or
     ``settings.from_scratch``); report metrics on ``eval_splits`` with ``n_boot`` bootstrap
     replicates for the intervals. ``size=None`` takes the checkpoint's size."""
-    from claims_search.cache import Cache
 
-    cache = Cache.open(cache_dir)
-    _check_task(cache, cache_dir, task, eval_splits)
+    cache = open_cache(cache_dir)
+    check_task(cache, cache_dir, task, eval_splits)
     init = None
     if init_checkpoint is not None and settings.from_scratch:
         log.warning("from_scratch is set: ignoring the initial checkpoint %s", init_checkpoint)
@@ -479,9 +487,8 @@ def run_trial(
     """
     import math
 
-    from claims_search.cache import Cache
 
-    cache = Cache.open(cache_dir)
+    cache = open_cache(cache_dir)
     size = as_size(size)
     out_dir = Path(out_dir)
     pre_job, pre_meta = _pretrain_job(cache, cache_dir, size, pretrain_settings)
@@ -489,7 +496,7 @@ def run_trial(
     init = None if finetune_settings.from_scratch else str((pre_out / "checkpoint").resolve())
     plans = {}
     for task in tasks:
-        _check_task(cache, cache_dir, task, eval_splits)
+        check_task(cache, cache_dir, task, eval_splits)
         plans[task] = _finetune_job(cache, cache_dir, task, size, finetune_settings, init, eval_splits, n_boot)
 
     def diverged(loss: float) -> bool:

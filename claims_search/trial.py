@@ -7,13 +7,14 @@ at the end with ``status`` and every objective, and the node id.
 
 A trial whose pretraining diverged (non-finite loss, or no better than guessing uniformly
 over the vocabulary) skips its fine-tunings and reports ``status: pruned``: the searcher is
-told PRUNED and the frontier never sees it (see `search.GuardedOptunaSearch`).
+told PRUNED and the frontier never sees it (see `search_tune.GuardedOptunaSearch`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,20 +64,25 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     # Runs write locally; on remote storage each finished run's folder is uploaded next to it.
     out = (Path(tempfile.gettempdir()) / "claims-search-trials" if remote else Path(ctx.artifacts)) / trial_id
     final = st.join(ctx.artifacts, trial_id, "final.json")
+    sample = json.dumps(config, sort_keys=True, default=str)
     if st.exists(final):
         fs, inner = st.filesystem(final)
         with fs.open_input_stream(inner) as f:
-            result = json.loads(f.read())
-        if result.get("trial_config_sample") == json.dumps(config, sort_keys=True, default=str):
+            try:
+                result = json.loads(f.read())
+            except ValueError:  # a torn write: train again
+                result = {}
+        if result.get("trial_config_sample") == sample:
             tune.report(result)
             return
     result = _train(config, ctx, trial_id, out, remote)
-    result["trial_config_sample"] = json.dumps(config, sort_keys=True, default=str)
+    result["trial_config_sample"] = sample
     data = json.dumps(result).encode()
     if remote:
         fs, inner = st.filesystem(final)
         with fs.open_output_stream(inner) as f:
             f.write(data)
+        shutil.rmtree(out, ignore_errors=True)  # uploaded: the node's scratch copy can go
     else:
         atomic_write_bytes(final, data)
     tune.report(result)
@@ -95,7 +101,7 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
     space = load_space(ctx.space_path)
     cfg = space.sample_to_trial_config(config)
     size = ModelSize(**cfg["model"])
-    cache_dir = str(st.localize(ctx.cache_dir))  # a per-node copy when the cache is on s3:// or gs://
+    cache_dir = ctx.cache_dir  # a path or a URI: training localizes it on every worker's node
 
     def keep(folder: Path) -> str:
         return st.upload(folder, st.join(ctx.artifacts, trial_id, folder.name)) if remote else str(folder)

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     settings = cache.Settings(args.max_len, args.min_count, args.n_bins, args.strict)
     out = Path(args.out)
     digest = cache.inputs_hash(Path(args.meds), {t.name: t.text for t in tasks}, settings)
+    if out.exists() and not out.is_dir():
+        raise ClaimsSearchError(f"{out}: --out is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise ClaimsSearchError(f"{out}: exists and is not a prepared cache; refusing to replace it")
     if not args.force and cache.is_up_to_date(out, digest):

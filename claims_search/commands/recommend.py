@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from claims_search.recommend import recommend
     from claims_search.tracking import default_tracking_uri, load_records, load_settings
 
+    from claims_search.errors import ClaimsSearchError
+
+    if args.tolerance is not None and args.tolerance < 0:
+        raise ClaimsSearchError(f"--tolerance: must be >= 0, got {args.tolerance}")
     uri = args.tracking_uri or default_tracking_uri()
     records = load_records(uri, args.experiment)
     settings = load_settings(uri, args.experiment)

@@ -15,17 +15,21 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search search`."""
     parser.add_argument("--space", required=True, help="search space YAML, or a shipped one: smoke, default, paper")
-    parser.add_argument("--data", required=True, help="prepared cache (claims-search prepare --out)")
+    data = os.environ.get("CLAIMS_SEARCH_DATA")  # set by `claims-search submit`
+    parser.add_argument("--data", required=data is None, default=data,
+                        help="prepared cache (claims-search prepare --out; default: $CLAIMS_SEARCH_DATA)")
     parser.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--address", help="Ray address (default: a local Ray instance; 'auto' on a cluster node)")
     parser.add_argument("--name", help="search (= MLflow experiment) name (default: <space>-<date-time>)")
-    parser.add_argument("--storage", default="runs", help="where trials, checkpoints and the outbox live "
-                        "(a path every node can reach on a multi-node cluster; default: ./runs)")
+    parser.add_argument("--storage", default=os.environ.get("CLAIMS_SEARCH_STORAGE_PATH", "runs"),
+                        help="where trials, checkpoints and the outbox live (a path every node can reach "
+                        "on a multi-node cluster; default: $CLAIMS_SEARCH_STORAGE_PATH, else ./runs)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted search of this --name")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of the live table")
 
