@@ -28,8 +28,9 @@ class TrialRecord:
     see docs/design.md) or, for the baseline, its own settings. ``metric`` is the space's primary
     metric on the tuning split (trials are compared on it, so the winner's figure is optimistic:
     confirm the chosen size with `finetune --held-out`), with its bootstrap interval
-    ``metric_low``/``metric_high``; ``cost`` is what this task pays in the space's cost measure: ``pretrain_cost + finetune_cost``
-    (pretraining is charged in full to each task, since each task would pay it alone).
+    ``metric_low``/``metric_high``; ``cost`` is what this task pays in the space's cost measure:
+    ``pretrain_cost + finetune_cost`` (pretraining is charged in full to each task, since each
+    task would pay it alone).
     ``checkpoint`` is the fine-tuned checkpoint folder (weights + config) the registry wraps;
     ``extras`` holds further aggregate numbers to track (e.g. the other metric, the shared total
     cost, tokens, peak memory). Nothing patient-level goes in a record.

@@ -3,6 +3,7 @@
 import json
 
 import optuna
+import pytest
 from ray import tune
 
 from claims_search.search import records_from_result
@@ -68,3 +69,31 @@ def test_records_of_a_pruned_trial_never_carry_a_metric():
     space = load_space("smoke")
     recs = records_from_result("t2", {**_result(), "status": "pretrained"}, ["ckd_incidence"], space)
     assert recs[0].status == "pruned" and recs[0].metric is None and not recs[0].usable
+
+
+def test_a_result_the_outbox_lacks_is_recovered_from_the_trials_final_json(tmp_path):
+    """A driver that died between a trial's end and its callback: --resume rebuilds the records."""
+    from claims_search.search import _recover_records
+    from claims_search.tracking import Tracker
+
+    space = load_space("smoke")
+    trials = tmp_path / "trials"
+    (trials / "t9").mkdir(parents=True)
+    (trials / "t9" / "final.json").write_text(json.dumps(_result()))
+    (trials / "t8").mkdir()  # a trial that never finished: nothing to recover
+    tracker = Tracker("http://127.0.0.1:9", "recover", tmp_path / "outbox")  # MLflow away: records wait
+    _recover_records(str(trials), space, tracker)
+    recs = tracker.records()
+    assert sorted((r.trial_id, r.task) for r in recs) == [("t9", "antihypertensive_start"), ("t9", "ckd_incidence")]
+    assert all(r.status == "complete" for r in recs)
+
+
+def test_resume_refuses_another_space_or_data(tmp_path):
+    from claims_search.errors import ClaimsSearchError
+    from claims_search.search import _same_search
+
+    space = load_space("smoke")
+    _same_search(tmp_path, space, "/data/prepared", resume=False)
+    _same_search(tmp_path, space, "/data/prepared", resume=True)  # the same: fine
+    with pytest.raises(ClaimsSearchError, match="--data"):
+        _same_search(tmp_path, space, "/data/other", resume=True)
