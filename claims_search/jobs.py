@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from claims_search.errors import ClaimsSearchError
+from claims_search.storage import one_line
 
 # Never uploaded with the working dir: the venv, VCS data, local data and run outputs.
 # (Ray also honours .gitignore; these hold when there is none.)
@@ -110,7 +111,7 @@ def connect(address: str, timeout: float = PROBE_TIMEOUT_S):
         try:
             return JobSubmissionClient(_base(address), headers=_headers(token))
         except Exception as e:  # the SDK raises ConnectionError/RuntimeError/AuthenticationError
-            raise ClaimsSearchError(f"{address}: {_one_line(e)}") from None
+            raise ClaimsSearchError(f"{address}: {one_line(e)}") from None
 
 
 # ---- pre-flight checks --------------------------------------------------------------------
@@ -153,7 +154,7 @@ def cluster_resources(address: str, timeout: float = PROBE_TIMEOUT_S) -> dict[st
         r.raise_for_status()
         nodes = r.json()["data"]["result"]["result"]
     except (requests.RequestException, KeyError, ValueError) as e:
-        raise ClaimsSearchError(f"{address}: cannot list the cluster's nodes: {_one_line(e)}") from None
+        raise ClaimsSearchError(f"{address}: cannot list the cluster's nodes: {one_line(e)}") from None
     total: dict[str, float] = {}
     for node in nodes:
         if node.get("state") != "ALIVE":
@@ -249,7 +250,7 @@ def submit(client, entrypoint: str, runtime_env: dict, experiment: str | None = 
     try:
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
     except (RuntimeError, ValueError, OSError) as e:
-        raise ClaimsSearchError(f"submit: the cluster refused the job: {_one_line(e)}") from None
+        raise ClaimsSearchError(f"submit: the cluster refused the job: {one_line(e)}") from None
     return Submission(job_id, entrypoint, experiment)
 
 
@@ -330,7 +331,7 @@ def stop(client, job_id: str) -> bool:
     try:
         return bool(client.stop_job(job_id))
     except RuntimeError as e:
-        raise ClaimsSearchError(f"job {job_id}: {_one_line(e)}") from None
+        raise ClaimsSearchError(f"job {job_id}: {one_line(e)}") from None
 
 
 def logs(client, job_id: str) -> str:
@@ -338,8 +339,4 @@ def logs(client, job_id: str) -> str:
     try:
         return client.get_job_logs(job_id)
     except RuntimeError as e:
-        raise ClaimsSearchError(f"job {job_id}: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ClaimsSearchError(f"job {job_id}: {one_line(e)}") from None

@@ -30,11 +30,6 @@ from claims_search.errors import ClaimsSearchError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-# Keys of PretrainSettings / FinetuneSettings when loop.py can't be imported (checked lazily).
-_FALLBACK_TRAIN_KEYS = {
-    "lr", "batch_tokens", "steps", "warmup", "mask_prob", "weight_decay", "grad_clip", "seed",
-    "log_every", "pool", "from_scratch",
-}
 
 
 class _Strict(BaseModel):
@@ -400,42 +395,30 @@ def parse_space(data: Any, path: str | Path = "<space>") -> Space:
 
 
 def _check_lazy(space: Space, path: Path) -> None:
-    """Checks against modules written elsewhere (sizes, loop), skipped while they don't import."""
-    try:
-        from claims_search import sizes
-    except ImportError:
-        sizes = None
-    if sizes is not None and isinstance(space.model, PresetModel):
+    """Checks that need the model and the loop (imported late: they import torch): preset names,
+    and every size and training setting at the corners of the space (ends of ranges, every
+    choice) must build."""
+    from claims_search import loop, sizes
+
+    if isinstance(space.model, PresetModel):
         for name in space.model.presets:
             if name not in sizes.PRESETS:
                 raise ClaimsSearchError(
                     f"{path}: model.presets: unknown preset {name!r} (known: {', '.join(sizes.PRESETS)})"
                 )
-    if sizes is not None:
-        # Every size at the corners of the space (ends of ranges, every choice) must build.
-        model = [(k, p) for k, p in space._params() if k.startswith("model.")]
-        ends = [[(k, v) for v in ([p.low, p.high] if isinstance(p, Range) else _values(p))] for k, p in model]
-        for corner in itertools.islice(itertools.product(*ends), 256):
-            try:
-                sizes.ModelSize(**space.sample_to_trial_config(_nest(dict(corner)))["model"])
-            except (ClaimsSearchError, TypeError, ValueError) as e:
-                raise ClaimsSearchError(f"{path}: model: {e}") from None
-    try:
-        from claims_search import loop
-
-        classes = {"pretrain": loop.PretrainSettings, "finetune": loop.FinetuneSettings}
-    except Exception:  # loop.py (imports torch) unusable here: check the names only
-        classes = {}
-    for section in ("pretrain", "finetune"):
+    model = [(k, p) for k, p in space._params() if k.startswith("model.")]
+    ends = [[(k, v) for v in ([p.low, p.high] if isinstance(p, Range) else _values(p))] for k, p in model]
+    for corner in itertools.islice(itertools.product(*ends), 256):
+        try:
+            sizes.ModelSize(**space.sample_to_trial_config(_nest(dict(corner)))["model"])
+        except (ClaimsSearchError, TypeError, ValueError) as e:
+            raise ClaimsSearchError(f"{path}: model: {e}") from None
+    for section, cls in (("pretrain", loop.PretrainSettings), ("finetune", loop.FinetuneSettings)):
         settings = getattr(space.training, section)
-        cls = classes.get(section)
-        known = {f.name for f in dataclasses.fields(cls)} if cls else _FALLBACK_TRAIN_KEYS
+        known = {f.name for f in dataclasses.fields(cls)}
         for k in settings:
             if k not in known:
                 raise ClaimsSearchError(f"{path}: training.{section}.{k}: unknown key")
-        if cls is None:
-            continue
-        # Build the settings at the corners of the space (ends of ranges, every choice).
         ends = {k: [p.low, p.high] if isinstance(p, Range) else _values(p) for k, p in settings.items()}
         corners = itertools.product(*[[(k, v) for v in vs] for k, vs in ends.items()])
         for corner in itertools.islice(corners, 256):

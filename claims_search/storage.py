@@ -72,13 +72,13 @@ def filesystem(path: str | os.PathLike):
         try:
             return pafs.FileSystem.from_uri(uri)
         except Exception as e:  # pyarrow raises several types for bad credentials / buckets
-            raise ClaimsSearchError(f"{uri}: cannot open storage: {_one_line(e)}") from None
+            raise ClaimsSearchError(f"{uri}: cannot open storage: {one_line(e)}") from None
     import fsspec
 
     try:
         fs, inner = fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as e:
-        raise ClaimsSearchError(f"{uri}: no filesystem for scheme {scheme!r}: {_one_line(e)}") from None
+        raise ClaimsSearchError(f"{uri}: no filesystem for scheme {scheme!r}: {one_line(e)}") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
 
 
@@ -97,7 +97,7 @@ def require(path: str | os.PathLike, what: str) -> str:
     except ClaimsSearchError:
         raise
     except Exception as e:  # network/credential errors from the storage backend
-        raise ClaimsSearchError(f"{path}: {what}: cannot be read: {_one_line(e)}") from None
+        raise ClaimsSearchError(f"{path}: {what}: cannot be read: {one_line(e)}") from None
     if not found:
         raise ClaimsSearchError(f"{path}: {what} not found")
     return normalize(path)
@@ -167,5 +167,6 @@ def upload(local: str | os.PathLike, uri: str | os.PathLike) -> str:
     return normalize(uri)
 
 
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+def one_line(e: BaseException) -> str:
+    """An exception as one short line, for ClaimsSearchError messages."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
