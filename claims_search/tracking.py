@@ -379,7 +379,10 @@ class Tracker:
         if chosen is not None and s.get("checkpoint"):
             child = next((c for c in children if c.data.tags.get("trial_id") == chosen), None)
             if child is not None:
-                self._register(client, task, chosen, child.info.run_id, s["checkpoint"])
+                try:
+                    self._register(client, task, chosen, child.info.run_id, s["checkpoint"])
+                except ClaimsSearchError as e:  # a lost checkpoint must not block every later sync
+                    log.warning("%s: recommended model not registered: %s", task, e)
         client.set_terminated(parent, "FINISHED")
 
     def _register(self, client, task: str, trial_id: str, run_id: str, checkpoint: str) -> None:
