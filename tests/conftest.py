@@ -17,6 +17,16 @@ pytest_plugins = ["tests.cluster_harness"]  # real multi-node Ray, mlflow server
 from claims_search.cli import main as cli
 
 
+@pytest.fixture
+def ray_local():
+    """A small Ray instance of this test's own (address="local": never someone else's cluster)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def synthetic_meds(tmp_path_factory):
     """2,000 synthetic patients as MEDS (seeded: the same data every run)."""

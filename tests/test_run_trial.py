@@ -60,15 +60,6 @@ def test_a_missing_task_fails_before_any_training(recency_cache, tmp_path):
     assert not tmp_path.joinpath("pretrain").exists() and not any(tmp_path.iterdir())
 
 
-@pytest.fixture
-def ray_local():
-    ray = pytest.importorskip("ray")
-    # address="local": our own small instance, never another engineer's cluster.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_one_fit_on_two_workers_resumes_a_failed_fine_tuning_without_pretraining_again(
         recency_cache, separate, tmp_path, ray_local, caplog):

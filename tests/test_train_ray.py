@@ -11,15 +11,6 @@ from claims_search.training import finetune
 SETTINGS = FinetuneSettings(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
 
 
-@pytest.fixture
-def ray_local():
-    ray = pytest.importorskip("ray")
-    # address="local": our own small instance, never another engineer's cluster.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_two_workers_give_the_same_result_format_and_resume_after_a_failure(recency_cache, tmp_path, ray_local):
     task = "antihypertensive_start"
