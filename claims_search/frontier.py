@@ -33,7 +33,8 @@ class TrialRecord:
     task would pay it alone).
     ``checkpoint`` is the fine-tuned checkpoint folder (weights + config) the registry wraps;
     ``extras`` holds further aggregate numbers to track (e.g. the other metric, the shared total
-    cost, tokens, peak memory). Nothing patient-level goes in a record.
+    cost, tokens, peak memory); ``tags`` short strings (why a trial failed, the nodes of its
+    driver and of its Ray Train ranks). Nothing patient-level goes in a record.
     """
 
     trial_id: str
@@ -50,6 +51,7 @@ class TrialRecord:
     is_baseline: bool = False
     checkpoint: str | None = None
     extras: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # reason of a failure, nodes it ran on
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -5,8 +5,14 @@ before any trial starts → the LightGBM baseline once per task (a Ray task) →
 (`trial.run_trial`, a Tune function trainable whose training runs on Ray Train workers) →
 per-task frontier, recommendation, plots and registry (`tracking.Tracker.publish`).
 
-The Optuna study lives in ``<run>/optuna.db`` (RDB storage) so it can be inspected and resumed;
-``resume=True`` restores the Tune experiment and finishes it without re-running finished trials.
+The driver's own state (outbox, ``search.json``, the Optuna study in ``optuna.db``) is a
+``search_state.SearchState``: under ``--storage`` when it is a path, else a local working copy
+mirrored to ``<storage>/<search>/state`` after every trial. ``resume=True`` restores it (from
+storage when the head lost its disk) and the Tune experiment, and finishes the search without
+re-running finished trials.
+
+A search in which no Transformer trial completed is a failure: ``SearchFailed`` (exit 2) with
+how many trials failed or were pruned and the first reason.
 """
 
 from __future__ import annotations
@@ -26,6 +32,27 @@ from claims_search.trial import TrialContext, cost_value, run_trial
 log = logging.getLogger(__name__)
 
 
+class SearchFailed(ClaimsSearchError):
+    """No Transformer trial completed: the search produced no answer."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished search returns: the recommendation per task (None where nothing was
+    usable) and how its trials ended (counted per trial, over every task)."""
+
+    recommendations: dict[str, Any]
+    complete: int
+    pruned: int
+    failed: int
+    first_reason: str | None = None
+
+    def summary(self) -> str:
+        """One line: how the trials ended, and the first failure's reason."""
+        line = f"{self.complete} trial(s) complete, {self.failed} failed, {self.pruned} pruned"
+        return line + (f"; first failure: {self.first_reason}" if self.first_reason else "")
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """What `claims-search search` asks for."""
@@ -40,14 +67,15 @@ class SearchRequest:
     progress: bool = True
 
 
-def run_search(req: SearchRequest) -> dict[str, Any]:
-    """Run (or resume) a search; return ``{task: Recommendation | None}``."""
+def run_search(req: SearchRequest) -> SearchResult:
+    """Run (or resume) a search; raise ``SearchFailed`` when no Transformer trial completed."""
     from claims_search import storage as st
     from claims_search.cache import Cache
+    from claims_search.search_state import SearchState
     from claims_search.space import load_space, validate_against_cluster
     from claims_search.tracking import Tracker, reachable
 
-    space = load_space(req.space)
+    space = load_space(req.space)  # resolved now: trials get this object, never the path
     data = st.require(req.data, "prepared cache")
     cache = Cache.open(st.localize(data))
     missing = [t for t in space.task_names if t not in cache.tasks]
@@ -63,12 +91,10 @@ def run_search(req: SearchRequest) -> dict[str, Any]:
     probe_tracking(req.tracking_uri)  # an http server that refuses our Host header (403) fails here
     if not reachable(req.tracking_uri):
         raise ClaimsSearchError(f"tracking server {req.tracking_uri} is unreachable (or refuses this host)")
-    # The outbox and the Optuna study are the driver's files: under --storage when it is a
-    # path, else in the driver's home (resume a remote-storage search from the same head).
-    remote = st.is_uri(req.storage)
-    run_dir = (Path.home() / ".cache" / "claims-search" / "runs" if remote else st.local_path(req.storage)) / req.name
+    state = SearchState.for_search(req.storage, req.name)
+    run_dir = state.local
     tune_path = st.join(req.storage, req.name, "tune")
-    started = st.exists(tune_path) or (run_dir / "outbox").exists()
+    started = st.exists(tune_path) or state.started()
     if started and not req.resume:
         raise ClaimsSearchError(f"{st.join(req.storage, req.name)}: a search named {req.name!r} exists; pass "
                                 f"--resume to finish it or choose another --name")
@@ -81,21 +107,42 @@ def run_search(req: SearchRequest) -> dict[str, Any]:
         multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
         storage_path, storage_fs = st.tune_storage(st.join(req.storage, req.name), multi_node=multi_node)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if req.resume and (restored := state.restore()):
+            log.info("search %s: restored %s from %s", req.name, ", ".join(restored), state.mirror)
         _same_search(run_dir, space, data, req.resume)
-        tracker = Tracker(req.tracking_uri, req.name, run_dir / "outbox", metric=space.metric, cost=space.cost)
+        tracker = Tracker(req.tracking_uri, req.name, state.outbox, metric=space.metric, cost=space.cost)
+        state.push()
         if space.baseline:
             _baselines(ray, space, data, run_dir, tracker)
-        _tune(space, req, cache, data, run_dir, tracker, concurrency, storage_path, storage_fs)
+            state.push()
+        _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs)
     finally:
         ray.shutdown()
     recs = tracker.publish(tolerance=space.recommend.tolerance,
                            reference=(space.recommend.reference.metric, space.recommend.reference.cost)
                            if space.recommend.reference else None,
                            min_gain_per_doubling=space.recommend.min_gain_per_doubling)
+    state.push()
     if tracker.pending():
         log.warning("MLflow unreachable: %d result(s) wait in %s; run the search again with --resume to deliver "
-                    "them", len(tracker.pending()), run_dir / "outbox")
-    return recs
+                    "them", len(tracker.pending()), state.outbox)
+    result = _outcome(recs, tracker.records())
+    if result.complete == 0:
+        raise SearchFailed(f"search {req.name}: no Transformer trial completed ({result.summary()})")
+    return result
+
+
+def _outcome(recs: dict[str, Any], records: list[TrialRecord]) -> SearchResult:
+    """Count how the Transformer trials ended (one status per trial, whatever the task)."""
+    status: dict[str, TrialRecord] = {}
+    for r in records:
+        if not r.is_baseline:
+            status.setdefault(r.trial_id, r)
+    ends = [r.status for r in status.values()]
+    reasons = sorted((r.trial_id, r.tags.get("reason")) for r in status.values()
+                     if r.status == "failed" and r.tags.get("reason"))
+    return SearchResult(recs, ends.count("complete"), ends.count("pruned"), ends.count("failed"),
+                        reasons[0][1] if reasons else None)
 
 
 def _probe_ray(address: str) -> None:
@@ -177,10 +224,14 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
     cfg = json.loads(result["trial_config"]) if "trial_config" in result else {}
     pre_cost = json.loads(result["pretrain_cost"]) if "pretrain_cost" in result else None
     n_params = result.get("n_params")
+    tags = {k: str(result[k]) for k in ("reason",) if result.get(k)}
+    if result.get("node_id"):  # where it ran: the trial driver's node and every Train rank's
+        tags["driver_node"] = str(result["node_id"])
+        tags["rank_nodes"] = ",".join(json.loads(result.get("rank_nodes") or "[]"))
     if status != "complete":
         st = "failed" if status == "failed" else "pruned"
         return [TrialRecord(trial_id, t, st, cfg, n_params, None, None, None, None,
-                            cost_value(pre_cost, space.cost), None) for t in tasks]
+                            cost_value(pre_cost, space.cost), None, tags=tags) for t in tasks]
     per_task = json.loads(result["tasks"])
     out = []
     for t in tasks:
@@ -192,11 +243,11 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
         extras["total_cost"] = float(cost_value(json.loads(result["total_cost"]), space.cost) or 0.0)
         out.append(TrialRecord(trial_id, t, "complete", cfg, n_params, m[space.metric], m[f"{space.metric}_low"],
                                m[f"{space.metric}_high"], pc + fc, pc, fc, checkpoint=r["checkpoint"],
-                               extras=extras))
+                               extras=extras, tags=tags))
     return out
 
 
-def _tune(space, req: SearchRequest, cache, data: str, run_dir: Path, tracker, concurrency: int,
+def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurrency: int,
           storage_path: str, storage_fs) -> None:
     from ray import tune
 
@@ -205,16 +256,19 @@ def _tune(space, req: SearchRequest, cache, data: str, run_dir: Path, tracker, c
 
     b = space.budget
     ctx = TrialContext(
-        space_path=str(space.path), cache_dir=data, artifacts=join(req.storage, req.name, "trials"),
+        space=space, cache_dir=data, artifacts=join(req.storage, req.name, "trials"),
         tasks=tuple(space.task_names), metric=space.metric, cost=space.cost, workers=b.workers_per_trial,
         use_gpu=b.gpus_per_worker > 0, cpus_per_worker=b.cpus_per_worker, gpus_per_worker=b.gpus_per_worker,
-        vocab_size=cache.vocab_size)
+        vocab_size=cache.vocab_size, worker_resources=tuple(sorted(b.worker_resources.items())))
     # The trial's own driver takes ~no CPU: its Ray Train workers hold the resources (with a
     # whole CPU each, two trials on two CPUs deadlock).
     driver = {"cpu": 0.01} if b.workers_per_trial else {"cpu": b.cpus_per_worker, "gpu": b.gpus_per_worker}
+    if b.driver_resources or (not b.workers_per_trial and b.worker_resources):
+        driver["custom_resources"] = {**(b.worker_resources if not b.workers_per_trial else {}),
+                                      **b.driver_resources}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
-    callbacks = [TrackingCallback(tracker, space, progress=req.progress, total=space.num_samples()
-                                  if not space.is_grid else len(space.grid_samples()))]
+    callbacks = [TrackingCallback(tracker, space, progress=req.progress, state=state,
+                                  total=space.num_samples() if not space.is_grid else len(space.grid_samples()))]
     run_config = tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
                                 callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=1))
     tune_path = f"{storage_path.rstrip('/')}/tune"
@@ -229,7 +283,7 @@ def _tune(space, req: SearchRequest, cache, data: str, run_dir: Path, tracker, c
             metrics, modes = _directions(space)
             search_alg = GuardedOptunaSearch(
                 metric=metrics, mode=modes, sampler=make_sampler(space),
-                storage=_optuna_storage(run_dir), study_name=req.name)
+                storage=_optuna_storage(state.optuna_db), study_name=req.name)
         tuner = tune.Tuner(
             trainable, param_space=space.tune_param_space(),
             tune_config=tune.TuneConfig(num_samples=space.num_samples(), search_alg=search_alg,
@@ -292,7 +346,7 @@ def _directions(space):
     return directions(space)
 
 
-def _optuna_storage(run_dir: Path):
+def _optuna_storage(db: Path):
     import optuna
 
-    return optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    return optuna.storages.RDBStorage(f"sqlite:///{db}")

@@ -36,6 +36,23 @@ class GuardedOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+def error_reason(trial) -> str:
+    """One line saying why a Tune trial failed: the last exception line of its error trace."""
+    from pathlib import Path
+
+    text = None
+    try:
+        if trial.error_file and Path(trial.error_file).exists():
+            text = Path(trial.error_file).read_text(errors="replace")
+        else:
+            text = trial.get_error()
+    except Exception:  # noqa: BLE001 - the reason is best effort; the status is what counts
+        text = None
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    found = [ln for ln in lines if ("Error" in ln or "Exception" in ln) and not ln.startswith(("File ", "Traceback"))]
+    return (found[-1] if found else lines[-1] if lines else "unknown error (no error trace)")[:300]
+
+
 def make_sampler(space) -> optuna.samplers.BaseSampler:
     """The space's sampler. TPE is multivariate (Optuna 5's default for several objectives)."""
     kind, seed = space.sampler.kind, space.sampler.seed
@@ -50,8 +67,8 @@ class TrackingCallback(Callback):
     """Finished trials -> TrialRecords in the tracker's outbox (then a best-effort MLflow sync),
     and a live table: trials done / running / pending, best so far per task, compute spent."""
 
-    def __init__(self, tracker, space, *, progress: bool = True, total: int = 0):
-        self.tracker, self.space, self.total = tracker, space, total
+    def __init__(self, tracker, space, *, progress: bool = True, total: int = 0, state=None):
+        self.tracker, self.space, self.total, self.state = tracker, space, total, state
         self.started = time.monotonic()
         self.compute = 0.0
         self.best: dict[str, float] = {}
@@ -75,6 +92,7 @@ class TrackingCallback(Callback):
         result = dict(result or {})
         if failed:
             result["status"] = "failed"
+            result["reason"] = error_reason(trial)
         records = records_from_result(trial.trial_id, result, self.space.task_names, self.space)
         for r in records:
             self.tracker.log_trial(r, sync=False)
@@ -93,7 +111,13 @@ class TrackingCallback(Callback):
             self.compute += cost_value(json.loads(total), "device_seconds") or 0.0
         self.running.discard(trial.trial_id)
         self.tracker.sync()
-        self._show(f"trial {trial.trial_id}: {status}")
+        if self.state is not None:  # the outbox and the study survive losing this node's disk
+            try:
+                self.state.push()
+            except Exception as e:  # noqa: BLE001 - storage blips must not stop the search
+                log.warning("search state not mirrored to %s (%s); next trial retries", self.state.mirror, e)
+        reason = f" ({result['reason']})" if failed and result.get("reason") else ""
+        self._show(f"trial {trial.trial_id}: {status}{reason}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)

@@ -135,7 +135,11 @@ class Sampler(_Strict):
 
 
 class Budget(_Strict):
-    """``workers_per_trial: 0`` trains in the trial's own process (no Ray Train workers)."""
+    """``workers_per_trial: 0`` trains in the trial's own process (no Ray Train workers).
+
+    ``driver_resources`` / ``worker_resources``: custom Ray resources (as given to ``ray start
+    --resources``, e.g. ``{"accelerator_type:H100": 0.001}`` or a node label) that each trial's
+    driver / each Ray Train worker asks for, on top of its CPUs and GPUs."""
 
     trials: int = Field(ge=1)
     concurrency: int = Field(default=1, ge=1)
@@ -143,6 +147,18 @@ class Budget(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
     time_budget_s: float | None = Field(default=None, gt=0)
+    driver_resources: dict[str, float] = Field(default_factory=dict)
+    worker_resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("driver_resources", "worker_resources", mode="after")
+    @classmethod
+    def _custom(cls, d: dict[str, float]) -> dict[str, float]:
+        for k, v in d.items():
+            if k.upper() in ("CPU", "GPU", "MEMORY") or not k:
+                raise ValueError(f"{k!r}: CPUs and GPUs are set by cpus_per_worker/gpus_per_worker")
+            if v <= 0:
+                raise ValueError(f"{k}: must be > 0, got {v}")
+        return d
 
 
 class Training(_Strict):
@@ -435,6 +451,7 @@ def load_space(path: str | Path) -> Space:
         p = SPACES_DIR / f"{path}.yaml"
     if not p.is_file():
         raise ClaimsSearchError(f"{p}: search space file not found")
+    p = p.resolve()  # trials run in other working directories (and on other nodes)
     try:
         data = yaml.load(p.read_text(), Loader=_Loader)
     except yaml.YAMLError as e:
@@ -449,6 +466,12 @@ def validate_against_cluster(space: Space, resources: dict[str, float]) -> int:
     workers = max(b.workers_per_trial, 1)
     need = {"GPU": workers * b.gpus_per_worker, "CPU": workers * b.cpus_per_worker}
     keys = {"GPU": "budget.gpus_per_worker", "CPU": "budget.cpus_per_worker"}
+    for k, v in b.worker_resources.items():
+        need[k] = need.get(k, 0.0) + workers * v
+        keys[k] = f"budget.worker_resources.{k}"
+    for k, v in b.driver_resources.items():
+        need[k] = need.get(k, 0.0) + v
+        keys.setdefault(k, f"budget.driver_resources.{k}")
     where = space.path or "<space>"
     fits = [b.concurrency, b.trials]
     for res, n in need.items():

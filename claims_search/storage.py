@@ -6,6 +6,11 @@ results written to one node's disk are lost to the others. Ray Tune/Train take a
 copied once per node from the URI into a local folder (``localize``), because the cache is
 memory-mapped. ``file://`` URIs and plain paths are local. Only pyarrow/fsspec are used here, so
 the module is cheap to import.
+
+S3-compatible stores (MinIO, Ceph, moto): ``CLAIMS_SEARCH_S3_ENDPOINT`` (else
+``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``) points every ``s3://`` access here, and so
+data, Ray Tune, Ray Train and the search state, at that endpoint: pyarrow itself ignores the
+AWS variables, so the filesystem is built with ``endpoint_override`` and handed to Ray.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ def filesystem(path: str | os.PathLike):
         return pafs.LocalFileSystem(), str(local_path(path))
     uri = str(path)
     scheme = urlparse(uri).scheme
+    if scheme == "s3" and s3_endpoint():
+        return _s3_with_endpoint(), uri.split("://", 1)[1].rstrip("/")
     if scheme in _PYARROW_SCHEMES:
         try:
             return pafs.FileSystem.from_uri(uri)
@@ -80,6 +87,25 @@ def filesystem(path: str | os.PathLike):
     except (ImportError, ValueError) as e:
         raise ClaimsSearchError(f"{uri}: no filesystem for scheme {scheme!r}: {one_line(e)}") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint every ``s3://`` access goes to, or None for AWS itself."""
+    for var in ("CLAIMS_SEARCH_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(var):
+            return os.environ[var].rstrip("/")
+    return None
+
+
+def _s3_with_endpoint():
+    """pyarrow's S3 filesystem on :func:`s3_endpoint` (credentials from the usual AWS variables)."""
+    import pyarrow.fs as pafs
+
+    url = urlparse(s3_endpoint())
+    if not url.scheme or not url.netloc:
+        raise ClaimsSearchError(f"CLAIMS_SEARCH_S3_ENDPOINT={s3_endpoint()!r}: expected http(s)://HOST:PORT")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return pafs.S3FileSystem(endpoint_override=url.netloc, scheme=url.scheme, region=region)
 
 
 def exists(path: str | os.PathLike) -> bool:
@@ -117,8 +143,12 @@ def tune_storage(path: str | os.PathLike, *, multi_node: bool = False) -> tuple[
                 "or a shared mount (set CLAIMS_SEARCH_SHARED_FS=1 if it is one)"
             )
         return str(local_path(path)), None
-    uri = normalize(path)
-    if urlparse(uri).scheme in _PYARROW_SCHEMES:
+    return ray_storage(normalize(path))
+
+
+def ray_storage(uri: str) -> tuple[str, object | None]:
+    """``(storage_path, storage_filesystem)`` of a URI for Ray Tune's and Ray Train's RunConfig."""
+    if urlparse(uri).scheme in _PYARROW_SCHEMES and not (urlparse(uri).scheme == "s3" and s3_endpoint()):
         return uri, None  # Ray resolves these itself (and per node, with that node's credentials)
     fs, inner = filesystem(uri)
     return inner, fs
@@ -165,6 +195,48 @@ def upload(local: str | os.PathLike, uri: str | os.PathLike) -> str:
     pafs.copy_files(str(local_path(local)), inner, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
     return normalize(uri)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The contents of one file, local or remote."""
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as f:
+        return f.read()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write one file, local (atomically) or remote (object stores publish a whole object)."""
+    if is_local(path):
+        from claims_search.atomic import atomic_write_bytes
+
+        atomic_write_bytes(local_path(path), data)
+        return
+    fs, inner = filesystem(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(inner) as f:
+        f.write(data)
+
+
+def download(path: str | os.PathLike, local: str | os.PathLike) -> Path:
+    """Copy one file (local or remote) to the local path ``local``, atomically; returns it."""
+    from claims_search.atomic import atomic_write_bytes
+
+    atomic_write_bytes(local, read_bytes(path))
+    return Path(local)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a folder (local or remote) and everything in it; nothing there is fine."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    if is_local(path):
+        shutil.rmtree(local_path(path), ignore_errors=True)
+        return
+    fs, inner = filesystem(path)
+    if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+        fs.delete_dir(inner)
 
 
 def one_line(e: BaseException) -> str:

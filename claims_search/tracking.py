@@ -269,6 +269,8 @@ class Tracker:
                     "tolerance": tolerance,
                     "artifacts": str(art),
                     "n_trials": len(task_records),
+                    "n_failed": sum(r.status == "failed" for r in task_records),
+                    "n_pruned": sum(r.status == "pruned" for r in task_records),
                     "recommendation": rec.to_dict() if rec else None,
                 },
             )
@@ -327,6 +329,7 @@ class Tracker:
             "status": r.status,
             "baseline": str(r.is_baseline).lower(),
             RECORD: _record_tag(r),
+            **{f"claims_search.{k}": v[:5000] for k, v in r.tags.items()},
         }
         run = _find(client, exp_id, {ROLE: "trial", TASK: r.task, "trial_id": str(r.trial_id)})
         if run is None:
@@ -359,7 +362,8 @@ class Tracker:
                 run.info.run_id,
                 tags=[RunTag("pareto", str(tid in pareto).lower()), RunTag("recommended", str(tid == chosen).lower())],
             )
-        metrics = {"hypervolume": s["hypervolume"], "n_trials": s["n_trials"]}
+        metrics = {"hypervolume": s["hypervolume"], "n_trials": s["n_trials"],
+                   "n_failed": s.get("n_failed", 0), "n_pruned": s.get("n_pruned", 0)}
         rec = s.get("recommendation") or {}
         if rec:
             metrics.update(

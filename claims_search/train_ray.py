@@ -1,142 +1,73 @@
-"""Ray Train edge of a training run: the same job as ``training.execute``, in TorchTrainer workers.
+"""Ray Train edge of training: jobs (``worker.execute``) run in TorchTrainer workers.
 
-Ray Train V2: each worker runs ``training.execute`` with its rank; ``prepare_model`` wraps the
+Ray Train V2: each worker runs ``worker.execute`` with its rank; ``prepare_model`` wraps the
 model in DistributedDataParallel (gloo on CPU, NCCL on GPU; the loop autocasts to bf16 on
 CUDA). Every rank calls ``ray.train.report`` at the same steps (it is a barrier); rank 0
-attaches the loop's ``state_dict`` as a checkpoint, persisted under ``storage``. With
-``FailureConfig(max_failures)`` Ray restarts failed workers and ``ray.train.get_checkpoint()``
-hands them the latest state, so the run continues its step count. Running ``run_job`` again
-with the same ``storage`` after the driver itself died restores from there too.
-
-Works on its own (``ray.init`` happens on first use) and inside a Ray Tune function trainable
-(a trial calls ``training.run_trial(..., workers=n)``, which uses ``run_phases``). On a small machine give the trial's
-driver ~0 CPU (``tune.with_resources(fn, {"cpu": 0.01})``): the workers here take 0.99 CPU
-each by default, so two trials fit on two CPUs instead of deadlocking.
-
-Cost across workers: the loop meters each rank and sums tokens and FLOPs over ranks;
-device-seconds = wall x workers.
+attaches the loop's state as a checkpoint. With ``FailureConfig(max_failures)`` Ray restarts a
+failed worker group and ``ray.train.get_checkpoint()`` hands it the latest state, so the run
+continues its step count. Running again with the same ``storage`` after the driver itself died
+restores from there too.
 
 ``run_phases`` runs several jobs in order in ONE worker group (one ``fit``: the worker-group
-start-up, and CUDA/NCCL init on GPUs, is paid once per trial, not once per job). Each
-checkpoint carries ``phase.json`` (``{"phase": i, "done": bool}``), so a restarted worker group
-skips the finished phases and continues the current one from its last checkpoint. Rank 0
-writes each finished phase's outcome and final state to ``STORAGE/phases/<i>/`` before the
-"phase done" report (a barrier), so later phases and the driver can read them::
+start-up, and CUDA/NCCL init on GPUs, is paid once per trial, not once per job); ``run_job`` is
+one phase of it. Each checkpoint carries ``phase.json`` (``{"phase": i, "done": bool}``), so a
+restarted worker group skips the finished phases and continues the current one.
 
-    STORAGE/phases/<i>/outcome.json   execute()'s outcome of phase i
+Nothing crosses nodes through a local path. ``storage`` is a local path (one machine, or a
+mount shared at the same path by every node) or a URI (``s3://``, ``gs://``...); Ray's run
+state, the checkpoints and every phase's files live there, through one pyarrow filesystem::
+
+    STORAGE/ray/...                   Ray Train's run (storage marker, checkpoints)
+    STORAGE/plan.json                 what was asked: a different plan starts afresh
+    STORAGE/phases/<i>/outcome.json   rank 0's outcome of phase i (aggregates only)
     STORAGE/phases/<i>/state.pt       its final loop state (a fine-tuning's init reads it)
+
+Rank 0 writes a finished phase's files before the "phase done" report (a barrier); a rank that
+needs a state copies it to its own node's scratch folder (``$TMPDIR/claims-search-scratch``),
+which it removes when it finishes. The driver copies the final states it returns likewise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from claims_search import storage as st
 from claims_search.errors import ClaimsSearchError
 
 log = logging.getLogger(__name__)
 
-
-def _train_fn(config: dict) -> dict:
-    """The Ray Train worker: restore, run ``training.execute``, checkpoint through Ray."""
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from claims_search.training import execute
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    state = None
-    restored = ray.train.get_checkpoint()
-    if restored is not None:  # a restarted worker group, or a rerun with the same storage
-        with restored.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-    elif config.get("init_state"):
-        state = torch.load(config["init_state"], map_location="cpu", weights_only=True)
-    # Fault injection for tests: fail once, after the checkpoint at this step, if not restored.
-    fail_at = config.get("fail_at_step") if restored is None else None
-
-    def on_checkpoint(state: dict) -> None:
-        metrics = {"step": state["step"], "tokens": state["cost"]["tokens"]}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(state, Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                                 checkpoint_dir_name=f"step_{state['step']:08d}")
-        else:
-            ray.train.report(metrics)
-        if fail_at is not None and state["step"] >= fail_at:
-            raise RuntimeError(f"injected failure at step {state['step']} (fail_at_step)")
-
-    return execute(
-        config["job"],
-        device=ray.train.torch.get_device(),
-        rank=rank,
-        world_size=world,
-        prepare=lambda model: ray.train.torch.prepare_model(model) if world > 1 else model,
-        state=state,
-        on_checkpoint=on_checkpoint,
-        checkpoint_every=config["checkpoint_every"],
-    )
+SCRATCH = "claims-search-scratch"
 
 
-def run_job(
-    job: dict,
-    storage: str | Path,
-    *,
-    workers: int,
-    use_gpu: bool = False,
-    init_state: str | Path | None = None,
-    checkpoint_every: int = 200,
-    max_failures: int = 2,
-    resources_per_worker: dict | None = None,
-    fail_at_step: int | None = None,
-) -> tuple[dict, Path]:
-    """Run a ``training`` job on ``workers`` Ray Train workers; return (rank 0's outcome, the
-    final state file). Checkpoints live under ``storage`` (a path every node can reach).
+@dataclass(frozen=True)
+class PhasesResult:
+    """What ``run_phases`` returns: per phase (rank 0's outcome, a local copy of its final
+    state) or None for a phase skipped after divergence; where the last worker group started;
+    the node id of every rank of that group."""
 
-    ``resources_per_worker`` defaults to ``{"CPU": 0.99}`` (+ 1 GPU with ``use_gpu``).
-    ``fail_at_step`` makes every worker fail once after that step's checkpoint (tests).
-    """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    if workers < 1:
-        raise ClaimsSearchError(f"--workers: must be at least 1, got {workers}")
-    storage = Path(storage).resolve()
-    resources = resources_per_worker or ({"CPU": 0.99, "GPU": 1} if use_gpu else {"CPU": 0.99})
-    trainer = TorchTrainer(
-        _train_fn,
-        train_loop_config={"job": job, "init_state": str(init_state) if init_state else None,
-                           "checkpoint_every": checkpoint_every, "fail_at_step": fail_at_step},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name="ray", storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()  # raises TrainingFailedError once max_failures is spent
-    outcome = result.return_value
-    if outcome is None:
-        raise RuntimeError(f"Ray Train run under {storage} returned nothing (error: {result.error})")
-    final = storage / "final_state.pt"
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            shutil.copyfile(Path(d) / "state.pt", final)
-    elif init_state is not None:  # nothing trained: the run was already at its step count
-        shutil.copyfile(init_state, final)
-    else:
-        raise RuntimeError(f"Ray Train run under {storage} reported no checkpoint")
-    return outcome, final
+    phases: list[tuple[dict, Path] | None]
+    started_at: dict
+    rank_nodes: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- several jobs in one fit
+def _scratch(storage: str, *parts: str) -> Path:
+    """This node's scratch folder for copies of ``storage``'s files (never shared)."""
+    key = hashlib.sha256(storage.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / SCRATCH / key / Path(*parts)
+
+
+def _local_state(storage: str, phase: int, who: str) -> Path:
+    """Phase ``phase``'s final state as a local file: itself on a local storage, else a copy."""
+    src = st.join(storage, "phases", str(phase), "state.pt")
+    if st.is_local(storage):
+        return Path(src)
+    return st.download(src, _scratch(storage, who, "phases", str(phase), "state.pt"))
 
 
 def _phase_checkpoint(phase: int, done: bool, state: dict | None, name: str, metrics: dict) -> None:
@@ -155,35 +86,45 @@ def _phase_checkpoint(phase: int, done: bool, state: dict | None, name: str, met
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
 
 
-def _write_phase(folder: Path, outcome: dict, state: dict) -> None:
-    """Rank 0: a finished phase's outcome and final state, each written atomically."""
+def _write_phase(storage: str, phase: int, outcome: dict, state: dict) -> None:
+    """Rank 0: a finished phase's outcome and final state, to storage (state first: the
+    outcome's presence says the phase is complete)."""
     import io
 
     import torch
 
-    from claims_search.atomic import atomic_write_bytes
-
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(folder / "state.pt", buf.getvalue())
-    atomic_write_bytes(folder / "outcome.json", json.dumps(outcome).encode())
+    st.write_bytes(st.join(storage, "phases", str(phase), "state.pt"), buf.getvalue())
+    st.write_bytes(st.join(storage, "phases", str(phase), "outcome.json"), json.dumps(outcome).encode())
+
+
+def _rank_nodes() -> list[str]:
+    """The node id of every rank (an all-gather over the worker group's process group)."""
+    import ray
+    import torch.distributed as dist
+
+    me = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [me]
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, me)
+    return nodes
 
 
 def _phases_fn(config: dict) -> dict:
-    """The Ray Train worker of ``run_phases``: run the phases in order in this worker group,
-    skipping those a restored checkpoint marks finished."""
-    import math
-
+    """The Ray Train worker: run the phases in order in this worker group, skipping those a
+    restored checkpoint marks finished."""
     import ray.train
     import ray.train.collective
     import ray.train.torch
     import torch
 
-    from claims_search.training import execute
+    from claims_search.worker import diverged, execute
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    phases_dir = Path(config["storage"]) / "phases"
+    storage = config["storage"]
     first, state = 0, None
     restored = ray.train.get_checkpoint()
     if restored is not None:  # a restarted worker group, or a rerun with the same storage
@@ -195,51 +136,68 @@ def _phases_fn(config: dict) -> dict:
     started_at = {"phase": first, "step": int(state["step"]) if state else 0}
     # Fault injection for tests: fail once, after the checkpoint at (phase, step), if not restored.
     fail = config.get("fail_at") if restored is None else None
-    gate = config.get("max_loss")  # {"phase": i, "value": v}: stop after phase i if its loss >= v
+    gate = config.get("max_loss")  # {"phase": i, "value": v}: stop after phase i if it diverged
     skipped = False
+    nodes = _rank_nodes()
+    try:
+        for i in range(first, len(config["phases"])):
+            if gate is not None and i == gate["phase"] + 1:
+                # Rank 0 alone evaluated; it reads the finished phase's outcome and tells the others.
+                stop = None
+                if rank == 0:
+                    outcome = json.loads(st.read_bytes(st.join(storage, "phases", str(gate["phase"]), "outcome.json")))
+                    stop = diverged(outcome["val_loss"], gate["value"])
+                if ray.train.collective.broadcast_from_rank_zero(stop):
+                    skipped = True
+                    break
+            phase = config["phases"][i]
+            job = dict(phase["job"])
+            if phase.get("init_from") is not None:  # e.g. a fine-tuning from this fit's pretraining
+                job["init"] = str(_local_state(storage, phase["init_from"], f"rank{rank}").parent)
+            if state is None and phase.get("init_state"):
+                state = torch.load(phase["init_state"], map_location="cpu", weights_only=True)
+            last = {"state": state}  # the final state: the last checkpoint (the loop saves its last step)
 
-    for i in range(first, len(config["phases"])):
-        if gate is not None and i == gate["phase"] + 1:
-            # Rank 0 alone evaluated; it reads the finished phase's outcome and tells the others.
-            stop = None
+            def on_checkpoint(s: dict, i: int = i) -> None:
+                last["state"] = s
+                _phase_checkpoint(i, False, s, f"phase{i:02d}_step_{s['step']:08d}",
+                                  {"phase": i, "step": s["step"], "tokens": s["cost"]["tokens"]})
+                if fail is not None and fail[0] == i and s["step"] >= fail[1]:
+                    raise RuntimeError(f"injected failure in phase {i} at step {s['step']} (fail_at)")
+
+            outcome = execute(
+                job,
+                device=ray.train.torch.get_device(),
+                rank=rank,
+                world_size=world,
+                prepare=lambda model: ray.train.torch.prepare_model(model) if world > 1 else model,
+                state=state,
+                on_checkpoint=on_checkpoint,
+                checkpoint_every=config["checkpoint_every"],
+            )
+            state = None
             if rank == 0:
-                loss = json.loads((phases_dir / str(gate["phase"]) / "outcome.json").read_text())["val_loss"]
-                stop = not math.isfinite(loss) or loss >= gate["value"]
-            if ray.train.collective.broadcast_from_rank_zero(stop):
-                skipped = True
-                break
-        phase = config["phases"][i]
-        job = dict(phase["job"])
-        if phase.get("init_from") is not None:  # e.g. a fine-tuning from this fit's pretraining
-            job["init"] = str(phases_dir / str(phase["init_from"]))
-        if state is None and phase.get("init_state"):
-            state = torch.load(phase["init_state"], map_location="cpu", weights_only=True)
-        last = {"state": state}  # the final state: the last checkpoint (the loop saves its last step)
+                _write_phase(storage, i, {**outcome, "attempt_started_at": started_at}, last["state"])
+            # The barrier: once it returns, phase i's files exist for every rank and the driver.
+            _phase_checkpoint(i, True, None, f"phase{i:02d}_done", {"phase": i, "done": 1})
+    finally:
+        shutil.rmtree(_scratch(storage, f"rank{rank}"), ignore_errors=True)
+    return {"started_at": started_at, "skipped": skipped, "rank_nodes": nodes}
 
-        def on_checkpoint(st: dict, i: int = i) -> None:
-            last["state"] = st
-            _phase_checkpoint(i, False, st, f"phase{i:02d}_step_{st['step']:08d}",
-                              {"phase": i, "step": st["step"], "tokens": st["cost"]["tokens"]})
-            if fail is not None and fail[0] == i and st["step"] >= fail[1]:
-                raise RuntimeError(f"injected failure in phase {i} at step {st['step']} (fail_at)")
 
-        outcome = execute(
-            job,
-            device=ray.train.torch.get_device(),
-            rank=rank,
-            world_size=world,
-            prepare=lambda model: ray.train.torch.prepare_model(model) if world > 1 else model,
-            state=state,
-            on_checkpoint=on_checkpoint,
-            checkpoint_every=config["checkpoint_every"],
-        )
-        state = None
-        if rank == 0:
-            (phases_dir / str(i)).mkdir(parents=True, exist_ok=True)
-            _write_phase(phases_dir / str(i), {**outcome, "attempt_started_at": started_at}, last["state"])
-        # The barrier: once it returns, phase i's files exist for every rank and the driver.
-        _phase_checkpoint(i, True, None, f"phase{i:02d}_done", {"phase": i, "done": 1})
-    return {"started_at": started_at, "skipped": skipped}
+def _plan_matches(storage: str, plan: dict) -> None:
+    """Keep an interrupted run of the same plan (Ray Train resumes it); start afresh otherwise."""
+    where = st.join(storage, "plan.json")
+    if st.exists(where):
+        try:
+            same = json.loads(st.read_bytes(where)) == plan
+        except ValueError:
+            same = False
+        if not same:
+            log.warning("%s: an interrupted run with other settings; starting afresh", storage)
+            for part in ("ray", "phases"):
+                st.remove(st.join(storage, part))
+    st.write_bytes(where, json.dumps(plan, indent=2).encode())
 
 
 def run_phases(
@@ -253,48 +211,83 @@ def run_phases(
     resources_per_worker: dict | None = None,
     fail_at: tuple[int, int] | None = None,
     max_loss: dict | None = None,
-) -> list[tuple[dict, Path] | None]:
+    local_dir: str | Path | None = None,
+) -> PhasesResult:
     """Run several ``training`` jobs in order in ONE TorchTrainer fit on ``workers`` workers.
 
     ``phases``: ``[{"job": job, "init_state": state file | None, "init_from": phase index |
-    None}]``; ``init_from=k`` initialises the job's encoder from phase k's final state.
-    ``max_loss={"phase": k, "value": v}`` skips the phases after k when phase k's ``val_loss``
-    is non-finite or >= v. ``fail_at=(phase, step)`` makes every worker fail once after that
-    checkpoint (tests). Returns, per phase, (rank 0's outcome, its final state file), or None
-    for a skipped phase. Files live under ``storage`` (a path every node can reach).
+    None}]``; ``init_from=k`` initialises the job's encoder from phase k's final state
+    (``init_state`` must be a path every worker can read: only for a local ``storage``).
+    ``max_loss={"phase": k, "value": v}`` skips the phases after k when phase k diverged
+    (``worker.diverged``). ``fail_at=(phase, step)`` makes every worker fail once after that
+    checkpoint (tests). Final states of a remote ``storage`` are copied into ``local_dir``
+    (default: this node's scratch folder, left to the caller). ``resources_per_worker`` defaults to
+    ``{"CPU": 0.99}`` (+ 1 GPU with ``use_gpu``).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     if workers < 1:
         raise ClaimsSearchError(f"--workers: must be at least 1, got {workers}")
-    storage = Path(storage).resolve()
-    (storage / "phases").mkdir(parents=True, exist_ok=True)
+    storage = st.normalize(storage)
+    if st.is_uri(storage) and any(p.get("init_state") for p in phases):
+        raise ClaimsSearchError(f"{storage}: init_state files are local to this node; not with remote storage")
+    _plan_matches(storage, {"phases": phases, "workers": workers, "max_loss": max_loss})
     resources = resources_per_worker or ({"CPU": 0.99, "GPU": 1} if use_gpu else {"CPU": 0.99})
+    storage_path, storage_fs = st.ray_storage(storage) if st.is_uri(storage) else (storage, None)
     trainer = TorchTrainer(
         _phases_fn,
-        train_loop_config={"phases": phases, "storage": str(storage), "checkpoint_every": checkpoint_every,
+        train_loop_config={"phases": phases, "storage": storage, "checkpoint_every": checkpoint_every,
                            "fail_at": fail_at, "max_loss": max_loss},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name="ray", storage_path=str(storage),
+            name="ray", storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
     result = trainer.fit()  # raises TrainingFailedError once max_failures is spent
-    if result.return_value is None:
+    ret = result.return_value
+    if ret is None:
         raise RuntimeError(f"Ray Train run under {storage} returned nothing (error: {result.error})")
     log.info("ray train: %d phase(s); the last worker group started at phase %d, step %d",
-             len(phases), result.return_value["started_at"]["phase"], result.return_value["started_at"]["step"])
+             len(phases), ret["started_at"]["phase"], ret["started_at"]["step"])
     out: list[tuple[dict, Path] | None] = []
     for i in range(len(phases)):
-        folder = storage / "phases" / str(i)
-        if not (folder / "outcome.json").exists():
-            if not result.return_value["skipped"]:
+        where = st.join(storage, "phases", str(i), "outcome.json")
+        if not st.exists(where):
+            if not ret["skipped"]:
                 raise RuntimeError(f"Ray Train run under {storage}: phase {i} left no outcome")
             out.append(None)
             continue
-        out.append((json.loads((folder / "outcome.json").read_text()), folder / "state.pt"))
-    return out
+        state = _local_state(storage, i, "driver")
+        if local_dir is not None and st.is_uri(storage):
+            Path(local_dir).mkdir(parents=True, exist_ok=True)
+            state = Path(shutil.move(state, Path(local_dir) / f"phase{i}-state.pt"))
+        out.append((json.loads(st.read_bytes(where)), state))
+    if local_dir is not None:
+        shutil.rmtree(_scratch(storage, "driver"), ignore_errors=True)
+    return PhasesResult(out, ret["started_at"], ret.get("rank_nodes", []))
+
+
+def run_job(
+    job: dict,
+    storage: str | Path,
+    *,
+    workers: int,
+    use_gpu: bool = False,
+    init_state: str | Path | None = None,
+    checkpoint_every: int = 200,
+    max_failures: int = 2,
+    resources_per_worker: dict | None = None,
+    fail_at_step: int | None = None,
+) -> tuple[dict, Path]:
+    """One job on ``workers`` Ray Train workers: ``run_phases`` with one phase. Returns (rank
+    0's outcome, its final state file). ``fail_at_step`` makes every worker fail once after
+    that step's checkpoint (tests)."""
+    done = run_phases([{"job": job, "init_state": str(init_state) if init_state else None, "init_from": None}],
+                      storage, workers=workers, use_gpu=use_gpu, checkpoint_every=checkpoint_every,
+                      max_failures=max_failures, resources_per_worker=resources_per_worker,
+                      fail_at=None if fail_at_step is None else (0, fail_at_step))
+    return done.phases[0]

@@ -1,7 +1,7 @@
 """Single training runs: pretrain one size, fine-tune it on one task. Plain Python, no Ray.
 
 ``workers=None`` runs ``loop.TrainLoop`` in this process; ``workers >= 1`` hands the same job
-to ``train_ray.run_job`` (Ray Train workers, DDP). Both paths run :func:`execute`, so a run
+to ``train_ray.run_job`` (Ray Train workers, DDP). Both paths run ``worker.execute``, so a run
 gives the same result format either way.
 
 Everything that can be checked is checked before any training starts (a size whose heads
@@ -21,9 +21,10 @@ finished ``OUT`` whose settings differ only in ``steps`` is continued to the new
 Pretraining cost and fine-tuning cost are kept apart: ``FinetuneResult.cost`` is the
 fine-tuning alone, ``FinetuneResult.pretrain_cost`` what its initial checkpoint cost.
 
-:func:`run_trial` is one search trial: pretrain once, fine-tune on every task, the same
-outputs as separate calls; on Ray all its phases share one Ray Train fit (one worker-group
-start-up per trial instead of one per run).
+:func:`pretrain_and_finetune` is one search trial's training: pretrain once, fine-tune on every
+task, the same outputs as separate calls; on Ray all its phases share one Ray Train fit (one
+worker-group start-up per trial instead of one per run), its state under a ``storage`` that may
+be a URI (nothing crosses nodes through a local path: see ``train_ray``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from claims_search.errors import ClaimsSearchError
 from claims_search.loop import FinetuneSettings, PretrainSettings
 from claims_search.sizes import ModelSize
 from claims_search.storage import normalize
+from claims_search.worker import diverged, execute, open_cache
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +140,6 @@ def _check_init(meta: dict, cache, size: ModelSize) -> None:
         raise ClaimsSearchError(f"{where}: size: the checkpoint is {meta['size']}, the run asks for {size.to_dict()}")
 
 
-def open_cache(cache_dir):
-    """The prepared cache, from a path or a URI (s3://, gs://): a URI is copied once per node,
-    so each Ray Train worker opens its own node's copy."""
-    from claims_search.cache import Cache
-    from claims_search.storage import localize
-
-    return Cache.open(localize(cache_dir))
-
-
 def check_task(cache, cache_dir, task: str, splits: Sequence[str]) -> None:
     """The task is in the cache and has both classes in train and in each of ``splits``."""
     manifest = Path(cache_dir) / "manifest.json"
@@ -189,105 +182,6 @@ def _resume_state(partial: Path, out_dir: Path, meta: dict, resume: bool) -> Pat
         if same(done) and done["step"] <= meta["settings"]["steps"]:
             return out_dir / "checkpoint" / "state.pt"
     return None
-
-
-# ---------------------------------------------------------------- the job, on any worker
-
-
-def execute(
-    job: dict,
-    *,
-    device: Any = "cpu",
-    rank: int = 0,
-    world_size: int = 1,
-    prepare: Callable = lambda model: model,
-    state: dict | None = None,
-    on_report: Callable[[int, dict], None] | None = None,
-    on_checkpoint: Callable[[dict], None] | None = None,
-    checkpoint_every: int = 0,
-) -> dict:
-    """Run one training job (a plain dict from :func:`pretrain` / :func:`finetune`) on this
-    worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
-
-    ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
-    ``{"step", "resumed_from_step", "cost", "val_loss" | "metrics"}`` (evaluation on rank 0 only;
-    other ranks return the same keys without the evaluation).
-    """
-    import torch
-
-    from claims_search import batches as B
-    from claims_search import loop, model as M
-
-    cache = open_cache(job["cache_dir"])
-    size = ModelSize(**job["size"])
-    device = torch.device(device)
-    if job["kind"] == "pretrain":
-        settings = PretrainSettings(**job["settings"])
-        torch.manual_seed(settings.seed)
-        model = M.pretraining_model(size, cache.vocab_size)
-
-        def batches(epoch):
-            return B.pretrain_batches(cache, "train", batch_tokens=settings.batch_tokens, max_len=size.max_len,
-                                      mask_prob=settings.mask_prob, seed=settings.seed, epoch=epoch,
-                                      rank=rank, world_size=world_size)
-    else:
-        settings = FinetuneSettings(**job["settings"])
-        torch.manual_seed(settings.seed)
-        encoder = M.ClaimsEncoder(size, cache.vocab_size)
-        if job.get("init"):
-            weights = torch.load(Path(job["init"]) / "state.pt", map_location="cpu", weights_only=True)["model"]
-            encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
-        model = M.classification_model(encoder, pool=settings.pool)
-
-        def batches(epoch):
-            return B.task_batches(cache, job["task"], "train", batch_tokens=settings.batch_tokens,
-                                  max_len=size.max_len, shuffle=True, seed=settings.seed, epoch=epoch,
-                                  rank=rank, world_size=world_size)
-
-    model = prepare(model.to(device))
-
-    def save(state: dict) -> None:
-        # The loop's state holds this rank's cost; store the total over ranks (a collective:
-        # every rank checkpoints at the same steps), so a resumed run keeps counting all ranks.
-        state["cost"] = trainer.cost().to_dict()
-        on_checkpoint(state)
-
-    trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size, on_report=on_report,
-                             on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every)
-    if state is not None:
-        trainer.load_state_dict(state)
-    resumed_from = trainer.step
-    cost = trainer.run()
-    out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict()}
-    if rank != 0:
-        return out
-    bare = getattr(model, "module", model)  # never run DDP's forward on one rank only
-    if job["kind"] == "pretrain":
-        val = B.pretrain_batches(cache, "tuning", batch_tokens=settings.batch_tokens, max_len=size.max_len,
-                                 mask_prob=settings.mask_prob, seed=settings.seed, epoch=0)
-        out["val_loss"] = loop.evaluate_loss(bare, val)
-    else:
-        out["metrics"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size, settings,
-                                         n_boot=job.get("n_boot", 1000))
-    return out
-
-
-def evaluate_splits(model, cache, task: str, splits: Sequence[str], size: ModelSize, settings,
-                    n_boot: int = 1000) -> dict:
-    """``{split: metrics.evaluate(...)}`` of a classification model on each split of ``task``."""
-    from claims_search import batches as B
-    from claims_search.loop import predict
-    from claims_search.metrics import evaluate
-
-    result = {}
-    for split in splits:
-        labels = cache.labels(task, split)
-        prob, index = predict(model, B.task_batches(cache, task, split, batch_tokens=settings.batch_tokens,
-                                                    max_len=size.max_len))
-        result[split] = evaluate(labels["label"].to_numpy()[index], prob,
-                                 labels["subject_idx"].to_numpy()[index],
-                                 where=f"{task}/{split}", seed=settings.seed, n_boot=n_boot)
-    return result
 
 
 # ---------------------------------------------------------------- drivers
@@ -458,7 +352,21 @@ def finetune(
 # ---------------------------------------------------------------- a whole trial
 
 
-def run_trial(
+@dataclass(frozen=True)
+class TrialTraining:
+    """One trial's training: its pretraining, its fine-tunings per task (empty when the
+    pretraining diverged), and where it ran (the node of every Ray Train rank; empty in-process)."""
+
+    pretrain: PretrainResult
+    finetunes: dict[str, FinetuneResult]
+    rank_nodes: list[str]
+
+    @property
+    def diverged(self) -> bool:
+        return not self.finetunes
+
+
+def pretrain_and_finetune(
     cache_dir: str | os.PathLike,
     size: ModelSize | dict | str,
     pretrain_settings: PretrainSettings,
@@ -472,22 +380,20 @@ def run_trial(
     n_boot: int = 1000,
     checkpoint_every: int = 200,
     max_pretrain_loss: float | None = None,
+    storage: str | None = None,
     ray_options: dict | None = None,
-) -> tuple[PretrainResult, dict[str, FinetuneResult]]:
+) -> TrialTraining:
     """Pretrain ``size`` once, then fine-tune it on each task: the same outputs as
     :func:`pretrain` into ``OUT/pretrain`` and :func:`finetune` (from that checkpoint) into
     ``OUT/finetune-<task>``, with every check done before any training starts.
 
     ``workers=None`` runs in this process; ``workers >= 1`` runs every phase in ONE Ray Train
     fit (``train_ray.run_phases``: the worker group starts once; a restarted group skips the
-    finished phases and continues the current one from its last checkpoint, kept in
-    ``OUT/trial.partial`` until the trial finishes). When pretraining's validation loss is
-    non-finite or ``>= max_pretrain_loss`` the fine-tunings are skipped (an empty dict).
-    ``ray_options`` go to ``train_ray.run_phases`` (max_failures, resources_per_worker, fail_at).
+    finished phases and continues the current one from its last checkpoint). That fit keeps its
+    state in ``storage`` (default ``OUT/trial.partial``; a URI on a cluster whose nodes share
+    no disk) until the trial finishes. When pretraining diverged (``worker.diverged`` against
+    ``max_pretrain_loss``) the fine-tunings are skipped. ``ray_options`` go to ``run_phases``.
     """
-    import math
-
-
     cache = open_cache(cache_dir)
     size = as_size(size)
     out_dir = Path(out_dir)
@@ -499,46 +405,38 @@ def run_trial(
         check_task(cache, cache_dir, task, eval_splits)
         plans[task] = _finetune_job(cache, cache_dir, task, size, finetune_settings, init, eval_splits, n_boot)
 
-    def diverged(loss: float) -> bool:
-        return max_pretrain_loss is not None and (not math.isfinite(loss) or loss >= max_pretrain_loss)
-
     if workers is None:
         pre = pretrain(cache_dir, size, pretrain_settings, pre_out, use_gpu=use_gpu,
                        checkpoint_every=checkpoint_every)
-        if diverged(pre.val_loss):
-            return pre, {}
-        return pre, {task: finetune(cache_dir, task, size, finetune_settings, out_dir / f"finetune-{task}",
-                                    init_checkpoint=None if init is None else pre.checkpoint,
-                                    eval_splits=eval_splits, n_boot=n_boot, use_gpu=use_gpu,
-                                    checkpoint_every=checkpoint_every)
-                     for task in tasks}
+        if diverged(pre.val_loss, max_pretrain_loss):
+            return TrialTraining(pre, {}, [])
+        return TrialTraining(pre, {task: finetune(
+            cache_dir, task, size, finetune_settings, out_dir / f"finetune-{task}",
+            init_checkpoint=None if init is None else pre.checkpoint, eval_splits=eval_splits, n_boot=n_boot,
+            use_gpu=use_gpu, checkpoint_every=checkpoint_every) for task in tasks}, [])
 
+    from claims_search import storage as st
     from claims_search.train_ray import run_phases
 
+    storage = st.normalize(storage or out_dir / "trial.partial")
     outs = [pre_out] + [out_dir / f"finetune-{task}" for task in tasks]
     metas = [pre_meta] + [plans[t][1] for t in tasks]
     phases = [{"job": pre_job, "init_state": None, "init_from": None}]
     phases += [{"job": plans[t][0], "init_state": None, "init_from": None if init is None else 0} for t in tasks]
-    for phase, meta, out in zip(phases, metas, outs):
-        # A phase finished by an earlier call with the same settings (fewer steps) continues.
-        start = _resume_state(out.with_name(out.name + ".partial"), out, meta, True)
-        phase["init_state"] = str(start) if start else None
-    storage = out_dir / "trial.partial"
-    plan = json.loads(json.dumps({"metas": metas, "init_states": [p["init_state"] for p in phases],
-                                  "workers": workers, "max_pretrain_loss": max_pretrain_loss}))
-    if (storage / "plan.json").exists() and json.loads((storage / "plan.json").read_text()) != plan:
-        log.warning("%s: an interrupted trial with other settings; starting afresh", storage)
-        shutil.rmtree(storage)
-    storage.mkdir(parents=True, exist_ok=True)
-    (storage / "plan.json").write_text(json.dumps(plan, indent=2))
+    if st.is_local(storage):
+        for phase, meta, out in zip(phases, metas, outs):
+            # A phase finished by an earlier call with the same settings (fewer steps) continues.
+            start = _resume_state(out.with_name(out.name + ".partial"), out, meta, True)
+            phase["init_state"] = str(start) if start else None
     gate = None if max_pretrain_loss is None else {"phase": 0, "value": max_pretrain_loss}
     done = run_phases(phases, storage, workers=workers, use_gpu=use_gpu, checkpoint_every=checkpoint_every,
-                      max_loss=gate, **(ray_options or {}))
-    pre = _pretrain_result(pre_out, pre_meta, *done[0], workers)
+                      max_loss=gate, local_dir=out_dir / ".states", **(ray_options or {}))
+    pre = _pretrain_result(pre_out, pre_meta, *done.phases[0], workers)
     fts = {}
-    for task, out, phase_done in zip(tasks, outs[1:], done[1:]):
+    for task, out, phase_done in zip(tasks, outs[1:], done.phases[1:]):
         if phase_done is not None:
             fts[task] = _finetune_result(out, plans[task][1], *phase_done, workers,
                                          None if init is None else pre.cost)
-    shutil.rmtree(storage, ignore_errors=True)
-    return pre, fts
+    st.remove(storage)
+    shutil.rmtree(out_dir / ".states", ignore_errors=True)
+    return TrialTraining(pre, fts, done.rank_nodes)

@@ -1,9 +1,15 @@
 """One trial = one architecture: pretrain once, fine-tune on every task, report per-task results.
 
-Runs as a Ray Tune function trainable; its training is one `training.run_trial` call: all
-phases in ONE Ray Train fit (``workers >= 1``; the worker group starts once per trial), or in
-this process (``workers_per_trial: 0``). The only Ray calls here are ``ray.tune.report``, once
-at the end with ``status`` and every objective, and the node id.
+Runs as a Ray Tune function trainable; its training is one `training.pretrain_and_finetune`
+call: all phases in ONE Ray Train fit (``workers >= 1``; the worker group starts once per
+trial), or in this process (``workers_per_trial: 0``). The only Ray calls here are
+``ray.tune.report``, once at the end with ``status`` and every objective, and the node id.
+
+Nothing crosses nodes through a local path: the trial reads the Space object validated when
+the search started (never the user's path again), its Ray Train run keeps its state under
+``<artifacts>/<trial_id>/train`` (the search's ``--storage``, a URI on a cluster), and its
+finished checkpoints and ``final.json`` go there too. The driver's node-local folder is
+scratch, removed when the trial ends.
 
 A trial whose pretraining diverged (non-finite loss, or no better than guessing uniformly
 over the vocabulary) skips its fine-tunings and reports ``status: pruned``: the searcher is
@@ -18,6 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from claims_search.objective import COST_FIELDS, directions, objective_values
 
@@ -26,7 +33,7 @@ from claims_search.objective import COST_FIELDS, directions, objective_values
 class TrialContext:
     """What every trial of a search shares (passed with ``tune.with_parameters``)."""
 
-    space_path: str
+    space: Any  # space.Space, validated once when the search started
     cache_dir: str
     artifacts: str  # folder (shared storage on a cluster) for each trial's checkpoints
     tasks: tuple[str, ...]
@@ -37,6 +44,7 @@ class TrialContext:
     cpus_per_worker: float
     gpus_per_worker: float
     vocab_size: int
+    worker_resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources per Train worker
 
 
 def cost_value(cost: dict | None, measure: str) -> float | None:
@@ -57,7 +65,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     from ray import tune
 
     from claims_search import storage as st
-    from claims_search.atomic import atomic_write_bytes
 
     trial_id = tune.get_context().get_trial_id()
     remote = st.is_uri(ctx.artifacts)
@@ -66,25 +73,20 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     final = st.join(ctx.artifacts, trial_id, "final.json")
     sample = json.dumps(config, sort_keys=True, default=str)
     if st.exists(final):
-        fs, inner = st.filesystem(final)
-        with fs.open_input_stream(inner) as f:
-            try:
-                result = json.loads(f.read())
-            except ValueError:  # a torn write: train again
-                result = {}
+        try:
+            result = json.loads(st.read_bytes(final))
+        except ValueError:  # a torn write: train again
+            result = {}
         if result.get("trial_config_sample") == sample:
             tune.report(result)
             return
-    result = _train(config, ctx, trial_id, out, remote)
+    try:
+        result = _train(config, ctx, trial_id, out, remote)
+    finally:
+        if remote:  # uploaded (or failed): the node's scratch copy can go
+            shutil.rmtree(out, ignore_errors=True)
     result["trial_config_sample"] = sample
-    data = json.dumps(result).encode()
-    if remote:
-        fs, inner = st.filesystem(final)
-        with fs.open_output_stream(inner) as f:
-            f.write(data)
-        shutil.rmtree(out, ignore_errors=True)  # uploaded: the node's scratch copy can go
-    else:
-        atomic_write_bytes(final, data)
+    st.write_bytes(final, json.dumps(result).encode())
     tune.report(result)
 
 
@@ -96,9 +98,8 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
     from claims_search import training
     from claims_search.loop import FinetuneSettings, PretrainSettings
     from claims_search.sizes import ModelSize
-    from claims_search.space import load_space
 
-    space = load_space(ctx.space_path)
+    space = ctx.space
     cfg = space.sample_to_trial_config(config)
     size = ModelSize(**cfg["model"])
     cache_dir = ctx.cache_dir  # a path or a URI: training localizes it on every worker's node
@@ -111,19 +112,24 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
         res = {"CPU": ctx.cpus_per_worker * 0.99}
         if ctx.gpus_per_worker:
             res["GPU"] = ctx.gpus_per_worker
+        res.update(dict(ctx.worker_resources))
         run_kw["ray_options"] = {"resources_per_worker": res}
+        # The Train run's state lives on the search's storage, never on this node's disk.
+        run_kw["storage"] = st.join(ctx.artifacts, trial_id, "train")
 
     # Fine-tunings are skipped in the same fit when pretraining did no better than a uniform guess.
-    pre, fts = training.run_trial(cache_dir, size, PretrainSettings(**cfg["pretrain"]),
-                                  FinetuneSettings(**cfg["finetune"]), list(ctx.tasks), out,
-                                  max_pretrain_loss=math.log(ctx.vocab_size), **run_kw)
+    done = training.pretrain_and_finetune(cache_dir, size, PretrainSettings(**cfg["pretrain"]),
+                                          FinetuneSettings(**cfg["finetune"]), list(ctx.tasks), out,
+                                          max_pretrain_loss=math.log(ctx.vocab_size), **run_kw)
+    pre, fts = done.pretrain, done.finetunes
     pre_cost = pre.cost.to_dict()
     keep(pre.checkpoint.parent)
+    driver_node = ray.get_runtime_context().get_node_id()
     # Nested values travel as JSON strings: Tune flattens nested dicts on the way.
-    base = {"node_id": ray.get_runtime_context().get_node_id(), "trial_config": json.dumps(cfg),
-            "n_params": size.n_params(ctx.vocab_size), "pretrain_val_loss": pre.val_loss,
-            "pretrain_cost": json.dumps(pre_cost)}
-    if not math.isfinite(pre.val_loss) or pre.val_loss >= math.log(ctx.vocab_size):
+    base = {"node_id": driver_node, "rank_nodes": json.dumps(done.rank_nodes or [driver_node]),
+            "trial_config": json.dumps(cfg), "n_params": size.n_params(ctx.vocab_size),
+            "pretrain_val_loss": pre.val_loss, "pretrain_cost": json.dumps(pre_cost)}
+    if done.diverged:
         # Tune insists every result carries the searcher's metrics: None for a pruned trial
         # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
         unset = {m: None for m in directions(space)[0]}

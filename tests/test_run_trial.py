@@ -1,4 +1,4 @@
-"""A whole trial (claims_search.training.run_trial): pretrain once, fine-tune per task; on Ray
+"""A whole trial's training (claims_search.training.pretrain_and_finetune): pretrain once, fine-tune per task; on Ray
 all phases share one Ray Train fit and a restarted worker group skips finished phases."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from claims_search.errors import ClaimsSearchError
 from claims_search.loop import FinetuneSettings, PretrainSettings
-from claims_search.training import finetune, pretrain, run_trial
+from claims_search.training import finetune, pretrain, pretrain_and_finetune
 
 TASK = "antihypertensive_start"
 PT = PretrainSettings(steps=4, warmup=1, batch_tokens=1024, log_every=2)
@@ -36,7 +36,8 @@ def separate(recency_cache, tmp_path_factory):
 
 def test_in_process_trial_gives_what_separate_calls_give(recency_cache, separate, tmp_path):
     out, sep_pre, sep_ft = separate
-    pre, fts = run_trial(recency_cache, "debug", PT, FT, [TASK], tmp_path, n_boot=50)
+    done = pretrain_and_finetune(recency_cache, "debug", PT, FT, [TASK], tmp_path, n_boot=50)
+    pre, fts = done.pretrain, done.finetunes
     assert _files(tmp_path) == _files(out) == [
         "finetune-antihypertensive_start/checkpoint/meta.json", "finetune-antihypertensive_start/checkpoint/state.pt",
         "finetune-antihypertensive_start/result.json", "pretrain/checkpoint/meta.json",
@@ -48,15 +49,15 @@ def test_in_process_trial_gives_what_separate_calls_give(recency_cache, separate
 
 
 def test_a_diverged_pretraining_skips_the_fine_tunings(recency_cache, tmp_path):
-    pre, fts = run_trial(recency_cache, "debug", PT, FT, [TASK], tmp_path, n_boot=50, max_pretrain_loss=0.0)
-    assert pre.val_loss > 0 and fts == {}
+    done = pretrain_and_finetune(recency_cache, "debug", PT, FT, [TASK], tmp_path, n_boot=50, max_pretrain_loss=0.0)
+    assert done.pretrain.val_loss > 0 and done.finetunes == {} and done.diverged
     assert _files(tmp_path) == ["pretrain/checkpoint/meta.json", "pretrain/checkpoint/state.pt",
                                 "pretrain/result.json"]
 
 
 def test_a_missing_task_fails_before_any_training(recency_cache, tmp_path):
     with pytest.raises(ClaimsSearchError, match="task 'ckd_incidence' is not in the cache"):
-        run_trial(recency_cache, "debug", PT, FT, [TASK, "ckd_incidence"], tmp_path, workers=2)
+        pretrain_and_finetune(recency_cache, "debug", PT, FT, [TASK, "ckd_incidence"], tmp_path, workers=2)
     assert not tmp_path.joinpath("pretrain").exists() and not any(tmp_path.iterdir())
 
 
@@ -67,8 +68,10 @@ def test_one_fit_on_two_workers_resumes_a_failed_fine_tuning_without_pretraining
     caplog.set_level(logging.INFO, logger="claims_search.train_ray")
     # Both workers fail once right after the fine-tuning's checkpoint at step 4 (phase 1);
     # Ray Train restarts the worker group, which skips the finished pretraining (phase 0).
-    pre, fts = run_trial(recency_cache, "debug", PT, FT, [TASK], tmp_path, workers=2, n_boot=50,
-                         checkpoint_every=2, ray_options={"fail_at": (1, 4), "max_failures": 1})
+    done = pretrain_and_finetune(recency_cache, "debug", PT, FT, [TASK], tmp_path, workers=2, n_boot=50,
+                                 checkpoint_every=2, ray_options={"fail_at": (1, 4), "max_failures": 1})
+    pre, fts = done.pretrain, done.finetunes
+    assert len(done.rank_nodes) == 2  # where every rank ran
     assert "the last worker group started at phase 1, step 4" in caplog.text
     assert (pre.resumed_from_step, pre.steps) == (0, 4)
     ft = fts[TASK]

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or f"{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     uri = args.tracking_uri or default_tracking_uri()
     print(f"search {name}: space {space.path}, tracking {uri}")
-    recs = run_search(SearchRequest(space=str(space.path), data=args.data, tracking_uri=uri, name=name,
-                                    storage=args.storage, address=args.address, resume=args.resume,
-                                    progress=not args.no_progress))
-    print(f"\nsearch {name} finished. Recommendation per task:")
-    for task, rec in sorted(recs.items()):
+    result = run_search(SearchRequest(space=str(space.path), data=args.data, tracking_uri=uri, name=name,
+                                      storage=args.storage, address=args.address, resume=args.resume,
+                                      progress=not args.no_progress))
+    print(f"\nsearch {name} finished: {result.summary()}. Recommendation per task:")
+    for task, rec in sorted(result.recommendations.items()):
         print("\n".join(describe(rec, space.metric, space.cost)) if rec else f"{task}: no complete trial")
     return 0

@@ -1,0 +1,125 @@
+"""What runs on one worker: a training job (a plain dict) executed on this process's device.
+
+Both drivers call :func:`execute`: ``training`` in this process, ``train_ray`` in each Ray
+Train worker. Plain Python and torch; no Ray. :func:`diverged` is the one divergence rule: a
+pretraining whose loss is non-finite or no better than ``max_loss`` skips its fine-tunings.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from claims_search.loop import FinetuneSettings, PretrainSettings
+from claims_search.sizes import ModelSize
+
+
+def diverged(loss: float, max_loss: float | None) -> bool:
+    """True when a pretraining's validation ``loss`` is non-finite or ``>= max_loss``."""
+    return max_loss is not None and (not math.isfinite(loss) or loss >= max_loss)
+
+
+def open_cache(cache_dir):
+    """The prepared cache, from a path or a URI (s3://, gs://): a URI is copied once per node,
+    so each Ray Train worker opens its own node's copy."""
+    from claims_search.cache import Cache
+    from claims_search.storage import localize
+
+    return Cache.open(localize(cache_dir))
+
+
+def execute(
+    job: dict,
+    *,
+    device: Any = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    prepare: Callable = lambda model: model,
+    state: dict | None = None,
+    on_report: Callable[[int, dict], None] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 0,
+) -> dict:
+    """Run one training job (a plain dict from :func:`pretrain` / :func:`finetune`) on this
+    worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
+
+    ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
+    ``{"step", "resumed_from_step", "cost", "val_loss" | "metrics"}`` (evaluation on rank 0 only;
+    other ranks return the same keys without the evaluation).
+    """
+    import torch
+
+    from claims_search import batches as B
+    from claims_search import loop, model as M
+
+    cache = open_cache(job["cache_dir"])
+    size = ModelSize(**job["size"])
+    device = torch.device(device)
+    if job["kind"] == "pretrain":
+        settings = PretrainSettings(**job["settings"])
+        torch.manual_seed(settings.seed)
+        model = M.pretraining_model(size, cache.vocab_size)
+
+        def batches(epoch):
+            return B.pretrain_batches(cache, "train", batch_tokens=settings.batch_tokens, max_len=size.max_len,
+                                      mask_prob=settings.mask_prob, seed=settings.seed, epoch=epoch,
+                                      rank=rank, world_size=world_size)
+    else:
+        settings = FinetuneSettings(**job["settings"])
+        torch.manual_seed(settings.seed)
+        encoder = M.ClaimsEncoder(size, cache.vocab_size)
+        if job.get("init"):
+            weights = torch.load(Path(job["init"]) / "state.pt", map_location="cpu", weights_only=True)["model"]
+            encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
+        model = M.classification_model(encoder, pool=settings.pool)
+
+        def batches(epoch):
+            return B.task_batches(cache, job["task"], "train", batch_tokens=settings.batch_tokens,
+                                  max_len=size.max_len, shuffle=True, seed=settings.seed, epoch=epoch,
+                                  rank=rank, world_size=world_size)
+
+    model = prepare(model.to(device))
+
+    def save(state: dict) -> None:
+        # The loop's state holds this rank's cost; store the total over ranks (a collective:
+        # every rank checkpoints at the same steps), so a resumed run keeps counting all ranks.
+        state["cost"] = trainer.cost().to_dict()
+        on_checkpoint(state)
+
+    trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size, on_report=on_report,
+                             on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every)
+    if state is not None:
+        trainer.load_state_dict(state)
+    resumed_from = trainer.step
+    cost = trainer.run()
+    out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict()}
+    if rank != 0:
+        return out
+    bare = getattr(model, "module", model)  # never run DDP's forward on one rank only
+    if job["kind"] == "pretrain":
+        val = B.pretrain_batches(cache, "tuning", batch_tokens=settings.batch_tokens, max_len=size.max_len,
+                                 mask_prob=settings.mask_prob, seed=settings.seed, epoch=0)
+        out["val_loss"] = loop.evaluate_loss(bare, val)
+    else:
+        out["metrics"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size, settings,
+                                         n_boot=job.get("n_boot", 1000))
+    return out
+
+
+def evaluate_splits(model, cache, task: str, splits: Sequence[str], size: ModelSize, settings,
+                    n_boot: int = 1000) -> dict:
+    """``{split: metrics.evaluate(...)}`` of a classification model on each split of ``task``."""
+    from claims_search import batches as B
+    from claims_search.loop import predict
+    from claims_search.metrics import evaluate
+
+    result = {}
+    for split in splits:
+        labels = cache.labels(task, split)
+        prob, index = predict(model, B.task_batches(cache, task, split, batch_tokens=settings.batch_tokens,
+                                                    max_len=size.max_len))
+        result[split] = evaluate(labels["label"].to_numpy()[index], prob,
+                                 labels["subject_idx"].to_numpy()[index],
+                                 where=f"{task}/{split}", seed=settings.seed, n_boot=n_boot)
+    return result
