@@ -46,11 +46,17 @@ class SearchResult:
     pruned: int
     failed: int
     first_reason: str | None = None
+    train_share: float | None = None  # training loop time / trial wall time, complete trials
 
     def summary(self) -> str:
-        """One line: how the trials ended, and the first failure's reason."""
+        """One line: how the trials ended, the first failure's reason, and the share of the
+        trials' wall time spent in the training loop."""
         line = f"{self.complete} trial(s) complete, {self.failed} failed, {self.pruned} pruned"
-        return line + (f"; first failure: {self.first_reason}" if self.first_reason else "")
+        if self.first_reason:
+            line += f"; first failure: {self.first_reason}"
+        if self.train_share is not None:
+            line += f"; {self.train_share:.0%} of trial wall time in the training loop"
+        return line
 
 
 @dataclass(frozen=True)
@@ -141,8 +147,11 @@ def _outcome(recs: dict[str, Any], records: list[TrialRecord]) -> SearchResult:
     ends = [r.status for r in status.values()]
     reasons = sorted((r.trial_id, r.tags.get("reason")) for r in status.values()
                      if r.status == "failed" and r.tags.get("reason"))
+    timed = [r.extras for r in status.values() if r.status == "complete" and "trial_wall_s" in r.extras]
+    wall = sum(e["trial_wall_s"] for e in timed)
+    share = sum(e["train_loop_s"] for e in timed) / wall if wall > 0 else None
     return SearchResult(recs, ends.count("complete"), ends.count("pruned"), ends.count("failed"),
-                        reasons[0][1] if reasons else None)
+                        reasons[0][1] if reasons else None, share)
 
 
 def _probe_ray(address: str) -> None:
@@ -241,6 +250,9 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
         extras = _extras(m, r["finetune_cost"])
         extras["pretrain_val_loss"] = float(result["pretrain_val_loss"])
         extras["total_cost"] = float(cost_value(json.loads(result["total_cost"]), space.cost) or 0.0)
+        if "trial_wall_s" in result:  # where a trial's time went: the training loop vs the rest
+            extras["trial_wall_s"] = float(result["trial_wall_s"])
+            extras["train_loop_s"] = float(json.loads(result["total_cost"])["wall_s"])
         out.append(TrialRecord(trial_id, t, "complete", cfg, n_params, m[space.metric], m[f"{space.metric}_low"],
                                m[f"{space.metric}_high"], pc + fc, pc, fc, checkpoint=r["checkpoint"],
                                extras=extras, tags=tags))

@@ -22,6 +22,7 @@ import json
 import math
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         if result.get("trial_config_sample") == sample:
             tune.report(result)
             return
+    started = time.monotonic()
     try:
         result = _train(config, ctx, trial_id, out, remote)
+        result["trial_wall_s"] = time.monotonic() - started  # start-up, storage and training
     finally:
         if remote:  # uploaded (or failed): the node's scratch copy can go
             shutil.rmtree(out, ignore_errors=True)

@@ -3,13 +3,19 @@
 Register with ``pytest_plugins = ["tests.cluster_harness"]`` (root conftest) or import the
 fixtures into a test module. Everything is session-scoped and started on first use:
 
-- ``ray_cluster``: ``ray start --head --num-cpus=0`` (runs no trials) plus ``WORKERS`` worker
-  nodes with one CPU and the custom resource ``worker_node`` each, started one after the other.
-  Every node has its own short ``--temp-dir`` and its own ports, and token auth is on with a
-  token of this cluster only, so other Ray instances on the machine are untouched. Teardown stops
-  only the processes this harness started (never ``ray stop``: it kills every Ray on the host).
-- ``mlflow_server``: ``mlflow server`` on a SQLite file and a local artifact folder, with
-  ``--allowed-hosts`` and job execution off; ready when ``/health`` answers.
+- ``ray_cluster``: ``ray start --head --num-cpus=0`` (runs no trials) plus two worker nodes
+  that share no disk, as on a real cluster: each runs in its own mount namespace (``unshare -m``)
+  with a private tmpfs over ``/tmp`` and ``~/.cache``, so no node reads another's local files;
+  the checkout and the venv stay visible (bind-mounted back when they live under ``/tmp``).
+  Node 1 (``worker_node``, ``trial_driver``) takes trial drivers, node 2 (``worker_node``,
+  ``train_worker``) Ray Train workers. Every node has its own short ``--temp-dir`` and ports,
+  and token auth is on with a token of this cluster only, so other Ray instances on the machine
+  are untouched. Teardown stops only the processes this harness started (never ``ray stop``).
+- ``s3_server``: moto's S3-compatible server on 127.0.0.1 with one bucket: the only storage the
+  nodes share (``CLAIMS_SEARCH_S3_ENDPOINT`` points claims-search at it).
+- ``mlflow_server``: ``mlflow server`` on a SQLite file, artifacts proxied to the S3 server
+  (``--artifacts-destination``), with ``--allowed-hosts`` and job execution off; ready when
+  ``/health`` answers.
 - ``chromium``: a Playwright browser context driving Debian's ``/usr/bin/chromium`` (no browser
   download) with a fresh user data dir. ``make browser`` installs Chromium.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -35,7 +42,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's ray / mlflow scripts sit beside its python
-WORKERS = 2  # worker nodes; the head runs no trials
 ARTIFACTS = REPO / "test-artifacts"  # screenshots and logs kept after a run (git-ignored)
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -116,16 +122,45 @@ class RayCluster:
         return {**os.environ, **self.env}
 
 
-def _ray_start(args: list[str], env: dict[str, str], temp_dir: Path) -> int:
-    """Run one ``ray start`` in its own process group; return that group's id."""
+# Inside a node's own mount namespace: private tmpfs over /tmp and ~/.cache, then the folders
+# the node must still run from (the checkout, the venv) bound back where they were.
+PRIVATE_NODE = r"""
+set -e
+keep="$1"; shift
+i=0
+for dir in $KEEP_DIRS; do mkdir -p "$keep/$i"; mount --bind "$dir" "$keep/$i"; i=$((i+1)); done
+mount -t tmpfs tmpfs /tmp
+mkdir -p "$HOME/.cache" && mount -t tmpfs tmpfs "$HOME/.cache"
+i=0
+for dir in $KEEP_DIRS; do
+  if [ ! -d "$dir" ]; then mkdir -p "$dir" && mount --bind "$keep/$i" "$dir"; fi
+  i=$((i+1))
+done
+mkdir -p "$NODE_TEMP_DIR"
+exec "$@"
+"""
+
+
+def _keep_dirs() -> list[str]:
+    """The checkout and the venv: what a private node must still see at the same paths."""
+    dirs = sorted({str(REPO), str(Path(sys.prefix).resolve())})
+    return [d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)]
+
+
+def _ray_start(args: list[str], env: dict[str, str], temp_dir: Path, private: bool = False) -> int:
+    """Run one ``ray start`` in its own process group (and, if ``private``, its own mount
+    namespace with private /tmp and ~/.cache); return that group's id."""
     log = temp_dir.with_suffix(".log")
+    cmd = [str(BIN / "ray"), "start", *args, f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
+           f"--dashboard-agent-listen-port={free_port()}"]
+    if private:
+        # A mount point outside /tmp, named after the node's temp dir so teardown finds it.
+        keep = tempfile.mkdtemp(prefix=f"cskeep-{temp_dir.parent.name}-", dir="/var/tmp")
+        env = {**env, "KEEP_DIRS": " ".join(_keep_dirs()), "NODE_TEMP_DIR": str(temp_dir)}
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", PRIVATE_NODE, "node", keep, *cmd]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", *args, f"--temp-dir={temp_dir}", "--disable-usage-stats",
-             "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
-             f"--dashboard-agent-listen-port={free_port()}"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -135,9 +170,16 @@ def _ray_start(args: list[str], env: dict[str, str], temp_dir: Path) -> int:
     return proc.pid
 
 
+# Worker nodes: (CPUs, custom resources). Trial drivers fit only on node 1, Train workers only
+# on node 2, so every trial's driver and its ranks are on nodes that share no disk.
+NODES = [(1, {"worker_node": 1, "trial_driver": 4}), (2, {"worker_node": 1, "train_worker": 2})]
+
+
 @contextlib.contextmanager
-def start_ray_cluster(workers: int = WORKERS) -> Iterator[RayCluster]:
-    """Start a head (no CPUs) and ``workers`` one-CPU worker nodes; stop exactly them after."""
+def start_ray_cluster(nodes=tuple(NODES), private: bool = True) -> Iterator[RayCluster]:
+    """Start a head (no CPUs) and one worker node per ``(cpus, resources)`` in ``nodes``, each
+    in its own mount namespace when ``private``; stop exactly them after."""
+    workers = len(nodes)
     # Short paths: Ray's unix sockets live under the temp dir and must stay under 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="csr", dir="/tmp"))
     # A token of our own: other engineers' clusters keep theirs (~/.ray/auth_token is shared).
@@ -159,13 +201,13 @@ def start_ray_cluster(workers: int = WORKERS) -> Iterator[RayCluster]:
             env, head_dir,
         ))
         # One after the other: parallel joins race on the head's registration (STACK.md).
-        for i in range(workers):
+        for i, (cpus, resources) in enumerate(nodes):
             node_dir = root / f"w{i}"
             temp_dirs.append(node_dir)
             pgids.append(_ray_start(
-                [f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1", "--num-gpus=0",
-                 '--resources={"worker_node": 1}'],
-                env, node_dir,
+                [f"--address=127.0.0.1:{gcs_port}", f"--num-cpus={cpus}", "--num-gpus=0",
+                 f"--resources={json.dumps(resources)}"],
+                env, node_dir, private=private,
             ))
         dashboard = f"http://127.0.0.1:{dash_port}"
         auth = {"Authorization": f"Bearer {env_auth['RAY_AUTH_TOKEN']}"}
@@ -175,6 +217,11 @@ def start_ray_cluster(workers: int = WORKERS) -> Iterator[RayCluster]:
         _keep_logs(root, "ray-cluster")
         stop_processes(pgids, str(root))
         shutil.rmtree(root, ignore_errors=True)
+        for keep in Path("/var/tmp").glob(f"cskeep-{root.name}-*"):
+            # Empty here (the binds were private to the nodes): remove folders, never contents.
+            for d in [*keep.iterdir(), keep]:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def _keep_logs(root: Path, name: str) -> None:
@@ -195,20 +242,60 @@ class MlflowServer:
     root: Path  # holds mlflow.db and artifacts/
 
 
+@dataclasses.dataclass
+class S3Server:
+    """A running S3-compatible server (moto) with one bucket."""
+
+    endpoint: str  # "http://127.0.0.1:<port>"
+    bucket: str
+    env: dict[str, str]  # what a client needs: endpoint and (dummy) credentials
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *parts])
+
+
 @contextlib.contextmanager
-def start_mlflow_server() -> Iterator[MlflowServer]:
-    """Start ``mlflow server`` (SQLite, local artifacts, allowed hosts set); stop it after."""
+def start_s3_server(bucket: str = "claims") -> Iterator[S3Server]:
+    """moto's server mode on 127.0.0.1 with ``bucket`` created; stop it after."""
+    import boto3
+
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="css3"))
+    log = open(root / "moto.log", "wb")
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    try:
+        wait_http(f"{endpoint}/", timeout=60, proc=proc)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+        yield S3Server(endpoint, bucket, {"CLAIMS_SEARCH_S3_ENDPOINT": endpoint, **creds})
+    finally:
+        stop_processes([proc.pid], str(root))
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def start_mlflow_server(s3: S3Server | None = None) -> Iterator[MlflowServer]:
+    """Start ``mlflow server`` (SQLite; artifacts proxied to ``s3`` or a local folder; allowed
+    hosts set); stop it after."""
     root = Path(tempfile.mkdtemp(prefix="csmlflow"))
     port = free_port()
     # Two processes instead of ten: no job-execution workers (STACK.md).
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    artifacts = str(root / "artifacts")
+    if s3 is not None:
+        env.update(s3.env, MLFLOW_S3_ENDPOINT_URL=s3.endpoint)
+        artifacts = s3.uri("mlflow")
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--default-artifact-root", str(root / "artifacts"),
+         "--artifacts-destination", artifacts,  # served through the server: clients need no S3 access
          # Host headers carry the port; MLflow compares them with fnmatch patterns.
          "--allowed-hosts", "127.0.0.1:*,localhost:*"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -255,15 +342,23 @@ def start_chromium():
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
-    """A real multi-node Ray cluster: a head with no trial CPUs and WORKERS worker nodes."""
+    """A real multi-node Ray cluster whose nodes share no disk: a head with no trial CPUs, a
+    node for trial drivers and a node for Ray Train workers."""
     with start_ray_cluster() as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="session")
-def mlflow_server() -> Iterator[MlflowServer]:
-    """A real MLflow tracking server on SQLite with a local artifact folder."""
-    with start_mlflow_server() as server:
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto) on 127.0.0.1 with the bucket ``claims``."""
+    with start_s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server on SQLite, its artifacts on the S3 server."""
+    with start_mlflow_server(s3_server) as server:
         yield server
 
 

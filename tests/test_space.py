@@ -138,6 +138,26 @@ def test_budget_checked_against_the_cluster(tmp_path):
         validate_against_cluster(space, {"CPU": 64, "GPU": 1})
 
 
+def test_custom_resources_for_drivers_and_workers_are_checked_against_the_cluster(tmp_path):
+    space = load_space(write(tmp_path, mutate(budget={
+        "trials": 4, "concurrency": 4, "workers_per_trial": 2, "cpus_per_worker": 1,
+        "driver_resources": {"trial_driver": 1}, "worker_resources": {"accelerator_type:H100": 0.001}})))
+    assert validate_against_cluster(space, {"CPU": 64, "trial_driver": 2, "accelerator_type:H100": 8}) == 2
+    with pytest.raises(ClaimsSearchError, match=r"budget.worker_resources.accelerator_type:H100: a trial needs 0.002"):
+        validate_against_cluster(space, {"CPU": 64, "trial_driver": 2})
+    with pytest.raises(ClaimsSearchError, match=r"budget.driver_resources.trial_driver: a trial needs 1 "):
+        validate_against_cluster(space, {"CPU": 64, "accelerator_type:H100": 8})
+    with pytest.raises(ClaimsSearchError, match="budget.worker_resources: .GPU.: CPUs and GPUs are set by cpus_per_worker"):
+        load_space(write(tmp_path, mutate(budget={"trials": 1, "worker_resources": {"GPU": 1}})))
+
+
+def test_a_relative_space_path_is_resolved_when_loaded(tmp_path, monkeypatch):
+    """Trials run in other working directories: the space they get must not depend on ours."""
+    monkeypatch.chdir(tmp_path)
+    space = load_space(write(tmp_path, GOOD).name)
+    assert space.path.is_absolute() and space.path == (tmp_path / space.path.name).resolve()
+
+
 def test_yaml_exponent_floats_and_missing_file(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(GOOD).replace("0.0001", "1e-4"))
