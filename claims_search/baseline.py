@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,6 +55,7 @@ class BaselineResult:
     metrics: dict[str, dict[str, float | int]]
     cost: Any  # cost.Cost
     info: dict[str, Any]
+    predictions: dict[str, Any] = field(default_factory=dict)  # split -> predictions.frame(...)
 
 
 def prediction_days(prediction_time) -> np.ndarray:
@@ -128,12 +129,15 @@ def baseline(
 ) -> BaselineResult:
     """Train LightGBM on recent-window code counts for ``task``; evaluate on ``eval_splits``.
 
-    ``num_threads=0`` lets LightGBM use OpenMP's default. If ``out_dir`` is given, it is written
-    atomically with ``result.json`` (metrics, cost, model summary: aggregates only) and
-    ``model.txt`` (the trees).
+    ``num_threads=0`` uses every core this process may run on. The cost covers training only
+    (features of the train split and the fit), as a Transformer's does, and counts the cores
+    used as devices. If ``out_dir`` is given, it is written atomically with ``result.json``
+    (metrics, cost, model summary: aggregates only), ``model.txt`` (the trees) and the
+    per-sample ``predictions/<split>.parquet`` (patient-level: that folder only).
     """
     import lightgbm as lgb
 
+    from claims_search import predictions as P
     from claims_search.cache import Cache
     from claims_search.cost import CostMeter
     from claims_search.metrics import evaluate
@@ -141,7 +145,8 @@ def baseline(
     cache = Cache.open(cache_dir)
     if task not in cache.tasks:
         raise ClaimsSearchError(f"{cache_dir}: task {task!r} is not in the cache (has: {', '.join(sorted(cache.tasks))})")
-    meter = CostMeter(n_params=0, device="cpu", n_devices=1)
+    threads = num_threads or len(os.sched_getaffinity(0))
+    meter = CostMeter(n_params=0, device="cpu", n_devices=threads)
     with meter:
         train = cache.labels(task, split="train").reset_index(drop=True)
         y_train = train["label"].to_numpy().astype(bool)
@@ -149,7 +154,7 @@ def baseline(
             raise ClaimsSearchError(f"{cache_dir}: labels/{task}.parquet: label: the train split has one class only")
         X_train, names = count_features(cache, train)
         fit, stop = _early_stopping_carve_out(train, seed)
-        params = {**LGB_PARAMS, "seed": seed, "num_threads": num_threads}
+        params = {**LGB_PARAMS, "seed": seed, "num_threads": threads}
         d_fit = lgb.Dataset(X_train[fit], y_train[fit], free_raw_data=False)
         d_stop = lgb.Dataset(X_train[stop], y_train[stop], reference=d_fit)
         model = lgb.train(
@@ -159,23 +164,22 @@ def baseline(
             valid_sets=[d_stop],
             callbacks=[lgb.early_stopping(50, verbose=False)],
         )
-        metrics = {}
-        for split in eval_splits:
-            rows = cache.labels(task, split=split).reset_index(drop=True)
-            if len(rows) == 0:
-                raise ClaimsSearchError(f"{cache_dir}: labels/{task}.parquet: split: no samples in split {split!r}")
-            X, _ = count_features(cache, rows)
-            prob = model.predict(X, num_iteration=model.best_iteration)
-            metrics[split] = evaluate(
-                rows["label"].to_numpy(), prob, rows["subject_idx"].to_numpy(),
-                where=f"{task}/{split}", n_boot=n_boot, seed=seed,
-            )
         # "Tokens" = events read to build the training features (the whole-history block).
         meter.add(tokens=int(X_train[:, : cache.vocab_size].sum()), flops=0.0)
-    info = _model_summary(model, names)
     # Trees have no meaningful FLOP count: null, not zero. Size = number of leaves.
+    info = _model_summary(model, names)
     cost = replace(meter.cost, flops=None, n_params=info["n_leaves"])
-    result = BaselineResult(metrics=metrics, cost=cost, info=info)
+    metrics, preds = {}, {}
+    for split in eval_splits:  # scoring is not training: outside the meter, as for Transformers
+        rows = cache.labels(task, split=split).reset_index(drop=True)
+        if len(rows) == 0:
+            raise ClaimsSearchError(f"{cache_dir}: labels/{task}.parquet: split: no samples in split {split!r}")
+        X, _ = count_features(cache, rows)
+        prob = model.predict(X, num_iteration=model.best_iteration)
+        y, groups = rows["label"].to_numpy(), rows["subject_idx"].to_numpy()
+        metrics[split] = evaluate(y, prob, groups, where=f"{task}/{split}", n_boot=n_boot, seed=seed)
+        preds[split] = P.frame(np.arange(len(rows)), groups, y, prob)
+    result = BaselineResult(metrics=metrics, cost=cost, info=info, predictions=preds)
     if out_dir is not None:
         write_result(out_dir, result, model)
     return result
@@ -216,3 +220,7 @@ def write_result(out_dir: str | os.PathLike, result: BaselineResult, model=None)
         (Path(tmp) / "result.json").write_text(json.dumps(payload, indent=2, default=str))
         if model is not None:
             model.save_model(str(Path(tmp) / "model.txt"))
+        from claims_search import predictions as P
+
+        for split, df in result.predictions.items():
+            P.write(df, Path(tmp) / "predictions" / f"{split}.parquet")

@@ -52,6 +52,9 @@ class TrialRecord:
     checkpoint: str | None = None
     extras: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)  # reason of a failure, nodes it ran on
+    # Where this trial's per-sample tuning predictions live (a path or URI under --storage;
+    # patient-level: never sent to MLflow). See ``predictions.py`` for the file's columns.
+    predictions: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class SearchResult:
     failed: int
     first_reason: str | None = None
     train_share: float | None = None  # training loop time / trial wall time, complete trials
+    held_out: dict[str, dict] = field(default_factory=dict)  # task -> role -> held-out metrics
 
     def summary(self) -> str:
         """One line: how the trials ended, the first failure's reason, and the share of the
@@ -119,26 +120,68 @@ def run_search(req: SearchRequest) -> SearchResult:
         tracker = Tracker(req.tracking_uri, req.name, state.outbox, metric=space.metric, cost=space.cost)
         state.push()
         if space.baseline:
-            _baselines(ray, space, data, run_dir, tracker)
+            _baselines(ray, space, data, st.join(req.storage, req.name, "baseline"), tracker)
             state.push()
         _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs)
+        recs = tracker.publish(tolerance=space.recommend.tolerance,
+                               reference=(space.recommend.reference.metric, space.recommend.reference.cost)
+                               if space.recommend.reference else None,
+                               min_gain_per_doubling=space.recommend.min_gain_per_doubling)
+        confirmed = _confirm(ray, space, data, recs, tracker)
     finally:
         ray.shutdown()
-    recs = tracker.publish(tolerance=space.recommend.tolerance,
-                           reference=(space.recommend.reference.metric, space.recommend.reference.cost)
-                           if space.recommend.reference else None,
-                           min_gain_per_doubling=space.recommend.min_gain_per_doubling)
     state.push()
     if tracker.pending():
         log.warning("MLflow unreachable: %d result(s) wait in %s; run the search again with --resume to deliver "
                     "them", len(tracker.pending()), state.outbox)
-    result = _outcome(recs, tracker.records())
+    result = _outcome(recs, tracker.records(), confirmed)
     if result.complete == 0:
         raise SearchFailed(f"search {req.name}: no Transformer trial completed ({result.summary()})")
     return result
 
 
-def _outcome(recs: dict[str, Any], records: list[TrialRecord]) -> SearchResult:
+HELD_OUT = "held_out"
+
+
+def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, dict]:
+    """Score the recommended model, the best Transformer and the baseline of each task ONCE on
+    the held-out split, which nothing read before; ``{task: {role: {trial_id, metrics} |
+    {trial_id, error}}}``, also queued for MLflow. Runs as Ray tasks where Train workers run."""
+    jobs = {}
+    for task, rec in recs.items():
+        if rec is None:
+            continue
+        roles = {"recommended": rec.record, "best": rec.best, "baseline": rec.baseline}
+        for role, r in roles.items():
+            if r is not None and r.checkpoint:
+                jobs[(task, role)] = r
+    if not jobs:
+        return {}
+    b = space.budget
+
+    @ray.remote(num_cpus=1, resources=dict(b.worker_resources) or None)
+    def score(task: str, location: str, is_baseline: bool) -> dict:
+        from claims_search import scoring
+        from claims_search.errors import ClaimsSearchError
+        from claims_search.worker import open_cache
+
+        try:
+            return {"metrics": scoring.score(open_cache(data), task, HELD_OUT, location, is_baseline)}
+        except ClaimsSearchError as e:  # e.g. one class only in a small held-out split
+            return {"error": str(e)}
+
+    # A Transformer's checkpoint is the folder holding meta.json and state.pt.
+    refs = {key: score.remote(key[0], r.checkpoint, r.is_baseline) for key, r in jobs.items()}
+    out: dict[str, dict] = {}
+    for (task, role), ref in refs.items():
+        got = ray.get(ref)
+        out.setdefault(task, {})[role] = {"trial_id": jobs[(task, role)].trial_id, **got}
+    for task, roles in out.items():
+        tracker.log_confirmation(task, HELD_OUT, roles)
+    return out
+
+
+def _outcome(recs: dict[str, Any], records: list[TrialRecord], confirmed: dict | None = None) -> SearchResult:
     """Count how the Transformer trials ended (one status per trial, whatever the task)."""
     status: dict[str, TrialRecord] = {}
     for r in records:
@@ -151,7 +194,7 @@ def _outcome(recs: dict[str, Any], records: list[TrialRecord]) -> SearchResult:
     wall = sum(e["trial_wall_s"] for e in timed)
     share = sum(e["train_loop_s"] for e in timed) / wall if wall > 0 else None
     return SearchResult(recs, ends.count("complete"), ends.count("pruned"), ends.count("failed"),
-                        reasons[0][1] if reasons else None, share)
+                        reasons[0][1] if reasons else None, share, confirmed or {})
 
 
 def _probe_ray(address: str) -> None:
@@ -184,8 +227,10 @@ def _init_ray(address: str | None):
     return ray
 
 
-def _baselines(ray, space, data: str, run_dir: Path, tracker) -> None:
-    """LightGBM once per task per search, shown on every frontier (skipped when resumed)."""
+def _baselines(ray, space, data: str, folder: str, tracker) -> None:
+    """LightGBM once per task per search, shown on every frontier (skipped when resumed). Each
+    fit runs as a Ray task with one CPU (and one LightGBM thread: what it is charged for); its
+    model and tuning predictions go to ``folder/<task>`` on the search's storage."""
     done = {r.task for r in tracker.records() if r.is_baseline}
     todo = [t for t in space.task_names if t not in done]
     if not todo:
@@ -195,13 +240,14 @@ def _baselines(ray, space, data: str, run_dir: Path, tracker) -> None:
     def fit(task: str) -> dict:
         import tempfile
 
+        from claims_search import storage as st
         from claims_search.baseline import baseline
-        from claims_search.storage import localize
 
-        # Only aggregates come back; the fitted model stays in a scratch folder on its node.
+        # Only aggregates and locations come back; the model and predictions go to storage.
         with tempfile.TemporaryDirectory() as tmp:
-            res = baseline(localize(data), task, Path(tmp) / task)
-        return {"metrics": res.metrics["tuning"], "cost": res.cost.to_dict()}
+            res = baseline(st.localize(data), task, Path(tmp) / task, num_threads=1)
+            dest = st.upload(Path(tmp) / task, st.join(folder, task))
+        return {"metrics": res.metrics["tuning"], "cost": res.cost.to_dict(), "folder": dest}
 
     from ray.exceptions import RayTaskError
 
@@ -216,7 +262,8 @@ def _baselines(ray, space, data: str, run_dir: Path, tracker) -> None:
             trial_id="baseline-lightgbm", task=task, status="complete", params={"model": {}, "kind": "lightgbm"},
             n_params=None, metric=m[space.metric], metric_low=m[f"{space.metric}_low"],
             metric_high=m[f"{space.metric}_high"], cost=c, pretrain_cost=0.0, finetune_cost=c, is_baseline=True,
-            extras=_extras(m, out["cost"])))
+            extras=_extras(m, out["cost"]), checkpoint=out["folder"],
+            predictions=f"{out['folder']}/predictions/tuning.parquet"))
 
 
 def _extras(metrics: dict, cost: dict) -> dict[str, float]:
@@ -248,14 +295,15 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
         m = r["metrics"]
         pc, fc = cost_value(pre_cost, space.cost) or 0.0, cost_value(r["finetune_cost"], space.cost) or 0.0
         extras = _extras(m, r["finetune_cost"])
-        extras["pretrain_val_loss"] = float(result["pretrain_val_loss"])
+        if result.get("pretrain_val_loss") is not None:  # None: fine-tuned from scratch
+            extras["pretrain_val_loss"] = float(result["pretrain_val_loss"])
         extras["total_cost"] = float(cost_value(json.loads(result["total_cost"]), space.cost) or 0.0)
         if "trial_wall_s" in result:  # where a trial's time went: the training loop vs the rest
             extras["trial_wall_s"] = float(result["trial_wall_s"])
             extras["train_loop_s"] = float(json.loads(result["total_cost"])["wall_s"])
         out.append(TrialRecord(trial_id, t, "complete", cfg, n_params, m[space.metric], m[f"{space.metric}_low"],
                                m[f"{space.metric}_high"], pc + fc, pc, fc, checkpoint=r["checkpoint"],
-                               extras=extras, tags=tags))
+                               extras=extras, tags=tags, predictions=r.get("predictions")))
     return out
 
 

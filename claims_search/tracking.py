@@ -279,6 +279,11 @@ class Tracker:
             self.sync()
         return out
 
+    def log_confirmation(self, task: str, split: str, roles: dict[str, dict]) -> None:
+        """Queue the held-out scores of a task's recommended, best and baseline models
+        (``{role: {"trial_id", "metrics" | "error"}}``: aggregates only) for its parent run."""
+        self.put("confirmation", f"confirmation/{task}", {"task": task, "split": split, "roles": roles})
+
     # ---- delivery ----------------------------------------------------------------------------
     def sync(self) -> int:
         """Push pending entries to MLflow; return how many are still pending. Never raises for
@@ -307,6 +312,8 @@ class Tracker:
                         client.set_experiment_tag(exp_id, f"claims_search.{k}", json.dumps(v))
                 elif entry["kind"] == "summary":
                     self._push_summary(client, exp_id, entry["payload"])
+                elif entry["kind"] == "confirmation":
+                    self._push_confirmation(client, exp_id, entry["payload"])
             except Exception as e:  # noqa: BLE001
                 log.warning("MLflow push of %s failed (%s); kept pending", entry["key"], e)
                 break  # keep order: summaries come after the trials they tag
@@ -388,6 +395,22 @@ class Tracker:
                 except ClaimsSearchError as e:  # a lost checkpoint must not block every later sync
                     log.warning("%s: recommended model not registered: %s", task, e)
         client.set_terminated(parent, "FINISHED")
+
+    def _push_confirmation(self, client, exp_id: str, c: dict) -> None:
+        """Held-out metrics on the task's parent run: ``held_out_<role>_<metric>[_low|_high]``."""
+        from mlflow.entities import Metric, RunTag
+
+        parent = self._parent(client, exp_id, c["task"])
+        metrics, tags = [], []
+        for role, got in c["roles"].items():
+            tags.append(RunTag(f"{c['split']}_{role}_trial", str(got["trial_id"])))
+            if "error" in got:
+                tags.append(RunTag(f"{c['split']}_{role}_error", got["error"][:5000]))
+                continue
+            for k, v in got["metrics"].items():
+                if isinstance(v, (int, float)) and v == v:
+                    metrics.append(Metric(f"{c['split']}_{role}_{k}", float(v), 0, 0))
+        client.log_batch(parent, metrics=metrics, tags=tags)
 
     def _register(self, client, task: str, trial_id: str, run_id: str, checkpoint: str) -> None:
         """Register the recommended checkpoint (once per trial) and point ``recommended`` at it."""

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -73,6 +73,7 @@ class FinetuneResult:
     pretrain_cost: Cost | None = None
     steps: int = 0
     resumed_from_step: int = 0
+    predictions: dict[str, Path] = field(default_factory=dict)  # split -> per-sample predictions
 
 
 # ---------------------------------------------------------------- checks and checkpoints
@@ -224,7 +225,9 @@ def _run(job: dict, meta: dict, out_dir: Path, *, workers, use_gpu, resume, chec
     return outcome, partial / "state.pt" if (partial / "state.pt").exists() else start
 
 
-def _finish(out_dir: Path, state_file: Path, meta: dict, result: dict) -> None:
+def _finish(out_dir: Path, state_file: Path, meta: dict, result: dict, predictions: dict | None = None) -> None:
+    """The run's folder, atomically: checkpoint, result and (fine-tuning) ``predictions/<split>.parquet``."""
+    from claims_search import predictions as P
     from claims_search.atomic import atomic_dir
 
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -233,6 +236,9 @@ def _finish(out_dir: Path, state_file: Path, meta: dict, result: dict) -> None:
         shutil.copyfile(state_file, tmp / "checkpoint" / "state.pt")
         (tmp / "checkpoint" / "meta.json").write_text(json.dumps({**meta, **result}, indent=2))
         (tmp / "result.json").write_text(json.dumps({**meta, **result}, indent=2))
+        for split, cols in (predictions or {}).items():
+            P.write(P.frame(cols["row"], cols["subject_idx"], cols["label"], cols["prob"]),
+                    tmp / "predictions" / f"{split}.parquet")
     shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -273,9 +279,11 @@ def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path,
     result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
               "metrics": outcome["metrics"], "cost": cost.to_dict(),
               "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers}
-    _finish(out_dir, state_file, meta, result)
+    preds = outcome.get("predictions") or {}
+    _finish(out_dir, state_file, meta, result, preds)
     return FinetuneResult(outcome["metrics"], cost, out_dir / "checkpoint", pretrain_cost,
-                          outcome["step"], outcome["resumed_from_step"])
+                          outcome["step"], outcome["resumed_from_step"],
+                          {split: out_dir / "predictions" / f"{split}.parquet" for split in preds})
 
 
 def pretrain(
@@ -357,7 +365,7 @@ class TrialTraining:
     """One trial's training: its pretraining, its fine-tunings per task (empty when the
     pretraining diverged), and where it ran (the node of every Ray Train rank; empty in-process)."""
 
-    pretrain: PretrainResult
+    pretrain: PretrainResult | None  # None for from-scratch fine-tuning: nothing pretrained
     finetunes: dict[str, FinetuneResult]
     rank_nodes: list[str]
 
@@ -392,51 +400,56 @@ def pretrain_and_finetune(
     finished phases and continues the current one from its last checkpoint). That fit keeps its
     state in ``storage`` (default ``OUT/trial.partial``; a URI on a cluster whose nodes share
     no disk) until the trial finishes. When pretraining diverged (``worker.diverged`` against
-    ``max_pretrain_loss``) the fine-tunings are skipped. ``ray_options`` go to ``run_phases``.
+    ``max_pretrain_loss``) the fine-tunings are skipped. ``finetune_settings.from_scratch``
+    skips pretraining altogether (it pays for none). ``ray_options`` go to ``run_phases``.
     """
     cache = open_cache(cache_dir)
     size = as_size(size)
     out_dir = Path(out_dir)
+    scratch = finetune_settings.from_scratch
     pre_job, pre_meta = _pretrain_job(cache, cache_dir, size, pretrain_settings)
     pre_out = out_dir / "pretrain"
-    init = None if finetune_settings.from_scratch else str((pre_out / "checkpoint").resolve())
+    init = None if scratch else str((pre_out / "checkpoint").resolve())
     plans = {}
     for task in tasks:
         check_task(cache, cache_dir, task, eval_splits)
         plans[task] = _finetune_job(cache, cache_dir, task, size, finetune_settings, init, eval_splits, n_boot)
 
     if workers is None:
-        pre = pretrain(cache_dir, size, pretrain_settings, pre_out, use_gpu=use_gpu,
-                       checkpoint_every=checkpoint_every)
-        if diverged(pre.val_loss, max_pretrain_loss):
-            return TrialTraining(pre, {}, [])
+        pre = None
+        if not scratch:
+            pre = pretrain(cache_dir, size, pretrain_settings, pre_out, use_gpu=use_gpu,
+                           checkpoint_every=checkpoint_every)
+            if diverged(pre.val_loss, max_pretrain_loss):
+                return TrialTraining(pre, {}, [])
         return TrialTraining(pre, {task: finetune(
             cache_dir, task, size, finetune_settings, out_dir / f"finetune-{task}",
-            init_checkpoint=None if init is None else pre.checkpoint, eval_splits=eval_splits, n_boot=n_boot,
+            init_checkpoint=None if pre is None else pre.checkpoint, eval_splits=eval_splits, n_boot=n_boot,
             use_gpu=use_gpu, checkpoint_every=checkpoint_every) for task in tasks}, [])
 
     from claims_search import storage as st
     from claims_search.train_ray import run_phases
 
     storage = st.normalize(storage or out_dir / "trial.partial")
-    outs = [pre_out] + [out_dir / f"finetune-{task}" for task in tasks]
-    metas = [pre_meta] + [plans[t][1] for t in tasks]
-    phases = [{"job": pre_job, "init_state": None, "init_from": None}]
-    phases += [{"job": plans[t][0], "init_state": None, "init_from": None if init is None else 0} for t in tasks]
+    outs = ([] if scratch else [pre_out]) + [out_dir / f"finetune-{task}" for task in tasks]
+    metas = ([] if scratch else [pre_meta]) + [plans[t][1] for t in tasks]
+    phases = [] if scratch else [{"job": pre_job, "init_state": None, "init_from": None}]
+    phases += [{"job": plans[t][0], "init_state": None, "init_from": None if scratch else 0} for t in tasks]
     if st.is_local(storage):
         for phase, meta, out in zip(phases, metas, outs):
             # A phase finished by an earlier call with the same settings (fewer steps) continues.
             start = _resume_state(out.with_name(out.name + ".partial"), out, meta, True)
             phase["init_state"] = str(start) if start else None
-    gate = None if max_pretrain_loss is None else {"phase": 0, "value": max_pretrain_loss}
+    gate = None if max_pretrain_loss is None or scratch else {"phase": 0, "value": max_pretrain_loss}
     done = run_phases(phases, storage, workers=workers, use_gpu=use_gpu, checkpoint_every=checkpoint_every,
                       max_loss=gate, local_dir=out_dir / ".states", **(ray_options or {}))
-    pre = _pretrain_result(pre_out, pre_meta, *done.phases[0], workers)
+    pre = None if scratch else _pretrain_result(pre_out, pre_meta, *done.phases[0], workers)
     fts = {}
-    for task, out, phase_done in zip(tasks, outs[1:], done.phases[1:]):
+    ft_done = done.phases if scratch else done.phases[1:]
+    for task, out, phase_done in zip(tasks, outs[len(outs) - len(tasks):], ft_done):
         if phase_done is not None:
             fts[task] = _finetune_result(out, plans[task][1], *phase_done, workers,
-                                         None if init is None else pre.cost)
+                                         None if pre is None else pre.cost)
     st.remove(storage)
     shutil.rmtree(out_dir / ".states", ignore_errors=True)
     return TrialTraining(pre, fts, done.rank_nodes)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from claims_search.cost import Cost
 from claims_search.objective import COST_FIELDS, directions, objective_values
 
 
@@ -125,13 +126,15 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
                                           FinetuneSettings(**cfg["finetune"]), list(ctx.tasks), out,
                                           max_pretrain_loss=math.log(ctx.vocab_size), **run_kw)
     pre, fts = done.pretrain, done.finetunes
-    pre_cost = pre.cost.to_dict()
-    keep(pre.checkpoint.parent)
+    # From-scratch trials pretrain nothing and pay for nothing.
+    pre_cost = pre.cost.to_dict() if pre is not None else Cost().to_dict()
+    if pre is not None:
+        keep(pre.checkpoint.parent)
     driver_node = ray.get_runtime_context().get_node_id()
     # Nested values travel as JSON strings: Tune flattens nested dicts on the way.
     base = {"node_id": driver_node, "rank_nodes": json.dumps(done.rank_nodes or [driver_node]),
             "trial_config": json.dumps(cfg), "n_params": size.n_params(ctx.vocab_size),
-            "pretrain_val_loss": pre.val_loss, "pretrain_cost": json.dumps(pre_cost)}
+            "pretrain_val_loss": pre.val_loss if pre is not None else None, "pretrain_cost": json.dumps(pre_cost)}
     if done.diverged:
         # Tune insists every result carries the searcher's metrics: None for a pruned trial
         # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
@@ -139,15 +142,16 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
         return {**base, **unset, "status": "pruned", "reason": f"pretraining loss {pre.val_loss:.3f} diverged"}
 
     per_task, results = {}, {}
-    total = pre.cost
+    total = Cost.from_dict(pre_cost)
     for task in ctx.tasks:
         ft = fts[task]
         m = ft.metrics["tuning"]
         ft_cost = ft.cost.to_dict()
         task_cost = (cost_value(pre_cost, ctx.cost) or 0.0) + (cost_value(ft_cost, ctx.cost) or 0.0)
         per_task[task] = (m[ctx.metric], task_cost)
-        results[task] = {"metrics": m, "finetune_cost": ft_cost,
-                         "checkpoint": st.join(keep(ft.checkpoint.parent), "checkpoint")}
+        folder = keep(ft.checkpoint.parent)
+        results[task] = {"metrics": m, "finetune_cost": ft_cost, "checkpoint": st.join(folder, "checkpoint"),
+                         "predictions": st.join(folder, "predictions", "tuning.parquet")}
         total = total + ft.cost
     total_cost = cost_value(total.to_dict(), ctx.cost)
     return {**base, "status": "complete", "tasks": json.dumps(results), "total_cost": json.dumps(total.to_dict()),

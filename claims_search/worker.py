@@ -102,24 +102,27 @@ def execute(
                                  mask_prob=settings.mask_prob, seed=settings.seed, epoch=0)
         out["val_loss"] = loop.evaluate_loss(bare, val)
     else:
-        out["metrics"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size, settings,
-                                         n_boot=job.get("n_boot", 1000))
+        out["metrics"], out["predictions"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size,
+                                                             settings, n_boot=job.get("n_boot", 1000))
     return out
 
 
 def evaluate_splits(model, cache, task: str, splits: Sequence[str], size: ModelSize, settings,
-                    n_boot: int = 1000) -> dict:
-    """``{split: metrics.evaluate(...)}`` of a classification model on each split of ``task``."""
+                    n_boot: int = 1000) -> tuple[dict, dict]:
+    """``({split: metrics.evaluate(...)}, {split: per-sample predictions})`` of a classification
+    model on each split of ``task``. Predictions are patient-level (columns of
+    ``predictions.COLUMNS`` as lists): they go to the run's folder only, never to tracking."""
     from claims_search import batches as B
     from claims_search.loop import predict
     from claims_search.metrics import evaluate
 
-    result = {}
+    metrics, preds = {}, {}
     for split in splits:
         labels = cache.labels(task, split)
         prob, index = predict(model, B.task_batches(cache, task, split, batch_tokens=settings.batch_tokens,
                                                     max_len=size.max_len))
-        result[split] = evaluate(labels["label"].to_numpy()[index], prob,
-                                 labels["subject_idx"].to_numpy()[index],
-                                 where=f"{task}/{split}", seed=settings.seed, n_boot=n_boot)
-    return result
+        y, groups = labels["label"].to_numpy()[index], labels["subject_idx"].to_numpy()[index]
+        metrics[split] = evaluate(y, prob, groups, where=f"{task}/{split}", seed=settings.seed, n_boot=n_boot)
+        preds[split] = {"row": index.tolist(), "subject_idx": groups.tolist(), "label": y.tolist(),
+                        "prob": prob.tolist()}
+    return metrics, preds

@@ -40,12 +40,34 @@ def test_in_process_trial_gives_what_separate_calls_give(recency_cache, separate
     pre, fts = done.pretrain, done.finetunes
     assert _files(tmp_path) == _files(out) == [
         "finetune-antihypertensive_start/checkpoint/meta.json", "finetune-antihypertensive_start/checkpoint/state.pt",
+        "finetune-antihypertensive_start/predictions/tuning.parquet",
         "finetune-antihypertensive_start/result.json", "pretrain/checkpoint/meta.json",
         "pretrain/checkpoint/state.pt", "pretrain/result.json"]
     # Seeded and in one process: the same numbers, not just the same format.
     assert pre.val_loss == sep_pre.val_loss and pre.steps == 4
     assert fts[TASK].metrics == sep_ft.metrics
     assert fts[TASK].pretrain_cost == pre.cost != fts[TASK].cost  # costs kept apart
+
+
+def test_the_tuning_predictions_are_kept_beside_the_checkpoint_and_give_its_metrics(separate, recency_cache):
+    from claims_search import predictions
+    from claims_search.cache import Cache
+    from claims_search.metrics import evaluate
+
+    _, _, ft = separate
+    df = predictions.read(ft.predictions["tuning"])
+    labels = Cache.open(recency_cache).labels(TASK, "tuning")
+    assert list(df["row"]) == list(range(len(labels)))  # every tuning sample, in label order
+    assert list(df["label"]) == list(labels["label"])
+    again = evaluate(df["label"], df["prob"], df["subject_idx"], n_boot=50, seed=FT.seed)
+    assert again["auprc"] == ft.metrics["tuning"]["auprc"]
+
+
+def test_from_scratch_pretrains_nothing(recency_cache, tmp_path):
+    scratch = FinetuneSettings(**{**FT.to_dict(), "from_scratch": True})
+    done = pretrain_and_finetune(recency_cache, "debug", PT, scratch, [TASK], tmp_path, n_boot=50)
+    assert done.pretrain is None and done.finetunes[TASK].pretrain_cost is None
+    assert not (tmp_path / "pretrain").exists()
 
 
 def test_a_diverged_pretraining_skips_the_fine_tunings(recency_cache, tmp_path):

@@ -1,0 +1,71 @@
+"""Score a finished model on one split of a task: a fine-tuned Transformer checkpoint or a
+LightGBM baseline folder, local or on storage. Plain Python (torch, LightGBM); no Ray.
+
+The search uses it once, after the recommendation, to confirm the recommended model, the best
+Transformer and the baseline on ``held_out`` (a split no trial and no rule ever read before):
+the figures that chose them are optimistic (the best of N noisy scores on the split the search
+optimised), the held-out ones are not. ``predict`` (the command) uses the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from claims_search.errors import ClaimsSearchError
+
+
+def predict_checkpoint(cache, task: str, split: str, checkpoint: str | os.PathLike) -> pd.DataFrame:
+    """Per-sample predictions (``predictions.COLUMNS``) of a fine-tuned checkpoint folder
+    (``meta.json`` + ``state.pt``; a URI is copied to this node first)."""
+    import torch
+
+    from claims_search import batches as B
+    from claims_search import model as M
+    from claims_search import predictions as P
+    from claims_search.loop import FinetuneSettings, predict
+    from claims_search.sizes import ModelSize
+    from claims_search.storage import localize
+
+    folder = localize(checkpoint)
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("kind") != "finetune":
+        raise ClaimsSearchError(f"{checkpoint}: a {meta.get('kind')} checkpoint, not a fine-tuned classifier")
+    size, settings = ModelSize(**meta["size"]), FinetuneSettings(**meta["settings"])
+    if meta["vocab"]["size"] != cache.vocab_size:
+        raise ClaimsSearchError(f"{checkpoint}: trained on {meta['vocab']['size']} codes, the data has {cache.vocab_size}")
+    model = M.classification_model(M.ClaimsEncoder(size, cache.vocab_size), pool=settings.pool)
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    labels = cache.labels(task, split)
+    prob, index = predict(model, B.task_batches(cache, task, split, batch_tokens=settings.batch_tokens,
+                                                max_len=size.max_len))
+    return P.frame(index, labels["subject_idx"].to_numpy()[index], labels["label"].to_numpy()[index], prob)
+
+
+def predict_baseline(cache, task: str, split: str, folder: str | os.PathLike) -> pd.DataFrame:
+    """Per-sample predictions of a LightGBM baseline folder (``model.txt``)."""
+    import lightgbm as lgb
+
+    from claims_search import predictions as P
+    from claims_search.baseline import count_features
+    from claims_search.storage import localize
+
+    model = lgb.Booster(model_file=str(Path(localize(folder)) / "model.txt"))
+    rows = cache.labels(task, split=split).reset_index(drop=True)
+    X, _ = count_features(cache, rows)
+    prob = model.predict(X, num_iteration=model.best_iteration if model.best_iteration > 0 else None)
+    return P.frame(np.arange(len(rows)), rows["subject_idx"].to_numpy(), rows["label"].to_numpy(), prob)
+
+
+def score(cache, task: str, split: str, location: str, is_baseline: bool, *, n_boot: int = 1000,
+          seed: int = 0) -> dict:
+    """``metrics.evaluate`` of one model on ``split`` (aggregates only)."""
+    from claims_search.metrics import evaluate
+
+    df = (predict_baseline if is_baseline else predict_checkpoint)(cache, task, split, location)
+    return evaluate(df["label"], df["prob"], df["subject_idx"], where=f"{task}/{split}", n_boot=n_boot, seed=seed)
