@@ -25,6 +25,7 @@ COMMANDS = {
     "search": "search model sizes per task on Ray Tune + Optuna, tracked in MLflow",
     "frontier": "print each task's accuracy-vs-cost Pareto frontier",
     "recommend": "print the recommended model size per task",
+    "predict": "per-patient predictions of a chosen model, to a file (never to MLflow)",
     "submit": "submit a search to a Ray cluster as a job",
     "jobs": "list the jobs on a Ray cluster",
     "logs": "print or follow a job's logs",

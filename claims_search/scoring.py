@@ -55,7 +55,8 @@ def predict_baseline(cache, task: str, split: str, folder: str | os.PathLike) ->
     from claims_search.baseline import count_features
     from claims_search.storage import localize
 
-    model = lgb.Booster(model_file=str(Path(localize(folder)) / "model.txt"))
+    local = Path(localize(folder))  # model.txt (a search's baseline folder) or model.lgb (MLflow's flavour)
+    model = lgb.Booster(model_file=str(local / "model.txt" if (local / "model.txt").exists() else local / "model.lgb"))
     rows = cache.labels(task, split=split).reset_index(drop=True)
     X, _ = count_features(cache, rows)
     prob = model.predict(X, num_iteration=model.best_iteration if model.best_iteration > 0 else None)
@@ -69,3 +70,11 @@ def score(cache, task: str, split: str, location: str, is_baseline: bool, *, n_b
 
     df = (predict_baseline if is_baseline else predict_checkpoint)(cache, task, split, location)
     return evaluate(df["label"], df["prob"], df["subject_idx"], where=f"{task}/{split}", n_boot=n_boot, seed=seed)
+
+
+def with_ids(cache, task: str, split: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with each sample's ``subject_id`` and ``prediction_time`` (for the caller's own
+    file: patient-level, never tracked)."""
+    labels = cache.labels(task, split).reset_index(drop=True)
+    ids = labels.loc[df["row"].to_numpy(), ["subject_id", "prediction_time"]].reset_index(drop=True)
+    return pd.concat([ids, df.reset_index(drop=True)], axis=1)

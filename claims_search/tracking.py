@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,27 +36,6 @@ ROLE, TASK, RECORD = "claims_search.role", "claims_search.task", "claims_search.
 _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 # Models-from-code file for the registered pyfunc: no pickled classes, only the checkpoint folder.
-_PYFUNC_CODE = textwrap.dedent(
-    '''
-    """A fine-tuned claims-search checkpoint (weights + config) as an MLflow pyfunc."""
-    import mlflow.pyfunc
-    from mlflow.models import set_model
-
-
-    class ClaimsSearchCheckpoint(mlflow.pyfunc.PythonModel):
-        def load_context(self, context):
-            self.checkpoint = context.artifacts["checkpoint"]
-
-        def predict(self, context, model_input: list[str], params=None) -> list[float]:
-            # Scoring needs the tokenized cache; load the checkpoint with claims_search instead.
-            raise NotImplementedError(f"load {self.checkpoint} with claims_search.training")
-
-
-    set_model(ClaimsSearchCheckpoint())
-    '''
-)
-
-
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -423,26 +401,14 @@ class Tracker:
         else:
             from claims_search.storage import localize
 
+            from claims_search.packaging import save_model
+
             checkpoint = str(localize(checkpoint))  # a local copy when it lives on s3:// or gs://
             if not Path(checkpoint).is_dir():
                 raise ClaimsSearchError(f"{checkpoint}: recommended checkpoint folder not found")
-            import warnings
-
-            import mlflow.pyfunc
-
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict"
-                code = Path(tmp) / "claims_search_checkpoint.py"
-                code.write_text(_PYFUNC_CODE)
-                model_dir = Path(tmp) / "model"
-                mlflow.pyfunc.save_model(
-                    str(model_dir),
-                    python_model=str(code),
-                    artifacts={"checkpoint": str(checkpoint)},
-                    pip_requirements=["claims-search", "torch", "mlflow"],
-                )
-                client.log_artifacts(run_id, str(model_dir), "model")
+            with tempfile.TemporaryDirectory() as tmp:
+                save_model(checkpoint, Path(tmp) / "model")  # a pyfunc, or LightGBM's own flavour
+                client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
             version = client.create_model_version(
                 name, f"runs:/{run_id}/model", run_id=run_id, tags={"trial_id": trial_id, TASK: task}
             ).version

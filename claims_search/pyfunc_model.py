@@ -1,0 +1,32 @@
+"""The registered form of a fine-tuned claims-search checkpoint: an MLflow pyfunc model (from
+code: MLflow copies this file into the model and runs it on load).
+
+Input (its signature): a table with one row per request, columns ``data`` (a prepared cache:
+path or URI), ``task`` and ``split``. Output: one row per labelled sample of that task and split,
+columns ``subject_id``, ``prediction_time``, ``prob``. Per-patient output stays with the caller:
+nothing here logs it.
+"""
+
+import mlflow.pyfunc
+from mlflow.models import set_model
+
+
+class ClaimsSearchCheckpoint(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.checkpoint = context.artifacts["checkpoint"]
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        from claims_search import scoring
+        from claims_search.worker import open_cache
+
+        frames = []
+        for req in pd.DataFrame(model_input).to_dict("records"):
+            cache = open_cache(req["data"])
+            df = scoring.predict_checkpoint(cache, req["task"], req["split"], self.checkpoint)
+            frames.append(scoring.with_ids(cache, req["task"], req["split"], df)[["subject_id", "prediction_time", "prob"]])
+        return pd.concat(frames, ignore_index=True)
+
+
+set_model(ClaimsSearchCheckpoint())
