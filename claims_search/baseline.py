@@ -105,17 +105,6 @@ def count_features(cache, labels, windows: Sequence[tuple[str, int | None]] = WI
     return X, names
 
 
-def _early_stopping_carve_out(labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split train rows into (fit, stop) row positions: ~1/7 of patients, stratified."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    y = labels["label"].to_numpy().astype(bool)
-    groups = labels["subject_idx"].to_numpy()
-    folds = StratifiedGroupKFold(n_splits=7, shuffle=True, random_state=seed)
-    fit, stop = next(folds.split(np.zeros(len(y)), y, groups))
-    return fit, stop
-
-
 def baseline(
     cache_dir: str | os.PathLike,
     task: str,
@@ -138,6 +127,7 @@ def baseline(
     import lightgbm as lgb
 
     from claims_search import predictions as P
+    from claims_search.batches import carve_out
     from claims_search.cache import Cache
     from claims_search.cost import CostMeter
     from claims_search.metrics import evaluate
@@ -153,7 +143,7 @@ def baseline(
         if len(np.unique(y_train)) < 2:
             raise ClaimsSearchError(f"{cache_dir}: labels/{task}.parquet: label: the train split has one class only")
         X_train, names = count_features(cache, train)
-        fit, stop = _early_stopping_carve_out(train, seed)
+        fit, stop = carve_out(train, seed)
         params = {**LGB_PARAMS, "seed": seed, "num_threads": threads}
         d_fit = lgb.Dataset(X_train[fit], y_train[fit], free_raw_data=False)
         d_stop = lgb.Dataset(X_train[stop], y_train[stop], reference=d_fit)

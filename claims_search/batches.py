@@ -274,11 +274,13 @@ def task_batches(
     epoch: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    rows: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """One epoch of labelled samples of ``task`` in ``split``: the last ``max_len`` events at or
     before each prediction time, its label, and its row in ``cache.labels(task, split)``
     (``Batch.sample_index``) so that metrics can bootstrap over patients downstream.
-    Shuffled only when ``shuffle`` (training); evaluation keeps the labels' order.
+    Shuffled only when ``shuffle`` (training); evaluation keeps the labels' order. ``rows``
+    keeps only those rows of the split (e.g. one side of :func:`carve_out`).
     """
     max_len = _check(cache, batch_tokens, max_len)
     labels = cache.labels(task, split)
@@ -287,7 +289,7 @@ def task_batches(
     values = labels["label"].to_numpy().astype(np.float32)
     ref_days = labels["prediction_time"].to_numpy().astype("datetime64[D]").astype(np.int64)
     births = cache.subjects["birth_days"].to_numpy()
-    order = np.arange(len(labels))
+    order = np.arange(len(labels)) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
     if shuffle:
         order = np.random.default_rng([seed, epoch]).permutation(order)
     order = _shard(order, rank, world_size)
@@ -301,3 +303,16 @@ def task_batches(
             yield s
 
     return _budgeted(sequences(), batch_tokens, max_len + 1)
+
+
+def carve_out(labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a task's train rows into (fit, stop) row positions for early stopping: about 1/7
+    of the patients go to "stop", stratified by label, never one patient on both sides. The
+    tuning split is never used for it: it stays clean for comparing sizes."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = labels["label"].to_numpy().astype(bool)
+    groups = labels["subject_idx"].to_numpy()
+    folds = StratifiedGroupKFold(n_splits=7, shuffle=True, random_state=seed)
+    fit, stop = next(folds.split(np.zeros(len(y)), y, groups))
+    return fit, stop

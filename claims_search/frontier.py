@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 STATUSES = ("complete", "pruned", "failed")
 
@@ -148,22 +148,61 @@ def default_reference(records: Iterable[TrialRecord], task: str) -> tuple[float,
     return (0.0, 10.0 * max(costs) if costs else 1.0)
 
 
-def saturation_point(
-    front: Iterable[TrialRecord], min_gain_per_doubling: float = 0.005
-) -> TrialRecord | None:
-    """The cheapest frontier point after which more compute stops paying.
+def gain_per_doubling(smaller: TrialRecord, larger: TrialRecord) -> float:
+    """Metric gained per doubling of cost from ``smaller`` to ``larger`` (a point-estimate
+    heuristic, no interval: what the unpaired fallback calls "better")."""
+    doublings = math.log2(max(larger.cost, 1e-12) / max(smaller.cost, 1e-12))
+    return (larger.metric - smaller.metric) / max(doublings, 1e-12)
 
-    Walking the front by cost, it is the first point from which every more expensive frontier
-    point gains less than ``min_gain_per_doubling`` of metric per doubling of cost (0.005 =
-    half a point of AUPRC for twice the compute). The most expensive point qualifies trivially,
-    so a task that keeps improving with size saturates at its largest model. None if empty.
+
+def _sizes(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    # Complete Transformer trials, cheapest first: the sizes the words are about.
+    return sorted((r for r in records if r.usable and not r.is_baseline), key=_order)
+
+
+def saturation_point(
+    records: Iterable[TrialRecord],
+    min_gain_per_doubling: float = 0.005,
+    as_good: Callable[[TrialRecord, TrialRecord], bool] | None = None,
+) -> TrialRecord | None:
+    """The cheapest trial that no more expensive trial beats: where more compute stops paying.
+
+    ``as_good(x, y)`` says whether trial ``x`` is as good as the more expensive ``y`` under the
+    rule in force (the recommendation passes its paired-bootstrap rule). By default it is the
+    point-estimate heuristic: ``y`` gains less than ``min_gain_per_doubling`` of metric per
+    doubling of cost (0.005 = half a point of AUPRC for twice the compute). Only complete
+    Transformer trials count (the baseline has no size). A saturation point needs a more
+    expensive trial to have been tried: the largest trial never saturates by default, so
+    a task that kept improving has none (see :func:`still_improving`). None if there is none.
     """
-    pts = sorted((r for r in front if r.usable), key=_order)
-    for i, r in enumerate(pts):
-        gains = (
-            (s.metric - r.metric) / max(math.log2(max(s.cost, 1e-12) / max(r.cost, 1e-12)), 1e-12)
-            for s in pts[i + 1 :]
-        )
-        if all(g < min_gain_per_doubling for g in gains):
-            return r
+    if as_good is None:
+        def as_good(x: TrialRecord, y: TrialRecord) -> bool:
+            return gain_per_doubling(x, y) < min_gain_per_doubling
+    sizes = _sizes(records)
+    for i, x in enumerate(sizes):
+        larger = [y for y in sizes[i + 1:] if y.cost > x.cost]
+        if larger and all(as_good(x, y) for y in larger):
+            return x
     return None
+
+
+def still_improving(
+    records: Iterable[TrialRecord],
+    min_gain_per_doubling: float = 0.005,
+    better: Callable[[TrialRecord, TrialRecord], bool] | None = None,
+) -> bool:
+    """Whether the most expensive complete Transformer trial beats every cheaper one.
+
+    ``better(y, x)`` says whether ``y`` is better than the cheaper ``x`` under the rule (by
+    default: gains at least ``min_gain_per_doubling`` per doubling of cost). False when fewer
+    than two sizes completed: one trial shows no trend.
+    """
+    if better is None:
+        def better(y: TrialRecord, x: TrialRecord) -> bool:
+            return gain_per_doubling(x, y) >= min_gain_per_doubling
+    sizes = _sizes(records)
+    if len(sizes) < 2:
+        return False
+    largest = sizes[-1]
+    smaller = [x for x in sizes[:-1] if x.cost < largest.cost]
+    return bool(smaller) and all(better(largest, x) for x in smaller)

@@ -77,11 +77,21 @@ class FinetuneSettings(_Settings):
     warmup: int = 30
     pool: str = "cls"  # ClassificationHead pooling: "cls" or "mean"
     from_scratch: bool = False  # read by training.finetune: skip the pretrained encoder
+    # Keep the best step, judged by AUPRC on a patient-grouped carve-out of train every
+    # ``eval_every`` steps (0: ten times per run); the tuning split stays clean for selection.
+    best_step: bool = True
+    eval_every: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pool not in ("cls", "mean"):
             raise ClaimsSearchError(f"FinetuneSettings: pool must be 'cls' or 'mean', got {self.pool!r}")
+        if self.eval_every < 0:
+            raise ClaimsSearchError(f"FinetuneSettings: eval_every must be >= 0, got {self.eval_every}")
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every or max(1, self.steps // 10)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -119,7 +129,9 @@ class TrainLoop:
         on_report: Callable[[int, dict], None] | None = None,
         on_checkpoint: Callable[[dict], None] | None = None,
         checkpoint_every: int = 0,
+        on_step: Callable[[int], None] | None = None,
     ):
+        self.on_step = on_step  # after every optimiser step, before checkpoints (best-step tracking)
         self.model = model
         self.batches = batches
         self.settings = settings
@@ -182,6 +194,8 @@ class TrainLoop:
                         self._report(float(window_loss) / window_n, float(grad_norm),
                                      window_tokens / max(elapsed, 1e-9))
                         window_loss, window_n, window_start, window_tokens = 0.0, 0, time.perf_counter(), 0
+                    if self.on_step:
+                        self.on_step(self.step)
                     every = self.checkpoint_every
                     if self.on_checkpoint and ((every and self.step % every == 0) or self.step == s.steps):
                         self.on_checkpoint(self.state_dict())

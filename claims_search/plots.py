@@ -1,8 +1,9 @@
 """Metric vs cost pictures per task: a static PNG (matplotlib, Agg) and an offline HTML (plotly).
 
 Each shows every complete trial with its bootstrap interval as an error bar, the Pareto
-frontier as a step line, the recommendation ringed, the baseline as a distinct marker, on a
-log cost axis. Aggregates only: one point per trial.
+frontier as a step line, the recommendation ringed (the baseline when it is recommended), the
+baseline as a distinct marker, on a log cost axis; under the unpaired rule also the bar a
+cheaper trial had to reach. Aggregates only: one point per trial.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ def _label(r: TrialRecord) -> str:
     size = f"w{m.get('width')} d{m.get('depth')} h{m.get('heads')}" if m else ""
     params = f" · {r.n_params / 1e6:.2f}M params" if r.n_params else ""
     return f"trial {r.trial_id}: {size}{params}"
+
+
+def _bar(rec) -> str | None:
+    """Label of the unpaired rule's horizontal bar, or None under the paired rule: a paired
+    comparison has no single bar on the metric axis (each candidate has its own interval)."""
+    if getattr(rec, "rule", "unpaired") == "paired":
+        return None
+    return "within tolerance of best" if rec.rule == "tolerance" else "best's 95% lower bound (unpaired rule)"
 
 
 def _err(rs: list[TrialRecord]) -> tuple[list[float], list[float]]:
@@ -64,7 +73,8 @@ def write_png(
     if rec is not None:
         ax.scatter([rec.record.cost], [rec.record.metric], s=260, facecolors="none", edgecolors="tab:red",
                    linewidths=2, label="recommended", zorder=5)
-        ax.axhline(rec.threshold, color="tab:red", linestyle=":", linewidth=1, label="indistinguishable from best")
+        if _bar(rec) is not None:
+            ax.axhline(rec.threshold, color="tab:red", linestyle=":", linewidth=1, label=_bar(rec))
     ax.set_xscale("log")
     ax.set_xlabel(COST_LABELS.get(cost, cost))
     ax.set_ylabel(metric.upper())
@@ -115,7 +125,8 @@ def write_html(
         fig.add_trace(go.Scatter(x=[rec.record.cost], y=[rec.record.metric], mode="markers", name="recommended",
                                  text=[_label(rec.record)],
                                  marker={"size": 22, "color": "rgba(0,0,0,0)", "line": {"color": "#d62728", "width": 3}}))
-        fig.add_hline(y=rec.threshold, line_dash="dot", line_color="#d62728")
+        if _bar(rec) is not None:
+            fig.add_hline(y=rec.threshold, line_dash="dot", line_color="#d62728", annotation_text=_bar(rec))
     fig.update_xaxes(type="log", title=COST_LABELS.get(cost, cost))
     fig.update_yaxes(title=metric.upper())
     fig.update_layout(title=f"{task}: {metric.upper()} vs compute", template="plotly_white")

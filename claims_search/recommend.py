@@ -1,28 +1,123 @@
-"""The recommended size per task: the cheapest trial statistically indistinguishable from the best.
+"""The recommended size per task: the cheapest trial statistically as good as the best.
 
-Pure (no Ray, no MLflow). The best is the complete Transformer trial with the highest metric;
-a trial is indistinguishable from it when its metric is at least
+Pure (no Ray, no MLflow, no file reading: predictions are handed in). The *best* is the
+complete Transformer trial with the highest metric (ties: the cheapest). The *candidates* are
+the complete Transformer trials cheaper than it; the recommendation is the cheapest candidate
+that qualifies, else the best itself.
 
-- the best trial's bootstrap lower bound (``tolerance=None``, the default), or
-- ``best.metric - tolerance`` when the user sets a tolerance.
+Every trial is scored on the same tuning samples, so when the best and a candidate both have
+per-sample predictions (``predictions.py``) they are compared *paired*: a patient-level
+bootstrap of ``best - candidate`` that scores both models on the same patient draws
+(``metrics.bootstrap_replicates``), 95 % percentile interval ``[low, high]``:
 
-The baseline is shown beside the recommendation (and flagged when it too is indistinguishable
-from the best) but never recommended: it has no size to recommend.
+- ``margin=None`` (*indistinguishable*): the candidate qualifies when the interval contains 0
+  (``low <= 0``): the tuning split cannot tell it from the best.
+- ``margin=δ`` (*non-inferior within δ*): it qualifies when ``high < δ``: the best is at most δ
+  better, with 97.5 % confidence (the upper end of the same interval, a one-sided bound).
+
+Trials without readable predictions (older records, a lost file) fall back to the unpaired
+rule of earlier versions: the candidate's metric must reach the best's own bootstrap lower
+bound (rule ``"unpaired"``) or ``best.metric - tolerance`` (rule ``"tolerance"``).
+
+*Underpowered*: when the paired intervals are so wide that the rule cannot separate "as good"
+from "δ worse", the recommendation keeps the best trial instead of defaulting to the smallest.
+The test: the median width of the candidates' paired intervals exceeds ``2·δ``, where δ is the
+margin, or :data:`RESOLUTION` without one; without a margin it also needs every candidate to
+have qualified (if some were told apart the split did resolve the sizes). Why ``2·δ``: an
+interval of width W around a true difference of 0 reaches W/2 on each side, so with W > 2δ a
+candidate exactly as good as the best cannot be shown within δ, and one δ worse still looks
+"indistinguishable".
+
+An underpowered split makes no claim about size either: no saturation point, not "still
+improving" (the same wide intervals would back either).
+
+*Baseline*: LightGBM is recommended (``choice="baseline"``) when, paired against the best
+Transformer, it is at least as good under the rule and cheaper than the Transformer that would
+otherwise be recommended (while the split is underpowered only if it is significantly better:
+``high < 0``). Without predictions it is shown beside the recommendation, never recommended.
+
+Not corrected for: comparing many candidates with one best (no Holm or Hsu adjustment), and the
+winner's curse (the best trial's figure is optimistic: it was picked on the split it is scored
+on); the held-out confirmation after a search, or ``finetune --held-out``, is the unbiased one.
 """
 
 from __future__ import annotations
 
+import logging
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Union
 
-from claims_search.frontier import TrialRecord, _order, pareto_front, saturation_point
+import numpy as np
+
+from claims_search.frontier import TrialRecord, _order, pareto_front, saturation_point, still_improving
+from claims_search.frontier import gain_per_doubling
+
+log = logging.getLogger(__name__)
+
+# The smallest difference the indistinguishable rule (no margin) is expected to resolve: one
+# point of AUPRC/AUROC. Only used to decide whether the tuning split is underpowered.
+RESOLUTION = 0.01
+
+# trial_id -> per-sample predictions, or a function record -> predictions (None = none).
+Predictions = Union[Mapping[str, Any], Callable[[TrialRecord], Any], None]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``best - record`` on the task's metric, and whether ``record`` qualifies.
+
+    ``rule`` is ``"paired"`` (``low``/``high``: the paired bootstrap 95 % interval; ``n``
+    samples of ``patients`` patients), ``"unpaired"`` or ``"tolerance"`` (no interval: the
+    record's metric against :attr:`Recommendation.threshold`).
+    """
+
+    record: TrialRecord
+    rule: str
+    diff: float
+    qualifies: bool
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+    patients: int | None = None
+
+    @property
+    def trial_id(self) -> str:
+        """The compared trial's id."""
+        return str(self.record.trial_id)
+
+    @property
+    def width(self) -> float | None:
+        """Width of the paired interval (None for the unpaired rules)."""
+        return None if self.low is None or self.high is None else self.high - self.low
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: the trial's id and the numbers (aggregates only)."""
+        return {"trial_id": self.trial_id, "rule": self.rule, "diff": self.diff, "low": self.low,
+                "high": self.high, "width": self.width, "qualifies": self.qualifies, "n": self.n,
+                "patients": self.patients}
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    """Per-task outcome of a search. ``saved``/``saved_factor`` compare ``record`` against the
-    most expensive Transformer on the frontier (``largest``): ``largest.cost - record.cost`` and
-    ``largest.cost / record.cost``."""
+    """Per-task outcome of a search.
+
+    ``record`` is what is recommended: a Transformer trial (``choice="transformer"``) or the
+    LightGBM baseline (``choice="baseline"``); ``best`` the best Transformer. ``rule`` is the
+    rule that decided (``"paired"``, ``"unpaired"``, ``"tolerance"``), ``margin``/``tolerance``
+    its settings, ``threshold`` the unpaired rule's bar (the best's lower bound or best -
+    tolerance; it applies only to trials judged unpaired). ``difference`` is ``best - record``
+    (None when the record is the best); ``comparisons`` every candidate's, cheapest first;
+    ``baseline_comparison`` the baseline's. ``underpowered`` with ``reason``: see the module
+    docstring (``record`` is then the best, or a baseline significantly better than it).
+    ``saturation`` is the cheapest trial no larger trial beats; ``still_improving`` whether the
+    largest beats every smaller one; both under ``trend_rule`` (``"paired"``; ``"gain"``: at
+    least ``min_gain_per_doubling`` per doubling of cost, the fallback for trials without
+    predictions; ``"mixed"``: some of each); neither when underpowered. ``saved`` and
+    ``saved_factor`` compare ``record`` against the most expensive Transformer on the frontier
+    (``largest``).
+    """
 
     task: str
     record: TrialRecord
@@ -37,6 +132,18 @@ class Recommendation:
     baseline: TrialRecord | None
     baseline_indistinguishable: bool
     n_complete: int
+    rule: str = "unpaired"
+    margin: float | None = None
+    choice: str = "transformer"
+    metric: str = "auprc"
+    difference: Comparison | None = None
+    comparisons: tuple[Comparison, ...] = ()
+    baseline_comparison: Comparison | None = None
+    underpowered: bool = False
+    reason: str | None = None
+    still_improving: bool = False
+    trend_rule: str = "gain"
+    min_gain_per_doubling: float = 0.005
 
     def to_dict(self) -> dict[str, Any]:
         """Aggregate summary for `recommend --json` and the tracking artifacts."""
@@ -54,67 +161,288 @@ class Recommendation:
                 "cost": r.cost,
             }
 
+        def cmp(c: Comparison | None) -> dict[str, Any] | None:
+            return c.to_dict() if c is not None else None
+
         return {
             "task": self.task,
             "recommended": brief(self.record),
+            "choice": self.choice,
             "best": brief(self.best),
+            "rule": self.rule,
+            "margin": self.margin,
             "threshold": self.threshold,
             "tolerance": self.tolerance,
+            "difference": cmp(self.difference),
+            "underpowered": self.underpowered,
+            "underpowered_reason": self.reason,
+            "comparisons": [c.to_dict() for c in self.comparisons],
             "largest_on_frontier": brief(self.largest),
             "compute_saved": self.saved,
             "compute_saved_factor": self.saved_factor,
             "saturation": brief(self.saturation),
+            "still_improving": self.still_improving,
+            "trend_rule": self.trend_rule,
             "frontier_trial_ids": [r.trial_id for r in self.front],
             "baseline": brief(self.baseline),
             "baseline_indistinguishable": self.baseline_indistinguishable,
+            "baseline_comparison": cmp(self.baseline_comparison),
             "n_complete": self.n_complete,
         }
+
+
+def check_margin(value: float | None, name: str = "margin") -> float | None:
+    """``value`` if it is None or in [0, 1), else ValueError (a metric difference is below 1)."""
+    if value is not None and not 0.0 <= value < 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
 
 
 def recommend(
     records: Iterable[TrialRecord],
     task: str,
+    predictions: Predictions = None,
+    *,
+    metric: str = "auprc",
+    margin: float | None = None,
     tolerance: float | None = None,
     min_gain_per_doubling: float = 0.005,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Recommendation | None:
-    """Recommend a size for ``task`` from all trial records; None if no Transformer completed.
+    """Recommend a size (or the baseline) for ``task``; None if no Transformer completed.
 
-    ``tolerance=None`` uses the best trial's bootstrap interval (its ``metric_low``; if it has
-    none, only ties with the best qualify). The recommendation is the cheapest qualifying
-    trial; it is on the Pareto frontier unless a cheaper baseline shadows it.
+    ``predictions`` maps ``trial_id`` to that trial's per-sample tuning predictions (a
+    DataFrame with ``predictions.COLUMNS``), or is a function ``record -> DataFrame | None``;
+    trials without them are judged by the unpaired fallback. ``metric`` names what
+    ``record.metric`` measures (``"auprc"``/``"auroc"``): the paired bootstrap recomputes it.
+    ``margin`` selects the non-inferiority rule, ``tolerance`` the fallback's bar; ``n_boot``
+    and ``seed`` fix the bootstrap (one set of patient draws per task). See the module
+    docstring for the rules.
     """
-    if tolerance is not None and tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if isinstance(predictions, (int, float)):  # recommend(records, task, 0.01) of old callers
+        raise TypeError("recommend(): tolerance is keyword-only; the third argument is predictions")
+    check_margin(margin)
+    check_margin(tolerance, "tolerance")
     records = [r for r in records if r.task == task]
     models = [r for r in records if r.usable and not r.is_baseline]
     if not models:
         return None
-    # Best: highest metric; among ties the cheapest (deterministic via _order).
-    best = min(models, key=lambda r: (-r.metric, *_order(r)))
-    if tolerance is None:
-        threshold = best.metric_low if best.metric_low is not None else best.metric
-    else:
-        threshold = best.metric - tolerance
-    chosen = min((r for r in models if r.metric >= threshold), key=_order)
-    front = pareto_front(records, task)
-    model_front = [r for r in front if not r.is_baseline] or [best]
-    largest = max(model_front, key=lambda r: (r.cost, str(r.trial_id)))
-    saved = largest.cost - chosen.cost
-    factor = largest.cost / chosen.cost if chosen.cost > 0 else float("inf")
+    best = min(models, key=lambda r: (-r.metric, *_order(r)))  # highest metric, then cheapest
     baselines = [r for r in records if r.usable and r.is_baseline]
     baseline = max(baselines, key=lambda r: (r.metric, str(r.trial_id))) if baselines else None
+    judge = _Judge(best, models + ([baseline] if baseline else []), predictions, metric=metric, margin=margin,
+                   tolerance=tolerance, min_gain=min_gain_per_doubling, n_boot=n_boot, seed=seed)
+    d = _decide(best, models, baseline, judge, margin)
+    front = pareto_front(records, task)
+    largest = max([r for r in front if not r.is_baseline] or [best], key=lambda r: (r.cost, str(r.trial_id)))
+    sized = not d.reason  # an underpowered split makes no claim about size
     return Recommendation(
-        task=task,
-        record=chosen,
-        best=best,
-        threshold=threshold,
-        tolerance=tolerance,
-        largest=largest,
-        saved=saved,
-        saved_factor=factor,
-        saturation=saturation_point(model_front, min_gain_per_doubling),
-        front=tuple(front),
-        baseline=baseline,
-        baseline_indistinguishable=baseline is not None and baseline.metric >= threshold,
+        task=task, record=d.record, best=best, threshold=judge.threshold, tolerance=tolerance,
+        largest=largest, saved=largest.cost - d.record.cost,
+        saved_factor=largest.cost / d.record.cost if d.record.cost > 0 else float("inf"),
+        saturation=saturation_point(models, min_gain_per_doubling, as_good=judge.as_good) if sized else None,
+        front=tuple(front), baseline=baseline,
+        baseline_indistinguishable=bool(d.baseline_comparison and d.baseline_comparison.qualifies),
         n_complete=sum(r.status == "complete" for r in records if not r.is_baseline),
+        rule=d.difference.rule if d.difference else "paired" if judge.paired(best) else judge.fallback,
+        margin=margin, choice="baseline" if d.record is baseline else "transformer", metric=metric,
+        difference=d.difference, comparisons=d.comparisons, baseline_comparison=d.baseline_comparison,
+        underpowered=bool(d.reason), reason=d.reason,
+        still_improving=sized and still_improving(models, min_gain_per_doubling, better=judge.better),
+        trend_rule=_trend_rule([judge.paired(r) for r in models]), min_gain_per_doubling=min_gain_per_doubling,
     )
+
+
+@dataclass(frozen=True)
+class _Decision:
+    record: TrialRecord
+    comparisons: tuple[Comparison, ...]
+    difference: Comparison | None  # best - record; None when the record is the best
+    baseline_comparison: Comparison | None
+    reason: str | None  # why the split is underpowered
+
+
+def _decide(best: TrialRecord, models: list[TrialRecord], baseline: TrialRecord | None, judge: "_Judge",
+            margin: float | None) -> _Decision:
+    """The cheapest qualifying candidate, unless the split is underpowered (then the best) or
+    the baseline wins."""
+    candidates = sorted((r for r in models if _order(r) < _order(best)), key=_order)
+    comparisons = tuple(judge.compare(r) for r in candidates)
+    qualified = next((c for c in comparisons if c.qualifies), None)
+    reason = _underpowered(comparisons, margin)
+    chosen = None if reason else qualified
+    base = judge.compare(baseline) if baseline else None
+    if _baseline_wins(base, chosen.record if chosen else best, bool(reason)):
+        chosen = base
+    return _Decision(chosen.record if chosen else best, comparisons, chosen, base, reason)
+
+
+def _underpowered(comparisons: tuple[Comparison, ...], margin: float | None) -> str | None:
+    """The one-line reason the paired intervals are too wide to decide, or None (see the
+    module docstring). Judged on paired comparisons only: the fallback has no paired width."""
+    paired = [c for c in comparisons if c.rule == "paired"]
+    if not paired:
+        return None
+    delta = RESOLUTION if margin is None else margin
+    width = statistics.median(c.width for c in paired)
+    if width <= 2 * delta or (margin is None and not all(c.qualifies for c in paired)):
+        return None
+    what = f"margin {delta:g}" if margin is not None else f"the default resolution {delta:g} (no margin set)"
+    return (f"median paired 95% interval width {width:.3g} over {len(paired)} cheaper size(s) "
+            f"exceeds 2 x {what}")
+
+
+def _baseline_wins(cmp: Comparison | None, chosen: TrialRecord, underpowered: bool) -> bool:
+    """LightGBM replaces the Transformer choice when it is cheaper and, paired against the
+    best, as good under the rule; while the split is underpowered, only if it is significantly
+    better (its qualifying would otherwise be the interval's width, not evidence)."""
+    if cmp is None or cmp.rule != "paired" or cmp.record.cost >= chosen.cost:
+        return False
+    return cmp.high < 0 or (cmp.qualifies and not underpowered)
+
+
+def _trend_rule(paired: list[bool]) -> str:
+    # Saturation words name the rule behind them; "mixed" when some trials lack predictions.
+    return "paired" if all(paired) else "gain" if not any(paired) else "mixed"
+
+
+def median_width(rec: Recommendation) -> float | None:
+    """Median width of the candidates' paired intervals (what the underpowered test reads)."""
+    widths = [c.width for c in rec.comparisons if c.width is not None]
+    return statistics.median(widths) if widths else None
+
+
+class _Judge:
+    """The rules of one task: paired bootstrap replicates of every trial whose predictions
+    line up with the best's (all on the same patient draws, so any two trials' difference is
+    one subtraction), and the unpaired fallback for the others."""
+
+    def __init__(self, best: TrialRecord, records: list[TrialRecord], predictions: Predictions, *,
+                 metric: str, margin: float | None, tolerance: float | None, min_gain: float,
+                 n_boot: int, seed: int) -> None:
+        self.best, self.margin, self.tolerance, self.min_gain = best, margin, tolerance, min_gain
+        self.fallback = "tolerance" if tolerance is not None else "unpaired"
+        if tolerance is not None:
+            self.threshold = best.metric - tolerance
+        else:  # no interval: only ties with the best qualify
+            self.threshold = best.metric_low if best.metric_low is not None else best.metric
+        self._index: dict[str, int] = {}
+        self._points = self._reps = np.empty(0)
+        self._n = self._patients = 0
+        self._pairs: dict[tuple[str, str], tuple[float, float, float]] = {}
+        self._bootstrap(records, predictions, metric, n_boot, seed)
+
+    # ---- the paired bootstrap --------------------------------------------------------------
+    def _bootstrap(self, records, predictions, metric, n_boot, seed) -> None:
+        from claims_search.metrics import bootstrap_replicates
+
+        ref = _usable(self.best, _frame(self.best, predictions))
+        if ref is None:
+            return  # nothing to pair with: everything is judged unpaired
+        ref = ref.sort_values("row", kind="stable").reset_index(drop=True)
+        probs = {str(r.trial_id): p for r in records
+                 if (p := _aligned(r, ref if r is self.best else _frame(r, predictions), ref)) is not None}
+        try:
+            points, reps = bootstrap_replicates(
+                ref["label"].to_numpy(), list(probs.values()), ref["subject_idx"].to_numpy(), metric,
+                n_boot=n_boot, seed=seed, where=f"{self.best.task}/tuning predictions")
+        except Exception as e:  # noqa: BLE001 - e.g. one class only: judge unpaired, never fail a search
+            log.warning("%s; every trial judged by the unpaired rule", e)
+            return
+        if reps.shape[1] == 0:
+            log.warning("%s: no bootstrap replicate has both classes; judged unpaired", self.best.task)
+            return
+        self._index = {tid: i for i, tid in enumerate(probs)}
+        self._points, self._reps = points, reps
+        self._n, self._patients = len(ref), int(ref["subject_idx"].nunique())
+
+    def paired(self, r: TrialRecord) -> bool:
+        """Whether ``r`` (and so any pair with it) is judged on paired predictions."""
+        return str(r.trial_id) in self._index and str(self.best.trial_id) in self._index
+
+    def interval(self, a: TrialRecord, b: TrialRecord) -> tuple[float, float, float]:
+        """``metric(a) - metric(b)``, and its paired 95 % interval (both must be paired)."""
+        from claims_search.metrics import percentile_interval
+
+        key = (str(a.trial_id), str(b.trial_id))
+        if key not in self._pairs:
+            i, j = self._index[key[0]], self._index[key[1]]
+            self._pairs[key] = (float(self._points[i] - self._points[j]),
+                                *percentile_interval(self._reps[i] - self._reps[j]))
+        return self._pairs[key]
+
+    # ---- the rules ---------------------------------------------------------------------------
+    def compare(self, r: TrialRecord) -> Comparison:
+        """``best - r`` under the rule in force for ``r``."""
+        if self.paired(r):
+            diff, low, high = self.interval(self.best, r)
+            return Comparison(r, "paired", diff, self._close(low, high), low, high, self._n, self._patients)
+        return Comparison(r, self.fallback, self.best.metric - r.metric, r.metric >= self.threshold)
+
+    def _close(self, low: float, high: float) -> bool:
+        # Paired "as good": the interval of (better-looking - other) contains 0, or its upper
+        # end is below the margin.
+        return low <= 0 if self.margin is None else high < self.margin
+
+    def as_good(self, x: TrialRecord, y: TrialRecord) -> bool:
+        """Whether ``x`` is as good as ``y`` (saturation): the paired rule, else the gain
+        heuristic (``y`` gains less than ``min_gain`` per doubling of cost)."""
+        if self.paired(x) and self.paired(y):
+            return self._close(*self.interval(y, x)[1:])
+        return gain_per_doubling(x, y) < self.min_gain
+
+    def better(self, y: TrialRecord, x: TrialRecord) -> bool:
+        """Whether ``y`` is better than ``x`` (still improving): significantly, paired
+        (``low > 0``), else by at least ``min_gain`` per doubling of cost."""
+        if self.paired(x) and self.paired(y):
+            return self.interval(y, x)[1] > 0
+        return gain_per_doubling(x, y) >= self.min_gain
+
+
+def _frame(r: TrialRecord, predictions: Predictions):
+    """The predictions of ``r`` or None; a loader that fails is a warning, never an error:
+    a finished search must still publish (the trial is judged unpaired)."""
+    if predictions is None:
+        return None
+    if isinstance(predictions, Mapping):
+        return predictions.get(str(r.trial_id), predictions.get(r.trial_id))
+    try:
+        return predictions(r)
+    except Exception as e:  # noqa: BLE001 - any unreadable file means "unpaired"
+        log.warning("%s/%s: predictions unreadable (%s); judged by the unpaired rule", r.task, r.trial_id, e)
+        return None
+
+
+def _usable(r: TrialRecord, frame):
+    """``frame`` if it has the predictions columns, else None (with a warning)."""
+    from claims_search.predictions import COLUMNS
+
+    if frame is None:
+        return None
+    missing = [c for c in COLUMNS if c not in getattr(frame, "columns", ())]
+    if missing:
+        log.warning("%s/%s: predictions lack %s; judged by the unpaired rule", r.task, r.trial_id, missing)
+        return None
+    return frame
+
+
+def _aligned(r: TrialRecord, frame, ref) -> np.ndarray | None:
+    """``r``'s probabilities in the best's row order, or None (with a warning) when its rows,
+    patients or labels differ from the best's: a pair must be scored on the same samples."""
+    frame = _usable(r, frame)
+    if frame is None:
+        return None
+    try:
+        frame = frame.sort_values("row", kind="stable")
+        same = len(frame) == len(ref) and all(
+            np.array_equal(frame[c].to_numpy(), ref[c].to_numpy()) for c in ("row", "subject_idx", "label"))
+        prob = frame["prob"].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:  # e.g. probabilities stored as text
+        same, prob, why = False, None, f"unusable values ({e})"
+    else:
+        why = "rows, patients or labels differ from the best trial's" if not same else "non-finite probabilities"
+    if not same or not np.isfinite(prob).all():
+        log.warning("%s/%s: predictions have %s; judged by the unpaired rule", r.task, r.trial_id, why)
+        return None
+    return prob

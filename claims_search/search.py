@@ -80,8 +80,10 @@ def run_search(req: SearchRequest) -> SearchResult:
     from claims_search.cache import Cache
     from claims_search.search_state import SearchState
     from claims_search.space import load_space, validate_against_cluster
+    from claims_search.summary import for_space
     from claims_search.tracking import Tracker, reachable
 
+    _quiet()
     space = load_space(req.space)  # resolved now: trials get this object, never the path
     data = st.require(req.data, "prepared cache")
     cache = Cache.open(st.localize(data))
@@ -123,10 +125,9 @@ def run_search(req: SearchRequest) -> SearchResult:
             _baselines(ray, space, data, st.join(req.storage, req.name, "baseline"), tracker)
             state.push()
         _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs)
-        recs = tracker.publish(tolerance=space.recommend.tolerance,
-                               reference=(space.recommend.reference.metric, space.recommend.reference.cost)
-                               if space.recommend.reference else None,
-                               min_gain_per_doubling=space.recommend.min_gain_per_doubling)
+        # Per-task summaries computed in plain Python (summary.py: frontier, paired rule, plots),
+        # then recorded by the tracker.
+        recs = tracker.publish(for_space(tracker.records(), space, tracker.outbox_dir / "artifacts"))
         confirmed = _confirm(ray, space, data, recs, tracker)
     finally:
         ray.shutdown()
@@ -152,8 +153,8 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
         if rec is None:
             continue
         roles = {"recommended": rec.record, "best": rec.best, "baseline": rec.baseline}
-        for role, r in roles.items():
-            if r is not None and r.checkpoint:
+        for role, r in roles.items():  # a model in two roles (LightGBM recommended) is scored once
+            if r is not None and r.checkpoint and r not in [jobs[(task, o)] for o in roles if (task, o) in jobs]:
                 jobs[(task, role)] = r
     if not jobs:
         return {}
@@ -178,6 +179,7 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
         out.setdefault(task, {})[role] = {"trial_id": jobs[(task, role)].trial_id, **got}
     for task, roles in out.items():
         tracker.log_confirmation(task, HELD_OUT, roles)
+    tracker.sync()
     return out
 
 
@@ -211,17 +213,35 @@ def _probe_ray(address: str) -> None:
         raise ClaimsSearchError(f"Ray at {address}: cannot connect ({e.strerror or e}); is the cluster up?") from None
 
 
+def _quiet() -> None:
+    """A search prints claims-search's own lines; ``-v`` (root logger at DEBUG) shows Ray's,
+    Tune's, MLflow's and Optuna's too."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in RDB ..."
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train"):  # "Creating initial MLflow database tables"
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # "Token authentication is enabled for this Ray cluster": on by default in Ray 2.60, not news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # Tune's configuration box and its TensorBoard hint (not installed; a path that vanishes).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
 def _init_ray(address: str | None):
     import ray
 
     if address:
         _probe_ray(address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     try:
         if address or os.environ.get("RAY_ADDRESS"):  # a cluster (inside a Ray job RAY_ADDRESS is set)
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.INFO if verbose else logging.WARNING)
         else:  # the embedded default: a local instance, no dashboard
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.INFO if verbose else logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClaimsSearchError(f"Ray at {address or 'local'}: cannot connect: {str(e).splitlines()[0]}") from None
     return ray

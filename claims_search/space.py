@@ -180,9 +180,12 @@ class Reference(_Strict):
 
 
 class RecommendSettings(_Strict):
-    """``tolerance: null`` = within the best trial's bootstrap interval."""
+    """``margin``: non-inferiority margin δ of the paired rule (the upper 95 % bound of best −
+    candidate below δ); null = indistinguishable (that interval contains 0). ``tolerance``:
+    the unpaired fallback for records without predictions (null = the best's interval)."""
 
-    tolerance: float | None = Field(default=None, ge=0)
+    margin: float | None = Field(default=None, ge=0, lt=1)
+    tolerance: float | None = Field(default=None, ge=0, lt=1)
     min_gain_per_doubling: float = Field(default=0.005, ge=0)
     reference: Reference | None = None
 
@@ -235,8 +238,12 @@ class Space(_Strict):
 
     @property
     def is_grid(self) -> bool:
-        """True when trials are the grid of choices (presets or sampler: grid), not samples."""
-        return self.sampler.kind == "grid" or isinstance(self.model, PresetModel)
+        """True when trials are the grid of choices (presets or sampler: grid), not samples. A
+        space with nothing to choose is a grid of one point: one trial, not ``budget.trials``
+        copies of the same configuration (and no sampler, which would have nothing to sample)."""
+        free = any((isinstance(p, Range) and p.low < p.high) or (isinstance(p, list) and len(p) > 1)
+                   for _, p in self._params())
+        return self.sampler.kind == "grid" or isinstance(self.model, PresetModel) or not free
 
     def grid_samples(self) -> list[dict[str, Any]]:
         """Every point of the grid as a nested sample (only meaningful when ``is_grid``)."""

@@ -25,10 +25,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Mapping
 
 from claims_search.errors import ClaimsSearchError
-from claims_search.frontier import TrialRecord, default_reference, hypervolume, pareto_front
+from claims_search.frontier import TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -206,56 +206,40 @@ class Tracker:
 
     def publish(
         self,
+        summaries: Mapping[str, Any] | None = None,
+        settings: Any = None,
+        *,
         tolerance: float | None = None,
         reference: tuple[float, float] | None = None,
         min_gain_per_doubling: float = 0.005,
+        margin: float | None = None,
         sync: bool = True,
     ) -> dict[str, Any]:
-        """Per task: frontier, recommendation, hypervolume and plots from the outbox's records,
-        written under ``<outbox_dir>/artifacts/<task>/`` and queued for MLflow. Returns
-        ``{task: Recommendation | None}``."""
-        from claims_search.plots import write_plots
-        from claims_search.recommend import recommend
-        from claims_search.atomic import atomic_dir
+        """Queue the search's settings and each task's summary for MLflow; returns
+        ``{task: Recommendation | None}``.
 
-        records = self.records()
-        self.put("settings", "settings", {
-            "tolerance": tolerance, "min_gain_per_doubling": min_gain_per_doubling,
-            "reference": list(reference) if reference else None,
-        })
-        out: dict[str, Any] = {}
-        for task in sorted({r.task for r in records}):
-            rec = recommend(records, task, tolerance, min_gain_per_doubling)
-            front = pareto_front(records, task)
-            ref = reference or default_reference(records, task)
-            hv = hypervolume(front, ref)
-            art = self.outbox_dir / "artifacts" / task
-            with atomic_dir(art) as tmp:
-                write_frontier_table(tmp, records, task, front, rec)
-                write_plots(tmp, records, task, rec, metric=self.metric, cost=self.cost)
-            task_records = [r for r in records if r.task == task]
-            self.put(
-                "summary",
-                f"summary/{task}",
-                {
-                    "task": task,
-                    "pareto": [r.trial_id for r in front],
-                    "recommended": rec.record.trial_id if rec else None,
-                    "checkpoint": rec.record.checkpoint if rec else None,
-                    "hypervolume": hv,
-                    "reference": list(ref),
-                    "tolerance": tolerance,
-                    "artifacts": str(art),
-                    "n_trials": len(task_records),
-                    "n_failed": sum(r.status == "failed" for r in task_records),
-                    "n_pruned": sum(r.status == "pruned" for r in task_records),
-                    "recommendation": rec.to_dict() if rec else None,
-                },
-            )
-            out[task] = rec
+        ``summaries`` is what ``summary.summarize`` computed (frontier, recommendation,
+        hypervolume, artifacts written under ``<outbox_dir>/artifacts/<task>/`` by the caller),
+        ``settings`` the ``summary.SummarySettings`` used (default: those of the summaries).
+        Called with no summaries (older callers), it summarizes the outbox's own records with
+        the keyword settings.
+        """
+        from claims_search.summary import SummarySettings, summarize
+
+        if summaries is None:
+            settings = settings or SummarySettings(
+                metric=self.metric, cost=self.cost, margin=margin, tolerance=tolerance,
+                reference=tuple(reference) if reference else None, min_gain_per_doubling=min_gain_per_doubling)
+            summaries = summarize(self.records(), None, settings, self.outbox_dir / "artifacts")
+        if settings is None:  # one search, one set of settings: the summaries carry them
+            settings = next((s.settings for s in summaries.values()), None) or SummarySettings(
+                metric=self.metric, cost=self.cost)
+        self.put("settings", "settings", settings.to_dict())
+        for task in sorted(summaries):
+            self.put("summary", f"summary/{task}", summaries[task].payload())
         if sync:
             self.sync()
-        return out
+        return {task: summaries[task].recommendation for task in sorted(summaries)}
 
     def log_confirmation(self, task: str, split: str, roles: dict[str, dict]) -> None:
         """Queue the held-out scores of a task's recommended, best and baseline models
@@ -420,45 +404,6 @@ def _size_name(r: TrialRecord) -> str | None:
     if {"width", "depth", "heads"} <= set(m):
         return f"w{m['width']}-d{m['depth']}-h{m['heads']}"
     return None
-
-
-def write_frontier_table(
-    out_dir: Path, records: Iterable[TrialRecord], task: str, front: list[TrialRecord], rec
-) -> None:
-    """``frontier.csv``/``frontier.json`` (every trial of the task, flagged) and
-    ``recommendation.json`` in ``out_dir``. Aggregates only."""
-    import csv
-
-    pareto = {r.trial_id for r in front}
-    chosen = rec.record.trial_id if rec else None
-    rows = []
-    for r in sorted((r for r in records if r.task == task), key=lambda r: (r.cost is None, r.cost or 0, str(r.trial_id))):
-        m = r.model
-        rows.append(
-            {
-                "trial_id": r.trial_id,
-                "status": r.status,
-                "baseline": r.is_baseline,
-                "width": m.get("width"),
-                "depth": m.get("depth"),
-                "heads": m.get("heads"),
-                "n_params": r.n_params,
-                "metric": r.metric,
-                "metric_low": r.metric_low,
-                "metric_high": r.metric_high,
-                "cost": r.cost,
-                "pretrain_cost": r.pretrain_cost,
-                "finetune_cost": r.finetune_cost,
-                "pareto": r.trial_id in pareto,
-                "recommended": r.trial_id == chosen,
-            }
-        )
-    with open(out_dir / "frontier.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
-        w.writeheader()
-        w.writerows(rows)
-    (out_dir / "frontier.json").write_text(json.dumps(rows, indent=2, default=str))
-    (out_dir / "recommendation.json").write_text(json.dumps(rec.to_dict() if rec else None, indent=2, default=str))
 
 
 def _existing_client(tracking_uri: str):

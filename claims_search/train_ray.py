@@ -176,8 +176,10 @@ def _phases_fn(config: dict) -> dict:
                 checkpoint_every=config["checkpoint_every"],
             )
             state = None
+            best = outcome.pop("_best_model", None)
             if rank == 0:
-                _write_phase(storage, i, {**outcome, "attempt_started_at": started_at}, last["state"])
+                final = last["state"] if best is None else {**last["state"], "model": best}
+                _write_phase(storage, i, {**outcome, "attempt_started_at": started_at}, final)
             # The barrier: once it returns, phase i's files exist for every rank and the driver.
             _phase_checkpoint(i, True, None, f"phase{i:02d}_done", {"phase": i, "done": 1})
     finally:

@@ -37,7 +37,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from claims_search.cost import Cost
 from claims_search.errors import ClaimsSearchError
@@ -221,6 +221,10 @@ def _run(job: dict, meta: dict, out_dir: Path, *, workers, use_gpu, resume, chec
     state = torch.load(start, map_location="cpu", weights_only=True) if start else None
     outcome = execute(job, device=_device(use_gpu), state=state, on_report=on_report,
                       on_checkpoint=save, checkpoint_every=checkpoint_every)
+    best = outcome.pop("_best_model", None)
+    last = partial / "state.pt" if (partial / "state.pt").exists() else start
+    if best is not None and last is not None:  # the run's checkpoint is its best step, as its metrics are
+        save({**torch.load(last, map_location="cpu", weights_only=True), "model": best})
     # No step trained (the run was already at its step count): the state it started from.
     return outcome, partial / "state.pt" if (partial / "state.pt").exists() else start
 
@@ -277,7 +281,7 @@ def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path,
                      pretrain_cost: Cost | None) -> FinetuneResult:
     cost = Cost.from_dict(outcome["cost"])
     result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
-              "metrics": outcome["metrics"], "cost": cost.to_dict(),
+              "best_step": outcome.get("best_step", outcome["step"]), "metrics": outcome["metrics"], "cost": cost.to_dict(),
               "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers}
     preds = outcome.get("predictions") or {}
     _finish(out_dir, state_file, meta, result, preds)

@@ -73,22 +73,32 @@ def execute(
             weights = torch.load(Path(job["init"]) / "state.pt", map_location="cpu", weights_only=True)["model"]
             encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
         model = M.classification_model(encoder, pool=settings.pool)
+        fit_rows = None
+        if settings.best_step:
+            fit_rows, stop_rows = B.carve_out(cache.labels(job["task"], "train"), settings.seed)
 
         def batches(epoch):
             return B.task_batches(cache, job["task"], "train", batch_tokens=settings.batch_tokens,
                                   max_len=size.max_len, shuffle=True, seed=settings.seed, epoch=epoch,
-                                  rank=rank, world_size=world_size)
+                                  rank=rank, world_size=world_size, rows=fit_rows)
 
     model = prepare(model.to(device))
+    bare = getattr(model, "module", model)  # never run DDP's forward on one rank only
+    best = None
+    if job["kind"] == "finetune" and settings.best_step and rank == 0:
+        best = BestStep(bare, cache, job["task"], stop_rows, size, settings, (state or {}).get("best"))
 
     def save(state: dict) -> None:
         # The loop's state holds this rank's cost; store the total over ranks (a collective:
         # every rank checkpoints at the same steps), so a resumed run keeps counting all ranks.
         state["cost"] = trainer.cost().to_dict()
+        if best is not None:
+            state["best"] = best.state()  # a restarted worker keeps the best step found so far
         on_checkpoint(state)
 
     trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size, on_report=on_report,
-                             on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every)
+                             on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every,
+                             on_step=best.observe if best is not None else None)
     if state is not None:
         trainer.load_state_dict(state)
     resumed_from = trainer.step
@@ -96,7 +106,10 @@ def execute(
     out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict()}
     if rank != 0:
         return out
-    bare = getattr(model, "module", model)  # never run DDP's forward on one rank only
+    if best is not None and best.model is not None:
+        bare.load_state_dict(best.model)  # evaluated, and kept as the checkpoint, at its best step
+        out["best_step"] = best.step
+        out["_best_model"] = best.model  # not JSON: the driver puts it in the final state
     if job["kind"] == "pretrain":
         val = B.pretrain_batches(cache, "tuning", batch_tokens=settings.batch_tokens, max_len=size.max_len,
                                  mask_prob=settings.mask_prob, seed=settings.seed, epoch=0)
@@ -105,6 +118,40 @@ def execute(
         out["metrics"], out["predictions"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size,
                                                              settings, n_boot=job.get("n_boot", 1000))
     return out
+
+
+class BestStep:
+    """Rank 0's record of the best fine-tuning step: AUPRC on the carve-out of train (never the
+    tuning split) every ``settings.eval_interval`` steps and at the last; ties keep the earlier."""
+
+    def __init__(self, model, cache, task: str, rows, size: ModelSize, settings, saved: dict | None = None):
+        self.model_ref, self.cache, self.task, self.rows = model, cache, task, rows
+        self.size, self.settings = size, settings
+        labels = cache.labels(task, "train")["label"].to_numpy().astype(bool)
+        self.y = labels
+        both = 0 < labels[rows].sum() < len(rows)  # AUPRC needs both classes in the carve-out
+        self.enabled = both
+        saved = saved or {}
+        self.step, self.score, self.model = saved.get("step", 0), saved.get("score", float("-inf")), saved.get("model")
+
+    def observe(self, step: int) -> None:
+        if not self.enabled or (step % self.settings.eval_interval and step != self.settings.steps):
+            return
+        from sklearn.metrics import average_precision_score
+
+        from claims_search import batches as B
+        from claims_search.loop import predict
+
+        prob, index = predict(self.model_ref, B.task_batches(
+            self.cache, self.task, "train", batch_tokens=self.settings.batch_tokens, max_len=self.size.max_len,
+            rows=self.rows))
+        score = float(average_precision_score(self.y[index], prob))
+        if score > self.score:
+            self.step, self.score = step, score
+            self.model = {k: v.detach().cpu().clone() for k, v in self.model_ref.state_dict().items()}
+
+    def state(self) -> dict:
+        return {"step": self.step, "score": self.score, "model": self.model}
 
 
 def evaluate_splits(model, cache, task: str, splits: Sequence[str], size: ModelSize, settings,

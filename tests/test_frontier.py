@@ -2,7 +2,9 @@
 
 import pytest
 
-from claims_search.frontier import TrialRecord, default_reference, hypervolume, pareto_front, saturation_point
+from claims_search.frontier import (
+    TrialRecord, default_reference, hypervolume, pareto_front, saturation_point, still_improving,
+)
 
 
 def trial(tid, metric, cost, status="complete", task="ckd_incidence", baseline=False, low=None, high=None):
@@ -95,9 +97,29 @@ def test_saturation_is_where_doubling_compute_stops_paying():
         trial("8x", 0.404, 80.0),
     ]
     assert saturation_point(front, min_gain_per_doubling=0.005).trial_id == "2x"
-    # a task that keeps improving saturates at its largest model
-    assert saturation_point(front[:2], min_gain_per_doubling=0.005).trial_id == "2x"
-    assert saturation_point([]) is None
+    assert not still_improving(front, min_gain_per_doubling=0.005)
+    # The largest size tried never saturates: nothing bigger was tried to show it.
+    assert saturation_point(front[:2], min_gain_per_doubling=0.005) is None
+    assert still_improving(front[:2], min_gain_per_doubling=0.005)
+    assert saturation_point([]) is None and not still_improving(front[:1])
+
+
+def test_saturation_and_improvement_follow_the_rule_they_are_given():
+    sizes = [trial("s", 0.30, 10.0), trial("m", 0.35, 40.0), trial("l", 0.36, 160.0),
+             trial("lgbm", 0.90, 1.0, baseline=True)]  # the baseline has no size: ignored
+    # A rule under which "m" and "l" are as good as each other, and both beat "s".
+    same = {("m", "l"), ("l", "m")}
+
+    def as_good(x, y):
+        return (x.trial_id, y.trial_id) in same
+
+    def better(y, x):
+        return not as_good(x, y)
+
+    assert saturation_point(sizes, as_good=as_good).trial_id == "m"
+    assert not still_improving(sizes, better=better)
+    assert saturation_point(sizes, as_good=lambda x, y: False) is None  # every larger one is better
+    assert still_improving(sizes, better=lambda y, x: True)
 
 
 def test_record_round_trips_through_a_plain_dict():

@@ -68,3 +68,78 @@ def test_format_metrics_prints_intervals():
     m = evaluate([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], groups=[1, 2, 3, 4], n_boot=50)
     line = format_metrics({"tuning": m})
     assert line.startswith("tuning") and "AUROC 0.750 [" in line and "positives=2" in line
+
+
+# ---- paired comparisons ------------------------------------------------------------------------
+from claims_search.metrics import bootstrap_replicates, paired_bootstrap, percentile_interval  # noqa: E402
+
+# 30 patients, one tuning sample each, listed in model A's order (highest score first): every
+# positive sits right below a negative. Model B is A with each positive moved one place down,
+# below the next negative: the same ranking almost everywhere, slightly worse throughout.
+LABELS = np.array([0, 1] * 10 + [0] * 10, dtype=bool)
+PROB_A = np.linspace(0.95, 0.05, 30)
+PROB_B = np.where(LABELS, np.roll(PROB_A, -1) - 0.001, PROB_A)
+PATIENTS = np.arange(30)
+
+
+def test_vectorised_replicates_equal_weighted_scikit_learn_calls():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    # Tied scores (scikit-learn counts a tie as half a pair) and patients with two samples.
+    y = np.array([1, 0, 1, 0, 0, 1, 0, 0, 1, 0], dtype=bool)
+    p = np.array([0.9, 0.9, 0.7, 0.7, 0.5, 0.4, 0.4, 0.3, 0.2, 0.1])
+    groups = np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 7])
+    for metric, fn in (("auroc", roc_auc_score), ("auprc", average_precision_score)):
+        points, reps = bootstrap_replicates(y, [p], groups, metric, n_boot=20, seed=5)
+        draws = np.random.default_rng(5).multinomial(8, np.full(8, 1 / 8), size=20)
+        weights = [d[groups] for d in draws if d[groups] @ y > 0 and d[groups] @ ~y > 0]
+        assert points[0] == pytest.approx(fn(y, p))
+        assert reps[0] == pytest.approx([fn(y, p, sample_weight=w) for w in weights], abs=1e-12)
+
+
+def test_one_model_replicates_give_evaluate_s_interval():
+    points, reps = bootstrap_replicates(LABELS, [PROB_B], PATIENTS, "auroc", n_boot=300, seed=2)
+    m = evaluate(LABELS, PROB_B, PATIENTS, n_boot=300, seed=2)
+    assert percentile_interval(reps[0]) == pytest.approx((m["auroc_low"], m["auroc_high"]))
+
+
+def test_a_model_against_itself_differs_by_exactly_zero():
+    d = paired_bootstrap(LABELS, PROB_A, PROB_A, PATIENTS, "auprc", n_boot=200)
+    assert (d["diff"], d["low"], d["high"]) == (0.0, 0.0, 0.0)
+    assert (d["n"], d["patients"], d["positives"], d["metric"]) == (30, 30, 10, "auprc")
+
+
+def test_correlated_models_give_a_paired_interval_far_narrower_than_their_own():
+    for metric in ("auroc", "auprc"):
+        d = paired_bootstrap(LABELS, PROB_A, PROB_B, PATIENTS, metric)
+        _, reps = bootstrap_replicates(LABELS, [PROB_B], PATIENTS, metric)  # B's own interval
+        low, high = percentile_interval(reps[0])
+        assert 0 < d["low"] < d["diff"] < d["high"]  # A is better, and the pairing sees it
+        assert d["high"] - d["low"] < 0.3 * (high - low)
+
+
+def test_swapping_the_models_mirrors_the_difference():
+    ab = paired_bootstrap(LABELS, PROB_A, PROB_B, PATIENTS, "auroc", n_boot=200)
+    ba = paired_bootstrap(LABELS, PROB_B, PROB_A, PATIENTS, "auroc", n_boot=200)
+    assert ba["diff"] == pytest.approx(-ab["diff"])
+    assert (ba["low"], ba["high"]) == pytest.approx((-ab["high"], -ab["low"]))
+
+
+def test_paired_bootstrap_resamples_patients_not_samples():
+    # Each patient's sample repeated 4 times (4 checkups, same scores): no new information.
+    four = paired_bootstrap(np.repeat(LABELS, 4), np.repeat(PROB_A, 4), np.repeat(PROB_B, 4),
+                            np.repeat(PATIENTS, 4), "auroc", n_boot=300, seed=1)
+    one = paired_bootstrap(LABELS, PROB_A, PROB_B, PATIENTS, "auroc", n_boot=300, seed=1)
+    assert (four["low"], four["high"]) == pytest.approx((one["low"], one["high"]))
+    assert (four["n"], four["patients"]) == (120, 30)
+
+
+def test_paired_bootstrap_refuses_what_it_cannot_compare():
+    with pytest.raises(ClaimsSearchError, match="one class"):
+        paired_bootstrap([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [1, 2, 3])
+    with pytest.raises(ClaimsSearchError, match="differ in length"):
+        paired_bootstrap([0, 1], [0.1, 0.2], [0.1], [1, 2])
+    with pytest.raises(ClaimsSearchError, match="NaN"):
+        paired_bootstrap([0, 1], [0.1, 0.2], [0.1, float("nan")], [1, 2])
+    with pytest.raises(ValueError, match="metric"):
+        paired_bootstrap([0, 1], [0.1, 0.2], [0.1, 0.2], [1, 2], metric="f1")

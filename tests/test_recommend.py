@@ -76,3 +76,190 @@ def test_summary_is_plain_json_with_no_patient_data():
     assert d["recommended"]["trial_id"] == "11M"
     assert d["compute_saved_factor"] == pytest.approx(4.0)
     assert d["frontier_trial_ids"] == ["lgbm", "2M", "11M", "33M", "101M"]
+
+
+# ---- the paired rule, on hand-made predictions ----------------------------------------------
+import logging  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from claims_search import predictions as pr  # noqa: E402
+from claims_search.recommend import RESOLUTION  # noqa: E402
+
+# 30 patients, one tuning sample each, in model A's order (highest score first): each positive
+# sits right below a negative. B is A with every positive moved one place further down: the two
+# agree on almost every patient, and B is slightly worse on every positive.
+LABELS = np.array([0, 1] * 10 + [0] * 10, dtype=bool)
+PROB_A = np.linspace(0.95, 0.05, 30)
+PROB_B = np.where(LABELS, np.roll(PROB_A, -1) - 0.001, PROB_A)
+
+
+def preds(prob, labels=LABELS):
+    """A trial's predictions table: one row per patient."""
+    n = len(labels)
+    return pr.frame(np.arange(n), np.arange(n), labels, prob)
+
+
+def auroc_trial(tid, metric, low, high, cost, baseline=False):
+    """A record scored by AUROC with its own bootstrap interval (from metrics.evaluate)."""
+    return trial(tid, metric, cost, baseline=baseline, low=low, high=high)
+
+
+# A: AUROC 0.725 [0.540, 0.888]; B: 0.675 [0.489, 0.851] (each model's own interval).
+A = auroc_trial("A", 0.725, 0.540, 0.888, cost=400.0)
+B = auroc_trial("B", 0.675, 0.489, 0.851, cost=100.0)
+PAIRED = {"A": preds(PROB_A), "B": preds(PROB_B)}
+
+
+def test_paired_and_unpaired_rules_disagree_on_correlated_models():
+    # Unpaired: B's 0.675 is above A's own lower bound 0.540, so B "is as good" and is cheaper.
+    unpaired = recommend([A, B], "ckd_incidence", metric="auroc")
+    assert unpaired.record.trial_id == "B" and unpaired.rule == "unpaired"
+    # Paired: on the same patients B loses to A in nearly every replicate: A - B = 0.050,
+    # 95% CI [0.014, 0.086], which excludes 0. The best, A, is recommended.
+    paired = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc")
+    assert paired.record.trial_id == "A" and paired.rule == "paired"
+    (b,) = paired.comparisons
+    assert (b.trial_id, b.rule, b.qualifies) == ("B", "paired", False)
+    assert b.diff == pytest.approx(0.05)
+    assert 0 < b.low < b.high < 0.1 and b.width < 0.3 * (B.metric_high - B.metric_low)
+    assert paired.difference is None  # the record is the best: nothing to report against it
+
+
+def test_a_cheaper_model_worse_on_a_single_patient_is_indistinguishable():
+    # Like A, except its first positive drops below one negative: AUROC 0.720 vs 0.725. The
+    # replicates that do not draw both patients differ by 0, so the interval starts at 0.
+    one_off = PROB_A.copy()
+    one_off[1] = PROB_A[2] - 0.001
+    near = auroc_trial("near", 0.720, 0.535, 0.885, cost=100.0)
+    both = {"A": preds(PROB_A), "near": preds(one_off)}
+    rec = recommend([A, near], "ckd_incidence", both, metric="auroc", margin=0.05)
+    assert rec.record.trial_id == "near" and rec.rule == "paired" and rec.choice == "transformer"
+    assert rec.difference.diff == pytest.approx(0.005) and rec.difference.low == 0.0
+    assert rec.difference.high < 0.05 and rec.saved_factor == pytest.approx(4.0)
+    # Without a margin "indistinguishable" holds too, but the interval (0.03 wide on 30
+    # patients) is wider than 2 x RESOLUTION: that is no evidence, so the best is kept.
+    rec = recommend([A, near], "ckd_incidence", both, metric="auroc")
+    assert rec.comparisons[0].qualifies and rec.underpowered and rec.record.trial_id == "A"
+
+
+def test_a_margin_asks_for_non_inferiority_within_it():
+    # A - B: upper end 0.086. Within 0.1: B qualifies; within 0.05 it does not.
+    wide = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.1)
+    assert wide.record.trial_id == "B" and wide.rule == "paired" and wide.margin == 0.1
+    assert wide.difference.high < 0.1 and not wide.underpowered
+    assert recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.05).record.trial_id == "A"
+
+
+def test_intervals_wider_than_twice_the_margin_are_underpowered_and_keep_the_best():
+    # The interval of A - B is 0.0718 wide: at margin 0.03 it cannot separate "as good" from
+    # "0.03 worse" (0.0718 > 2 x 0.03).
+    rec = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.03)
+    assert rec.underpowered and rec.record.trial_id == "A"
+    assert rec.reason == "median paired 95% interval width 0.0718 over 1 cheaper size(s) exceeds 2 x margin 0.03"
+    assert rec.saturation is None and not rec.still_improving  # no claim about size either
+
+
+# 12 patients, 4 positives; three models that rank them very differently.
+TINY = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0], dtype=bool)
+TINY_PROBS = {
+    "small": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.03, 0.01],  # AUPRC 0.582
+    "mid": [0.2, 0.9, 0.1, 0.8, 0.3, 0.7, 0.95, 0.4, 0.5, 0.6, 0.05, 0.02],  # 0.678
+    "large": [0.5, 0.6, 0.3, 0.9, 0.1, 0.2, 0.8, 0.4, 0.7, 0.35, 0.15, 0.05],  # 0.793
+}
+TINY_TRIALS = [trial("small", 0.582, 100.0, low=0.167, high=1.0), trial("mid", 0.678, 200.0, low=0.236, high=1.0),
+               trial("large", 0.793, 400.0, low=0.320, high=1.0)]
+
+
+def test_without_a_margin_every_size_qualifying_on_wide_intervals_is_underpowered():
+    tiny = {t: preds(p, TINY) for t, p in TINY_PROBS.items()}
+    rec = recommend(TINY_TRIALS, "ckd_incidence", tiny)
+    # Both cheaper sizes are "indistinguishable" from the best, but only because the intervals
+    # are ~0.6-1.1 wide, far over 2 x RESOLUTION: keep the best, say why.
+    assert all(c.qualifies for c in rec.comparisons)
+    assert rec.underpowered and rec.record.trial_id == "large" and rec.rule == "paired"
+    assert f"2 x the default resolution {RESOLUTION:g}" in rec.reason
+    # Today's unpaired rule would have recommended the smallest.
+    assert recommend(TINY_TRIALS, "ckd_incidence").record.trial_id == "small"
+
+
+def test_lightgbm_as_good_and_cheaper_is_recommended_plainly():
+    lgbm = auroc_trial("lgbm", 0.725, 0.540, 0.888, cost=5.0, baseline=True)
+    rec = recommend([A, B, lgbm], "ckd_incidence", {**PAIRED, "lgbm": preds(PROB_A)}, metric="auroc")
+    assert rec.choice == "baseline" and rec.record.trial_id == "lgbm" and rec.best.trial_id == "A"
+    assert rec.rule == "paired" and rec.difference.trial_id == "lgbm" and rec.baseline_indistinguishable
+    # A baseline that loses to the best on the same patients stays beside the recommendation.
+    worse = auroc_trial("lgbm", 0.675, 0.489, 0.851, cost=5.0, baseline=True)
+    rec = recommend([A, B, worse], "ckd_incidence", {**PAIRED, "lgbm": preds(PROB_B)}, metric="auroc")
+    assert rec.choice == "transformer" and rec.record.trial_id == "A"
+    assert rec.baseline_comparison.low > 0 and not rec.baseline_indistinguishable
+
+
+def test_trials_without_predictions_fall_back_to_the_unpaired_rule(caplog):
+    # B's file is gone: the loader fails, B is judged by the unpaired rule and recommended.
+    def load(record):
+        if record.trial_id == "B":
+            raise FileNotFoundError("runs/B/predictions.parquet")
+        return PAIRED[record.trial_id]
+
+    with caplog.at_level(logging.WARNING):
+        rec = recommend([A, B], "ckd_incidence", load, metric="auroc")
+    assert "ckd_incidence/B: predictions unreadable" in caplog.text
+    assert rec.record.trial_id == "B" and rec.rule == "unpaired"
+    assert rec.comparisons[0].rule == "unpaired" and rec.comparisons[0].low is None
+    assert recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", tolerance=0.06).rule == "paired"
+    assert recommend([A, B], "ckd_incidence", {"A": PAIRED["A"]}, metric="auroc", tolerance=0.06).rule == "tolerance"
+
+
+def test_predictions_on_other_rows_are_not_paired(caplog):
+    shifted = preds(PROB_B).assign(row=lambda d: d["row"] + 100)
+    with caplog.at_level(logging.WARNING):
+        rec = recommend([A, B], "ckd_incidence", {"A": PAIRED["A"], "B": shifted}, metric="auroc")
+    assert "rows, patients or labels differ" in caplog.text
+    assert rec.comparisons[0].rule == "unpaired"
+
+
+def test_row_order_does_not_matter():
+    backwards = PAIRED["B"].iloc[::-1]
+    rec = recommend([A, B], "ckd_incidence", {"A": PAIRED["A"], "B": backwards}, metric="auroc")
+    assert rec.comparisons[0].rule == "paired" and rec.comparisons[0].diff == pytest.approx(0.05)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="margin"):
+        recommend(LADDER, "ckd_incidence", margin=1.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        recommend(LADDER, "ckd_incidence", tolerance=2)
+    with pytest.raises(TypeError, match="keyword"):
+        recommend(LADDER, "ckd_incidence", 0.01)  # the old positional tolerance
+
+
+@pytest.mark.parametrize("flag, value", [("--margin", "1"), ("--margin", "-0.01"), ("--tolerance", "2")])
+def test_recommend_command_refuses_a_margin_outside_0_1_in_one_line(flag, value, capsys):
+    from claims_search import cli
+
+    assert cli.main(["recommend", "--experiment", "any", flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"claims-search recommend: error: {flag} must be in [0, 1), got {float(value)}"
+
+
+def test_an_underpowered_split_still_shows_a_baseline_that_is_clearly_better():
+    # LightGBM ranks every positive first (AUROC 1.0): better than A beyond doubt, even on a
+    # split too small to separate the Transformer sizes at margin 0.03.
+    perfect = np.where(LABELS, 0.99, 0.01)
+    lgbm = auroc_trial("lgbm", 1.0, 1.0, 1.0, cost=5.0, baseline=True)
+    rec = recommend([A, B, lgbm], "ckd_incidence", {**PAIRED, "lgbm": preds(perfect)}, metric="auroc", margin=0.03)
+    assert rec.underpowered and rec.choice == "baseline" and rec.record.trial_id == "lgbm"
+    assert rec.baseline_comparison.high < 0
+
+
+def test_unusable_predictions_are_judged_unpaired_never_raised(caplog):
+    one_class = preds(PROB_A, labels=np.zeros(30, dtype=bool))  # AUROC undefined on it
+    with caplog.at_level(logging.WARNING):
+        rec = recommend([A, B], "ckd_incidence", {"A": one_class, "B": one_class}, metric="auroc")
+        assert rec.rule == "unpaired" and "only one class" in caplog.text
+        text = PAIRED["B"].assign(prob=PAIRED["B"]["prob"].map(lambda p: f"{p:.2f}?"))
+        rec = recommend([A, B], "ckd_incidence", {"A": PAIRED["A"], "B": text}, metric="auroc")
+        assert rec.comparisons[0].rule == "unpaired" and "unusable values" in caplog.text
+        rec = recommend([A, B], "ckd_incidence", {"A": PAIRED["A"].drop(columns="prob")}, metric="auroc")
+        assert rec.rule == "unpaired" and "lack ['prob']" in caplog.text

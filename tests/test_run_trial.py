@@ -114,3 +114,16 @@ def test_one_fit_on_two_workers_resumes_a_failed_fine_tuning_without_pretraining
     assert pre.cost.n_devices == ft.cost.n_devices == 2
     assert ft.cost.device_s == pytest.approx(2 * ft.cost.wall_s)
     assert pre.cost.tokens > 0 and ft.cost.tokens > 0
+
+
+def test_fine_tuning_keeps_its_best_step_judged_on_train_patients_only(recency_cache, separate):
+    """Early stopping reads a patient-grouped carve-out of train: the tuning split stays clean."""
+    from claims_search.batches import carve_out
+    from claims_search.cache import Cache
+
+    train = Cache.open(recency_cache).labels(TASK, "train")
+    fit, stop = carve_out(train, FT.seed)
+    assert set(train["subject_idx"].iloc[fit]).isdisjoint(train["subject_idx"].iloc[stop])
+    assert 0 < train["label"].iloc[stop].sum() < len(stop)  # both classes to judge AUPRC on
+    saved = json.loads((separate[0] / f"finetune-{TASK}" / "result.json").read_text())
+    assert 1 <= saved["best_step"] <= saved["step"] == FT.steps

@@ -151,6 +151,12 @@ def test_custom_resources_for_drivers_and_workers_are_checked_against_the_cluste
         load_space(write(tmp_path, mutate(budget={"trials": 1, "worker_resources": {"GPU": 1}})))
 
 
+def test_a_space_with_nothing_to_choose_is_one_trial(tmp_path):
+    fixed = mutate(model={"head_dim": [8], "heads": [2], "depth": 1}, training={})
+    space = load_space(write(tmp_path, fixed))
+    assert space.is_grid and space.num_samples() == 1 and len(space.grid_samples()) == 1
+
+
 def test_a_relative_space_path_is_resolved_when_loaded(tmp_path, monkeypatch):
     """Trials run in other working directories: the space they get must not depend on ours."""
     monkeypatch.chdir(tmp_path)

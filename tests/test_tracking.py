@@ -45,11 +45,12 @@ def search_results(checkpoint):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    """A fine-tuned checkpoint folder: weights and config only."""
+    """A fine-tuned checkpoint folder as training writes it: meta.json and state.pt (here
+    stand-ins: registration packages the folder, it does not load it)."""
     ck = tmp_path / "ckpt"
     ck.mkdir()
-    (ck / "config.json").write_text(json.dumps({"width": 16, "depth": 2, "heads": 2}))
-    (ck / "model.pt").write_bytes(b"\0" * 64)
+    (ck / "meta.json").write_text(json.dumps({"kind": "finetune", "size": {"width": 16, "depth": 2, "heads": 2}}))
+    (ck / "state.pt").write_bytes(b"\0" * 64)
     return ck
 
 

@@ -1,15 +1,21 @@
 """Print the recommended model size per task of a search, read back from MLflow.
 
-The recommendation is the cheapest complete trial whose metric is statistically
-indistinguishable from the best: at least the best trial's bootstrap lower bound, or within
---tolerance of the best (default: the tolerance the search published). Also printed: the
-metric with its interval, the cost, and the compute saved against the most expensive model on
-the frontier (absolute and as a factor), the saturation point and the baseline.
+The recommendation is the cheapest complete trial as good as the best one. Trials are compared
+on their per-sample tuning predictions (read from where each trial kept them, under the
+search's --storage): a patient-level paired bootstrap of best minus candidate. Without
+--margin a candidate qualifies when that 95% interval contains 0 (indistinguishable); with
+--margin D when its upper end is below D (non-inferior within D). Trials without readable
+predictions fall back to the unpaired rule: at least the best's own lower bound, or within
+--tolerance of the best. LightGBM is recommended when it is as good as the best Transformer
+and cheaper. When the intervals are too wide to tell sizes apart at the margin, the best trial
+is kept and the output says so. Also printed: the metric with its interval, the cost, the
+compute saved against the most expensive model on the frontier, whether the task saturates or
+still improves with size, and the baseline.
 
-The tracking URI defaults to $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working
-directory.
+Settings default to what the search published; the tracking URI to $MLFLOW_TRACKING_URI, else
+sqlite:///mlflow.db in the working directory.
 
-Example: claims-search recommend --experiment smoke --json
+Example: claims-search recommend --experiment smoke --margin 0.01
 """
 
 from __future__ import annotations
@@ -21,59 +27,171 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search recommend`."""
     parser.add_argument("--experiment", required=True, help="MLflow experiment (the search's name)")
     parser.add_argument("--json", action="store_true", help="print one JSON object {task: recommendation}")
-    parser.add_argument("--tolerance", type=float, help="metric a cheaper model may lose (default: the bootstrap interval)")
+    parser.add_argument("--margin", type=float,
+                        help="metric the best may be ahead by, at most, for a cheaper size to qualify (paired "
+                        "non-inferiority; 0 <= D < 1; default: the search's, else indistinguishable)")
+    parser.add_argument("--tolerance", type=float,
+                        help="for trials without predictions: metric a cheaper model may lose (0 <= X < 1; "
+                        "default: the best's bootstrap interval)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
 
-def describe(rec, metric: str, cost: str) -> list[str]:
-    """Human-readable lines for one task's Recommendation."""
-    from claims_search.commands.frontier import fmt_metric, fmt_size
+# ---- the words -----------------------------------------------------------------------------
 
-    r = rec.record
-    params = f", {r.n_params / 1e6:.2f}M params" if r.n_params else ""
-    how = f"within {rec.tolerance:g} of the best" if rec.tolerance is not None else "within the best's 95% interval"
-    lines = [
-        f"{rec.task}: recommended {fmt_size(r)}{params} (trial {r.trial_id})",
-        f"  {metric.upper()} {fmt_metric(r)}  cost {r.cost:.4g} {cost}  ({how}: >= {rec.threshold:.4f})",
-        f"  best {fmt_size(rec.best)} {metric.upper()} {fmt_metric(rec.best)}",
-    ]
-    if rec.record.trial_id == rec.largest.trial_id:
-        lines.append("  it is the largest model on the frontier: bigger did help on this task")
-    else:
-        lines.append(f"  saves {rec.saved:.4g} {cost} ({rec.saved_factor:.1f}x less) vs the largest frontier model "
-                     f"{fmt_size(rec.largest)}")
+
+def _interval(c) -> str:
+    return f"{c.diff:.4f}, 95% CI [{c.low:.4f}, {c.high:.4f}] (width {c.width:.4f})"
+
+
+def _rule_line(rec, c, who: str) -> str:
+    """Why ``who`` qualified (or not) against the best: the rule and its numbers."""
+    if c.rule == "paired":
+        verdict = (f"upper end {'<' if c.high < rec.margin else '>='} margin {rec.margin:g}" if rec.margin is not None
+                   else "contains 0" if c.low <= 0 else "excludes 0")
+        return f"  paired rule ({c.patients} patients): best - {who} = {_interval(c)}: {verdict}"
+    bar = (f"within {rec.tolerance:g} of the best" if c.rule == "tolerance" else "within the best's 95% interval")
+    return f"  {c.rule} rule (no per-sample predictions): {bar}: >= {rec.threshold:.4f}"
+
+
+def _trend_words(rec) -> str:
+    return {"paired": "under the paired rule",
+            "gain": f"by {rec.min_gain_per_doubling:g} or more per doubling of cost (no per-sample predictions)",
+            "mixed": "under the paired rule (by gain per doubling for trials without predictions)"}[rec.trend_rule]
+
+
+def _trend_lines(rec) -> list[str]:
+    """Saturation or still improving, only when the rule says so (never both)."""
+    from claims_search.commands.frontier import fmt_size
+
     if rec.saturation is not None:
-        lines.append(f"  saturates at {fmt_size(rec.saturation)} (cost {rec.saturation.cost:.4g})")
-    if rec.baseline is not None:
-        b, best = rec.baseline, rec.best
-        if best.metric_high is not None and b.metric > best.metric_high:
-            verdict = " - above the best Transformer's interval: more pretraining or data needed"
-        elif rec.baseline_indistinguishable:
-            verdict = " - indistinguishable from the best Transformer"
+        s = rec.saturation
+        return [f"  saturates at {fmt_size(s)} (cost {s.cost:.4g}): no larger trial is better {_trend_words(rec)}"]
+    if rec.still_improving:  # the largest then beats every smaller size: it is the best
+        return [f"  still improving at the largest size tried ({fmt_size(rec.best)}): it is better than every "
+                f"smaller size {_trend_words(rec)}"]
+    return []
+
+
+def _baseline_line(rec, metric: str) -> list[str]:
+    """The baseline's verdict against the best Transformer, when it is not the recommendation."""
+    from claims_search.commands.frontier import fmt_metric
+
+    b, c = rec.baseline, rec.baseline_comparison
+    if b is None or rec.choice == "baseline":
+        return []
+    head = f"  baseline (LightGBM) {metric.upper()} {fmt_metric(b)}  cost {b.cost:.4g}"
+    if c is not None and c.rule == "paired":
+        if c.high < 0:
+            verdict = "better than the best Transformer"
+        elif c.low > 0 and (rec.margin is None or not c.qualifies):
+            verdict = "worse than the best Transformer"
+        elif rec.margin is not None:
+            verdict = f"{'within' if c.qualifies else 'not shown within'} margin {rec.margin:g} of the best Transformer"
         else:
-            verdict = ""
-        lines.append(f"  baseline (LightGBM) {metric.upper()} {fmt_metric(b)}{verdict}")
-    return lines
+            verdict = "indistinguishable from the best Transformer"
+        return [f"{head}: {verdict} (best - LightGBM = {_interval(c)})"]
+    if rec.best.metric_high is not None and b.metric > rec.best.metric_high:
+        verdict = ": above the best Transformer's interval (unpaired; recommended only on paired predictions)"
+    elif rec.baseline_indistinguishable:
+        verdict = ": indistinguishable from the best Transformer (unpaired)"
+    else:
+        verdict = ": below the best Transformer's interval (unpaired)"
+    return [head + verdict]
+
+
+def _saves_line(rec, cost: str) -> list[str]:
+    from claims_search.commands.frontier import fmt_size
+
+    if rec.record.trial_id == rec.largest.trial_id or rec.saved <= 0:
+        return []  # nothing saved: no claim either way about bigger models
+    return [f"  saves {rec.saved:.4g} {cost} ({rec.saved_factor:.1f}x less) vs the largest frontier model "
+            f"{fmt_size(rec.largest)}"]
+
+
+def _fallback_note(rec) -> list[str]:
+    """When the best was judged paired but some cheaper trials could not be."""
+    unpaired = [c for c in rec.comparisons if c.rule != "paired"]
+    if not unpaired or not any(c.rule == "paired" for c in rec.comparisons):
+        return []
+    return [f"  {len(unpaired)} cheaper trial(s) without readable predictions were judged by the "
+            f"{unpaired[0].rule} rule"]
+
+
+def _headline(rec, metric: str, cost: str) -> list[str]:
+    """The first lines: what is recommended and why."""
+    from claims_search.commands.frontier import fmt_metric, fmt_size
+    from claims_search.recommend import RESOLUTION, median_width
+
+    r, best = rec.record, rec.best
+    params = f", {r.n_params / 1e6:.2f}M params" if r.n_params else ""
+    figures = f"  {metric.upper()} {fmt_metric(r)}  cost {r.cost:.4g} {cost}"
+    if rec.choice == "baseline":
+        return [f"{rec.task}: recommended LightGBM (trial {r.trial_id}): at least as good as the best Transformer, "
+                f"at a lower cost", figures,
+                f"  best Transformer {fmt_size(best)} (trial {best.trial_id}) {metric.upper()} {fmt_metric(best)}  "
+                f"cost {best.cost:.4g}",
+                _rule_line(rec, rec.difference, "LightGBM"),
+                *([f"  the Transformer sizes could not be told apart: {rec.reason}"] if rec.underpowered else [])]
+    if rec.underpowered:
+        delta = rec.margin if rec.margin is not None else RESOLUTION
+        return [f"{rec.task}: the tuning split is too small to tell these sizes apart at margin {delta:g} "
+                f"(interval width {median_width(rec):.4f}); not recommending the smallest by default",
+                f"  keeping the best trial {fmt_size(r)}{params} (trial {r.trial_id})",
+                figures, f"  why: {rec.reason}"]
+    if r is best:
+        return [f"{rec.task}: recommended {fmt_size(r)}{params} (trial {r.trial_id}), the best trial", figures,
+                *_no_cheaper(rec)]
+    return [f"{rec.task}: recommended {fmt_size(r)}{params} (trial {r.trial_id})", figures,
+            _rule_line(rec, rec.difference, "recommended"),
+            f"  best {fmt_size(best)} (trial {best.trial_id}) {metric.upper()} {fmt_metric(best)}  cost {best.cost:.4g}"]
+
+
+def _no_cheaper(rec) -> list[str]:
+    """Why the best itself is recommended: no cheaper size qualified (or none was tried)."""
+    from claims_search.commands.frontier import fmt_size
+
+    if not rec.comparisons:
+        return ["  it is also the cheapest size tried" if rec.n_complete > 1 else "  the only size that completed"]
+    closest = min(rec.comparisons, key=lambda c: c.diff)
+    size = fmt_size(closest.record)
+    if closest.rule == "paired":
+        return [f"  no cheaper size qualifies under the paired rule; closest {size}: best - it = {_interval(closest)}"]
+    return [f"  no cheaper size qualifies under the {closest.rule} rule (>= {rec.threshold:.4f}); closest {size}"]
+
+
+def describe(rec, metric: str, cost: str) -> list[str]:
+    """Human-readable lines for one task's Recommendation (see docs/search.md for examples)."""
+    return [*_headline(rec, metric, cost), *_saves_line(rec, cost), *_trend_lines(rec),
+            *_baseline_line(rec, metric), *_fallback_note(rec)]
+
+
+# ---- the command -----------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
     """Print (or emit as JSON) the recommendation per task; 0 on success."""
     import json
 
-    from claims_search.recommend import recommend
+    from claims_search.errors import ClaimsSearchError
+    from claims_search.recommend import check_margin
+    from claims_search.summary import SummarySettings, summarize
     from claims_search.tracking import default_tracking_uri, load_records, load_settings
 
-    from claims_search.errors import ClaimsSearchError
-
-    if args.tolerance is not None and args.tolerance < 0:
-        raise ClaimsSearchError(f"--tolerance: must be >= 0, got {args.tolerance}")
+    for name in ("margin", "tolerance"):
+        try:
+            check_margin(getattr(args, name), f"--{name}")
+        except ValueError as e:
+            raise ClaimsSearchError(str(e)) from None
     uri = args.tracking_uri or default_tracking_uri()
     records = load_records(uri, args.experiment)
-    settings = load_settings(uri, args.experiment)
-    tolerance = args.tolerance if args.tolerance is not None else settings.get("tolerance")
-    out = {}
-    for task in sorted({r.task for r in records}):
-        out[task] = recommend(records, task, tolerance, settings.get("min_gain_per_doubling", 0.005))
+    got = load_settings(uri, args.experiment)
+    settings = SummarySettings(
+        metric=got["metric"], cost=got["cost"],
+        margin=args.margin if args.margin is not None else got.get("margin"),
+        tolerance=args.tolerance if args.tolerance is not None else got.get("tolerance"),
+        min_gain_per_doubling=got.get("min_gain_per_doubling", 0.005),
+    )
+    out = {task: s.recommendation for task, s in summarize(records, None, settings).items()}
     if args.json:
         print(json.dumps({t: (r.to_dict() if r else None) for t, r in out.items()}, indent=2, default=str))
         return 0
@@ -81,5 +199,5 @@ def run(args: argparse.Namespace) -> int:
         if rec is None:
             print(f"{task}: no complete trials to recommend from")
         else:
-            print("\n".join(describe(rec, settings["metric"], settings["cost"])))
+            print("\n".join(describe(rec, settings.metric, settings.cost)))
     return 0
