@@ -26,6 +26,7 @@ COMMANDS = {
     "frontier": "print each task's accuracy-vs-cost Pareto frontier",
     "recommend": "print the recommended model size per task",
     "predict": "per-patient predictions of a chosen model, to a file (never to MLflow)",
+    "sync": "deliver a search's results to MLflow after the tracking server was away",
     "submit": "submit a search to a Ray cluster as a job",
     "jobs": "list the jobs on a Ray cluster",
     "logs": "print or follow a job's logs",

@@ -133,8 +133,9 @@ def run_search(req: SearchRequest) -> SearchResult:
         ray.shutdown()
     state.push()
     if tracker.pending():
-        log.warning("MLflow unreachable: %d result(s) wait in %s; run the search again with --resume to deliver "
-                    "them", len(tracker.pending()), state.outbox)
+        log.warning("MLflow unreachable: %d result(s) wait in %s; deliver them later with `claims-search sync "
+                    "--name %s --storage %s --tracking-uri %s`", len(tracker.pending()), state.outbox, req.name,
+                    req.storage, req.tracking_uri)
     result = _outcome(recs, tracker.records(), confirmed)
     if result.complete == 0:
         raise SearchFailed(f"search {req.name}: no Transformer trial completed ({result.summary()})")
@@ -416,8 +417,8 @@ def _same_search(run_dir: Path, space, data: str, resume: bool) -> None:
             if was.get(key) != ident[key]:
                 raise ClaimsSearchError(f"{f}: --resume with another {label} than the search started with "
                                         f"({was.get(key)} then, {ident[key]} now)")
-    elif not f.exists():
-        f.write_text(json.dumps(ident))
+    elif not f.exists():  # metric and cost name the tracked figures (read by `claims-search sync`)
+        f.write_text(json.dumps({**ident, "metric": space.metric, "cost": space.cost}))
 
 
 def _directions(space):

@@ -20,7 +20,8 @@ from pathlib import Path
 from claims_search import storage as st
 
 # Relative to the state folder; the outbox folder is the Tracker's.
-FILES = ("search.json", "outbox/outbox.jsonl", "outbox/sent.jsonl", "optuna.db")
+FILES = ("search.json", "outbox/outbox.jsonl", "outbox/sent.jsonl", "outbox/failed.jsonl",
+         "outbox/set_aside.jsonl", "optuna.db")
 
 
 @dataclass(frozen=True)

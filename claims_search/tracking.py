@@ -33,6 +33,7 @@ from claims_search.frontier import TrialRecord
 log = logging.getLogger(__name__)
 
 ROLE, TASK, RECORD = "claims_search.role", "claims_search.task", "claims_search.record"
+MAX_ATTEMPTS = 3  # pushes of one entry that a reachable server refused before it is set aside
 _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 # Models-from-code file for the registered pyfunc: no pickled classes, only the checkpoint folder.
@@ -156,6 +157,8 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self._outbox = self.outbox_dir / "outbox.jsonl"
         self._sent = self.outbox_dir / "sent.jsonl"
+        self._failed = self.outbox_dir / "failed.jsonl"  # one line per failed push: (key, hash, reason)
+        self._set_aside = self.outbox_dir / "set_aside.jsonl"
 
     # ---- the outbox ---------------------------------------------------------------------------
     def _append(self, path: Path, entry: dict) -> None:
@@ -189,9 +192,14 @@ class Tracker:
         self._append(self._outbox, {"kind": kind, "key": key, "hash": digest, "payload": json.loads(body)})
 
     def pending(self) -> list[dict]:
-        """Outbox entries not yet delivered, oldest first."""
-        sent = {(e["key"], e["hash"]) for e in self._read(self._sent)}
-        return [e for e in self._entries().values() if (e["key"], e["hash"]) not in sent]
+        """Outbox entries not yet delivered (nor set aside), oldest first."""
+        done = {(e["key"], e["hash"]) for e in self._read(self._sent) + self._read(self._set_aside)}
+        return [e for e in self._entries().values() if (e["key"], e["hash"]) not in done]
+
+    def set_aside(self) -> list[dict]:
+        """Entries that failed ``MAX_ATTEMPTS`` times against a reachable server, with the reason
+        of their last failure (``claims-search sync --retry-set-aside`` tries them again)."""
+        return self._read(self._set_aside)
 
     def records(self) -> list[TrialRecord]:
         """Every trial record in the outbox (delivered or not), latest per (task, trial)."""
@@ -277,11 +285,35 @@ class Tracker:
                 elif entry["kind"] == "confirmation":
                     self._push_confirmation(client, exp_id, entry["payload"])
             except Exception as e:  # noqa: BLE001
+                if self._give_up(entry, e):
+                    done += 1
+                    continue  # set aside: it never blocks the entries after it
                 log.warning("MLflow push of %s failed (%s); kept pending", entry["key"], e)
                 break  # keep order: summaries come after the trials they tag
             self._append(self._sent, {"key": entry["key"], "hash": entry["hash"]})
             done += 1
         return len(todo) - done
+
+    def _give_up(self, entry: dict, error: Exception) -> bool:
+        """Count a failed push of ``entry`` (the server answered: not an outage); after
+        ``MAX_ATTEMPTS`` failures set it aside with its reason. True when set aside."""
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:500]
+        self._append(self._failed, {"key": entry["key"], "hash": entry["hash"], "reason": reason})
+        tries = sum(f["key"] == entry["key"] and f["hash"] == entry["hash"] for f in self._read(self._failed))
+        if tries < MAX_ATTEMPTS:
+            return False
+        self._append(self._set_aside, {"key": entry["key"], "hash": entry["hash"], "reason": reason})
+        log.warning("MLflow push of %s failed %d times (%s); set aside in %s", entry["key"], tries, reason,
+                    self._set_aside)
+        return True
+
+    def retry_set_aside(self) -> int:
+        """Forget the set-aside entries and their failures, so the next :meth:`sync` tries them
+        again; how many there were."""
+        n = len(self.set_aside())
+        for f in (self._set_aside, self._failed):
+            f.unlink(missing_ok=True)
+        return n
 
     def _parent(self, client, exp_id: str, task: str) -> str:
         run = _find(client, exp_id, {ROLE: "parent", TASK: task})

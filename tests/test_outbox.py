@@ -1,0 +1,59 @@
+"""The tracking outbox under faults, on a real MLflow SQLite store: an entry the store keeps
+refusing is retried a bounded number of times, set aside with its reason and never blocks the
+entries after it; results kept while the server was away are delivered later by one command."""
+
+import dataclasses
+import json
+import socket
+
+from claims_search import cli
+from claims_search.search_state import SearchState
+from claims_search.tracking import MAX_ATTEMPTS, Tracker
+from tests.test_tracking import trial
+
+
+def test_an_entry_the_store_keeps_refusing_is_set_aside_and_blocks_nothing(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "faulty", tmp_path / "outbox")
+    # MLflow refuses a metric name it cannot store: a permanent refusal, not an outage.
+    bad = dataclasses.replace(trial("t-bad", "ckd_incidence", 0.4, 10.0), extras={"bad name?*": 1.0})
+    tracker.log_trial(bad, sync=False)
+    tracker.log_trial(trial("t-good", "ckd_incidence", 0.5, 20.0), sync=False)
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert tracker.sync() == 2, attempt  # kept pending, in order, while under the bound
+    assert tracker.sync() == 0  # the bad one is set aside, the good one delivered
+    aside = tracker.set_aside()
+    assert [a["key"] for a in aside] == ["trial/ckd_incidence/t-bad"] and aside[0]["reason"]
+    exp = MlflowClient(uri).get_experiment_by_name("faulty")
+    runs = MlflowClient(uri).search_runs([exp.experiment_id])
+    assert {r.data.tags.get("trial_id") for r in runs} >= {"t-good"}
+
+    assert tracker.retry_set_aside() == 1  # the user fixed the cause: try again
+    assert len(tracker.pending()) == 1
+
+
+def test_results_kept_while_the_server_was_away_are_delivered_by_one_command(tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on: the server is away
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    state = SearchState.for_search(str(tmp_path / "runs"), "away")
+    state.local.mkdir(parents=True)
+    (state.local / "search.json").write_text(json.dumps({"space": "x", "data": "y", "metric": "auprc",
+                                                         "cost": "device_seconds"}))
+    tracker = Tracker(down, "away", state.outbox)
+    tracker.log_trial(trial("t0", "ckd_incidence", 0.4, 10.0))
+    assert len(tracker.pending()) == 1
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the server is back (here: a store it can reach)
+    code = cli.main(["sync", "--name", "away", "--storage", str(tmp_path / "runs"), "--tracking-uri", uri])
+    assert code == 0
+    assert "1 result(s) delivered, 0 still pending, 0 set aside" in capsys.readouterr().out
+    assert Tracker(uri, "away", state.outbox).pending() == []
+
+
+def test_sync_of_an_unknown_search_is_one_line(tmp_path, capsys):
+    code = cli.main(["sync", "--name", "nope", "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no search named 'nope' there" in err and len(err.strip().splitlines()) == 1
