@@ -130,21 +130,38 @@ def test_frontier_and_recommend_commands_read_the_search_back(smoke_search):
     assert all(t in fr.stdout for t in TASKS)
 
 
-def test_nothing_patient_level_reaches_mlflow(smoke_search, prepared):
-    """No subject id of the data appears in any MLflow artifact, param or tag."""
+def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, prepared):
+    """No subject id of the data appears in any MLflow param, metric name, tag or artifact (the
+    registered models included), in the search's output, or in Ray Tune's result files; the
+    per-patient predictions exist, but only under --storage."""
     import pyarrow.parquet as pq
 
-    work, _ = smoke_search
+    work, stdout = smoke_search
     ids = {str(i) for i in pq.read_table(Path(prepared) / "subjects.parquet", columns=["subject_id"])
            .column(0).to_pylist() if i >= 100000}  # long ids only: short numbers collide with sizes
+    assert len(ids) > 100
     client = _client(work)
     exp = client.get_experiment_by_name("smoke-e2e")
+    texts = [stdout]
+
+    def walk(run_id, path=None):
+        for a in client.list_artifacts(run_id, path):
+            if a.is_dir:
+                yield from walk(run_id, a.path)
+            else:
+                yield a.path
+
     for r in client.search_runs([exp.experiment_id], max_results=500):
-        text = json.dumps([r.data.params, r.data.tags])
-        for a in client.list_artifacts(r.info.run_id):
-            if not a.is_dir and a.path.endswith((".csv", ".json")):
-                text += Path(client.download_artifacts(r.info.run_id, a.path)).read_text()
-        assert not any(i in text for i in ids)
+        texts.append(json.dumps([r.data.params, r.data.tags, sorted(r.data.metrics)]))
+        for path in walk(r.info.run_id):
+            assert not path.endswith(".parquet") and "predictions" not in path, path
+            texts.append(Path(client.download_artifacts(r.info.run_id, path)).read_bytes().decode("latin-1"))
+    tune = work / "runs" / "smoke-e2e" / "tune"
+    texts += [f.read_bytes().decode("latin-1") for f in tune.rglob("*") if f.is_file()]
+    hits = [i for i in ids if any(i in t for t in texts)]
+    assert not hits, hits[:5]
+    kept = list((work / "runs" / "smoke-e2e").rglob("predictions/tuning.parquet"))
+    assert len(kept) >= 3 * len(TASKS)  # every trial's, per task (and the baseline's)
 
 
 def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials(prepared, tmp_path):

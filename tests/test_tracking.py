@@ -140,3 +140,17 @@ def test_outbox_keeps_results_while_the_server_is_away_and_delivers_once(tmp_pat
     back.log_trial(trial("t0", "ckd_incidence", 0.42, 10.0, width=16))
     assert count() == 5
     assert {r.metric for r in load_records(uri, "resilient") if r.trial_id == "t0"} == {0.42}
+
+
+def test_frontier_and_recommend_fail_when_no_transformer_completed(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "all-failed", tmp_path / "outbox", metric="auprc", cost="device_seconds")
+    for r in (trial("t0", "ckd_incidence", None, None, status="failed"),
+              trial("t1", "ckd_incidence", None, None, status="pruned"),
+              trial("baseline", "ckd_incidence", 0.25, 1.0, baseline=True)):
+        tracker.log_trial(r, sync=False)
+    tracker.publish()
+    assert cli.main(["recommend", "--experiment", "all-failed", "--tracking-uri", uri]) == 1
+    assert "no complete Transformer trial to recommend from (0 complete, 1 failed, 1 pruned)" in capsys.readouterr().out
+    assert cli.main(["frontier", "--experiment", "all-failed", "--tracking-uri", uri]) == 1
+    assert "0 complete, 1 failed, 1 pruned Transformer trials" in " ".join(capsys.readouterr().out.split())

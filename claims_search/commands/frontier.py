@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from claims_search.commands.recommend import trial_counts
     from claims_search.errors import ClaimsSearchError
     from claims_search.frontier import default_reference, hypervolume, pareto_front
     from claims_search.tracking import default_tracking_uri, load_records, load_settings
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         n = sum(r.task == task for r in records)
         hv = hypervolume(front, tuple(settings["reference"] or default_reference(records, task)))
         table = Table(
-            title=f"{task}: Pareto frontier ({len(front)} of {n} trials; hypervolume {hv:.3f})",
+            title=f"{task}: Pareto frontier ({len(front)} of {n} trials: {trial_counts(records, task)} "
+                  f"Transformer trials; hypervolume {hv:.3f})",
             caption=f"cost in {settings['cost']}; cheapest first",
         )
         table.add_column("trial")
@@ -75,4 +77,6 @@ def run(args: argparse.Namespace) -> int:
             params = f"{r.n_params / 1e6:.2f}M" if r.n_params else "-"
             table.add_row(str(r.trial_id), fmt_size(r), params, fmt_metric(r), f"{r.cost:.4g}")
         console.print(table)
-    return 0
+    # No Transformer completed on some task: the search gave no answer there.
+    return 0 if tasks and all(any(r.task == t and r.usable and not r.is_baseline for r in records)
+                              for t in tasks) else 1

@@ -194,10 +194,16 @@ def run(args: argparse.Namespace) -> int:
     out = {task: s.recommendation for task, s in summarize(records, None, settings).items()}
     if args.json:
         print(json.dumps({t: (r.to_dict() if r else None) for t, r in out.items()}, indent=2, default=str))
-        return 0
-    for task, rec in out.items():
-        if rec is None:
-            print(f"{task}: no complete trials to recommend from")
-        else:
-            print("\n".join(describe(rec, settings.metric, settings.cost)))
-    return 0
+    else:
+        for task, rec in out.items():
+            if rec is None:
+                print(f"{task}: no complete Transformer trial to recommend from ({trial_counts(records, task)})")
+            else:
+                print("\n".join(describe(rec, settings.metric, settings.cost)))
+    return 0 if out and all(out.values()) else 1
+
+
+def trial_counts(records, task: str) -> str:
+    """``"3 complete, 1 failed, 0 pruned"`` for the Transformer trials of ``task``."""
+    mine = [r.status for r in records if r.task == task and not r.is_baseline]
+    return ", ".join(f"{mine.count(s)} {s}" for s in ("complete", "failed", "pruned"))
