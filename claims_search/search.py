@@ -129,6 +129,14 @@ def run_search(req: SearchRequest) -> SearchResult:
         # then recorded by the tracker.
         recs = tracker.publish(for_space(tracker.records(), space, tracker.outbox_dir / "artifacts"))
         confirmed = _confirm(ray, space, data, recs, tracker)
+    except Exception as e:
+        if not _from_ray(e):
+            raise
+        # Ray itself went away (a dead head, a lost GCS): finished trials are on storage.
+        raise ClaimsSearchError(
+            f"search {req.name}: Ray failed mid-search ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+            f"finished trials are kept; finish it with: claims-search search --space {req.space} --data {req.data} "
+            f"--name {req.name} --storage {req.storage} --resume") from None
     finally:
         ray.shutdown()
     state.push()
@@ -212,6 +220,11 @@ def _probe_ray(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as e:
         raise ClaimsSearchError(f"Ray at {address}: cannot connect ({e.strerror or e}); is the cluster up?") from None
+
+
+def _from_ray(e: BaseException) -> bool:
+    """An error raised by Ray's own machinery (not by our code inside a trial)."""
+    return type(e).__module__.startswith(("ray.exceptions", "ray._raylet", "grpc")) or isinstance(e, ConnectionError)
 
 
 def _quiet() -> None:

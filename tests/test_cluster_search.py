@@ -39,11 +39,17 @@ def cli(*argv: str, env: dict, timeout: float = 1200) -> subprocess.CompletedPro
 
 
 def submit(cluster, mlflow_server, env_vars: dict, storage: str, *search: str) -> subprocess.CompletedProcess:
-    """``claims-search submit --follow`` of one search command; the job's output comes back."""
+    """``claims-search submit --follow`` of one search command; the job's output comes back (and
+    is kept in test-artifacts/ for reading after a CI run)."""
     envs = [a for k, v in env_vars.items() for a in ("--env", f"{k}={v}")]
-    return cli("submit", "--address", cluster.dashboard_url, "--follow", "--tracking-uri", mlflow_server.url,
-               "--storage-path", storage, *envs, "--", "search", *search, "--no-progress",
-               env={**cluster.client_env(), **env_vars})
+    out = cli("submit", "--address", cluster.dashboard_url, "--follow", "--tracking-uri", mlflow_server.url,
+              "--storage-path", storage, *envs, "--", "search", *search, "--no-progress",
+              env={**cluster.client_env(), **env_vars})
+    logs = REPO / "test-artifacts" / "cluster-search"
+    logs.mkdir(parents=True, exist_ok=True)
+    name = search[search.index("--name") + 1] + ("-resume" if "--resume" in search else "")
+    (logs / f"{name}.log").write_text(out.stdout + out.stderr)
+    return out
 
 
 @pytest.fixture(scope="module")
