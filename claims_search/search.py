@@ -372,15 +372,16 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
         # Callbacks are not restored with the experiment: hand them over again.
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
-        search_alg = None
+        search_alg, num_samples = None, space.num_samples()
         if not space.is_grid:
             metrics, modes = _directions(space)
+            points, num_samples = _no_repeats(space)
             search_alg = GuardedOptunaSearch(
-                metric=metrics, mode=modes, sampler=make_sampler(space),
+                metric=metrics, mode=modes, sampler=make_sampler(space), points_to_evaluate=points,
                 storage=_optuna_storage(state.optuna_db), study_name=req.name)
         tuner = tune.Tuner(
             trainable, param_space=space.tune_param_space(),
-            tune_config=tune.TuneConfig(num_samples=space.num_samples(), search_alg=search_alg,
+            tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
                                         max_concurrent_trials=concurrency, reuse_actors=False,
                                         time_budget_s=b.time_budget_s),
             run_config=run_config)
@@ -388,6 +389,29 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
     tuner.fit()
     log.info("search %s: trials finished in %.0f s", req.name, time.monotonic() - started)
     _recover_records(ctx.artifacts, space, tracker)
+
+
+def _no_repeats(space) -> tuple[list[dict] | None, int]:
+    """(configurations to enqueue, number of trials) so that no configuration is trained twice.
+
+    A space with finitely many configurations and a budget that covers them tries each once
+    (and says the budget was cut); with the random sampler and a smaller budget, a random set of
+    distinct ones. Otherwise the sampler proposes, and ``GuardedOptunaSearch`` refuses repeats.
+    """
+    import random
+
+    points, budget = space.distinct_points(), space.budget.trials
+    if points is None:
+        return None, budget
+    if len(points) <= budget:
+        if len(points) < budget:
+            log.warning("%s: the space has %d distinct configuration(s), fewer than its %d trials: each is "
+                        "tried once", space.path, len(points), budget)
+        random.Random(space.sampler.seed).shuffle(points)
+        return points, len(points)
+    if space.sampler.kind == "random":
+        return random.Random(space.sampler.seed).sample(points, budget), budget
+    return None, budget
 
 
 def _recover_records(artifacts: str, space, tracker) -> None:

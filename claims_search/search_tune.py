@@ -8,6 +8,7 @@ import time
 
 import optuna
 from ray.tune import Callback
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.live import Live
@@ -24,6 +25,26 @@ class GuardedOptunaSearch(OptunaSearch):
     partial values. Here anything without ``status: complete`` and every objective is PRUNED
     (or FAIL on error), so the sampler never learns from half-trained trials.
     """
+
+    MAX_REDRAWS = 50
+
+    def suggest(self, trial_id: str):
+        """The sampler's proposal, never a configuration an earlier trial already trained: a
+        repeat is told FAIL (user attr ``duplicate``) and the sampler asked again."""
+        for _ in range(self.MAX_REDRAWS):
+            params = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            seen = [t.params for t in self._ot_study.get_trials(deepcopy=False)
+                    if t.number != ot_trial.number and not t.user_attrs.get("duplicate")
+                    and t.state != optuna.trial.TrialState.FAIL]
+            if ot_trial.params not in seen:
+                return params
+            ot_trial.set_user_attr("duplicate", True)
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+            del self._ot_trials[trial_id]
+        log.warning("the sampler proposed only configurations already tried (%d times): ending the search",
+                    self.MAX_REDRAWS)
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]

@@ -250,6 +250,22 @@ class Space(_Strict):
         keys, values = zip(*[(k, _values(p) if isinstance(p, list) else [p]) for k, p in self._params()])
         return [_nest(dict(zip(keys, combo))) for combo in itertools.product(*values)]
 
+    def distinct_points(self) -> list[dict[str, Any]] | None:
+        """Every distinct configuration of the searched dimensions, as flat ``{"model/depth": v}``
+        points (Optuna's names), when they are finitely many (choices and integer ranges); None
+        when a dimension is continuous. Constants are left out: they never vary."""
+        free = []
+        for key, p in self._params():
+            if isinstance(p, Range) and not p.is_int and p.low < p.high:
+                return None
+            values = _values(p) if isinstance(p, (Range, list)) else [p]
+            if len(values) > 1:
+                free.append((key.replace(".", "/"), values))
+        if not free:
+            return []
+        keys, lists = zip(*free)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*lists)]
+
     def num_samples(self) -> int:
         """Ray Tune's ``num_samples``: 1 pass over a grid, else ``budget.trials``."""
         return 1 if self.is_grid else self.budget.trials

@@ -97,3 +97,33 @@ def test_resume_refuses_another_space_or_data(tmp_path):
     _same_search(tmp_path, space, "/data/prepared", resume=True)  # the same: fine
     with pytest.raises(ClaimsSearchError, match="--data"):
         _same_search(tmp_path, space, "/data/other", resume=True)
+
+
+def test_the_searcher_never_proposes_a_configuration_already_tried():
+    """TPE on a two-point space: after both points, every proposal is a repeat, so the search
+    ends instead of training a copy."""
+    s = GuardedOptunaSearch(metric=METRICS, mode=["max", "max", "min"],
+                            sampler=optuna.samplers.TPESampler(seed=0))
+    s.set_search_properties(None, None, {"model": {"depth": tune.choice([1, 2])}})
+    seen = []
+    for i in range(2):
+        seen.append(s.suggest(f"t{i}")["model"]["depth"])
+        s.on_trial_complete(f"t{i}", {"status": "complete", METRICS[0]: 0.3, METRICS[1]: 0.6, "cost": 1.0 + i})
+    assert sorted(seen) == [1, 2]
+    from ray.tune.search import Searcher
+
+    assert s.suggest("t2") == Searcher.FINISHED
+
+
+def test_a_small_space_tries_each_configuration_once(tmp_path):
+    from claims_search.search import _no_repeats
+
+    smoke = load_space("smoke")  # head_dim [8, 16] x depth 1..2: four configurations
+    points = smoke.distinct_points()
+    assert len(points) == 4 and len({json.dumps(p, sort_keys=True) for p in points}) == 4
+    chosen, n = _no_repeats(smoke)  # random sampler, budget 3 < 4: three distinct ones
+    assert n == 3 and len({json.dumps(p, sort_keys=True) for p in chosen}) == 3
+    big = tmp_path / "big.yaml"
+    big.write_text(smoke.path.read_text().replace("trials: 3", "trials: 10"))
+    chosen, n = _no_repeats(load_space(big))
+    assert n == 4 and len(chosen) == 4  # the budget is cut to what the space holds
