@@ -24,6 +24,7 @@ COMMANDS = {
     "baseline": "LightGBM on recent-window code counts, per task",
     "search": "search model sizes per task on Ray Tune + Optuna, tracked in MLflow",
     "frontier": "print each task's accuracy-vs-cost Pareto frontier",
+    "trials": "list a search's trials with status and the reason of each failure",
     "recommend": "print the recommended model size per task",
     "predict": "per-patient predictions of a chosen model, to a file (never to MLflow)",
     "sync": "deliver a search's results to MLflow after the tracking server was away",

@@ -154,3 +154,18 @@ def test_frontier_and_recommend_fail_when_no_transformer_completed(tmp_path, cap
     assert "no complete Transformer trial to recommend from (0 complete, 1 failed, 1 pruned)" in capsys.readouterr().out
     assert cli.main(["frontier", "--experiment", "all-failed", "--tracking-uri", uri]) == 1
     assert "0 complete, 1 failed, 1 pruned Transformer trials" in " ".join(capsys.readouterr().out.split())
+
+
+def test_trials_lists_each_failure_with_its_reason(tmp_path, capsys):
+    import dataclasses
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "with-failures", tmp_path / "outbox", metric="auprc", cost="device_seconds")
+    failed = dataclasses.replace(trial("t9", "ckd_incidence", None, None, status="failed"),
+                                 tags={"reason": "RuntimeError: CUDA out of memory"})
+    for r in (trial("t0", "ckd_incidence", 0.4, 10.0), failed):
+        tracker.log_trial(r, sync=False)
+    tracker.publish()
+    assert cli.main(["trials", "--experiment", "with-failures", "--tracking-uri", uri, "--status", "failed"]) == 0
+    out = capsys.readouterr().out
+    assert "t9" in out and "RuntimeError: CUDA out of memory" in out and "t0" not in out and "1 row(s)" in out
