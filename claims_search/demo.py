@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from claims_search.cli import main as cli
+from claims_search.tracking import ui_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = cli(step)
         if rc:
             return rc
-    print(f"\nOpen the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+    print(f"\nOpen the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   "
+          f"(then {ui_url('http://127.0.0.1:5000')})")
     print("Recommendations again, any time:  .venv/bin/claims-search recommend --experiment demo "
           f"--tracking-uri {uri}")
     return 0

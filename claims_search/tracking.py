@@ -37,6 +37,24 @@ MAX_ATTEMPTS = 3  # pushes of one entry that a reachable server refused before i
 _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 # Models-from-code file for the registered pyfunc: no pickled classes, only the checkpoint folder.
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI address of an experiment (or of the experiment list) in its model-training
+    view: MLflow 3 opens experiments in a GenAI overview unless told ``workflowType``."""
+    path = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"{base.rstrip('/')}/#/{path}?workflowType=machine_learning"
+
+
+def experiment_url(tracking_uri: str, name: str) -> str | None:
+    """:func:`ui_url` of search ``name`` on an ``http(s)`` tracking server; None otherwise."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    try:
+        exp = _client(tracking_uri).get_experiment_by_name(name)
+    except Exception:  # noqa: BLE001 - a link is a courtesy; the server may be away
+        return None
+    return ui_url(tracking_uri, exp.experiment_id) if exp else None
+
+
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -269,6 +287,8 @@ class Tracker:
             exp_id = _experiment_id(client, self.tracking_uri, self.experiment_name)
             client.set_experiment_tag(exp_id, "claims_search.metric", self.metric)
             client.set_experiment_tag(exp_id, "claims_search.cost", self.cost)
+            # MLflow 3's UI opens an experiment by its kind: model training, not GenAI traces.
+            client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         except Exception as e:  # noqa: BLE001 - any server failure means "try again later"
             log.warning("MLflow at %s failed (%s): %d result(s) kept pending", self.tracking_uri, e, len(todo))
             return len(todo)

@@ -84,3 +84,22 @@ def test_the_parent_run_shows_the_frontier_picture(chromium, mlflow_server, sear
     assert width > 200  # a rendered plot, not a broken-image icon
     page.screenshot(path=artifacts_dir / "mlflow-frontier.png", full_page=True)
     page.close()
+
+
+def test_the_link_claims_search_prints_opens_the_runs_not_a_genai_overview(chromium, mlflow_server, search_runs,
+                                                                            artifacts_dir):
+    """The experiment's own page as claims-search links it: MLflow 3's model-training view (its
+    default is a GenAI overview of traces), the experiment tagged as custom model development."""
+    from mlflow import MlflowClient
+
+    from claims_search.tracking import experiment_url
+
+    exp_id, _ = search_runs
+    assert MlflowClient(mlflow_server.url).get_experiment(exp_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    page = chromium.new_page()
+    page.goto(experiment_url(mlflow_server.url, EXPERIMENT))
+    page.get_by_text("ckd_incidence", exact=True).first.wait_for(timeout=RENDER_MS)
+    assert page.get_by_text("3 matching runs").is_visible()
+    page.screenshot(path=artifacts_dir / "mlflow-experiment-home.png", full_page=True)
+    page.close()

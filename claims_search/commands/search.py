@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     result = run_search(SearchRequest(space=str(space.path), data=args.data, tracking_uri=uri, name=name,
                                       storage=args.storage, address=args.address, resume=args.resume,
                                       progress=not args.no_progress))
-    print(f"\nsearch {name} finished: {result.summary()}. Recommendation per task:")
+    from claims_search.tracking import experiment_url
+
+    link = experiment_url(uri, name)
+    print(f"\nsearch {name} finished: {result.summary()}." + (f" MLflow: {link}" if link else "")
+          + "\nRecommendation per task:")
     for task, rec in sorted(result.recommendations.items()):
         print("\n".join(describe(rec, space.metric, space.cost)) if rec else f"{task}: no complete trial")
         for line in held_out_lines(result.held_out.get(task, {}), space.metric):
