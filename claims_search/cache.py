@@ -57,6 +57,10 @@ class Cache:
         self.path = Path(path)
         manifest = self.path / "manifest.json"
         if not manifest.exists():
+            if (self.path / "data").is_dir() and (self.path / "metadata").is_dir():
+                raise ClaimsSearchError(
+                    f"{self.path}: a MEDS dataset, not a prepared cache: run `claims-search "
+                    f"prepare --meds {self.path} --out PREPARED` and pass PREPARED")
             raise ClaimsSearchError(f"{manifest}: missing: run `claims-search prepare` first")
         self.manifest = json.loads(manifest.read_text())
         if self.manifest.get("format_version") != FORMAT_VERSION:
@@ -157,8 +161,55 @@ def is_up_to_date(out: Path, digest: str) -> bool:
     return m.get("inputs_hash") == digest and m.get("format_version") == FORMAT_VERSION
 
 
+MIN_EVAL_CLASS = 30  # fewer positives (or negatives) in tuning/held_out: wide intervals
+EVAL_SPLITS = ("tuning", "held_out")
+
+
+def split_warnings(name: str, splits: dict) -> list[str]:
+    """One plain line per split of task ``name`` that cannot be scored well.
+
+    ``splits`` is the manifest's ``{split: {"n", "positives"}}``. A split with one class only is
+    flagged (any split); the tuning and held-out splits also when absent or when their rarer
+    class has fewer than :data:`MIN_EVAL_CLASS` samples, since the bootstrap intervals of AUROC
+    and AUPRC are then wide.
+    """
+    out = []
+    order = ("train", *EVAL_SPLITS)
+    for split in sorted(set(splits) | set(EVAL_SPLITS),
+                        key=lambda x: (order.index(x) if x in order else len(order), x)):
+        c = splits.get(split)
+        if c is None or c["n"] == 0:
+            if split in EVAL_SPLITS:
+                out.append(f"task {name}: split {split} has no samples: nothing to evaluate "
+                           "the task on there")
+            continue
+        pos, n = int(c["positives"]), int(c["n"])
+        rare, kind = min((pos, "positive"), (n - pos, "negative"))
+        if rare == 0:
+            out.append(f"task {name}: split {split} has one class only ({_plural(n, 'sample')}, "
+                       f"{pos:,} positive): AUROC and AUPRC are undefined there")
+        elif split in EVAL_SPLITS and rare < MIN_EVAL_CLASS:
+            out.append(f"task {name}: split {split} has only {rare} {kind}"
+                       f"{'' if rare == 1 else 's'} (of {_plural(n, 'sample')}; {MIN_EVAL_CLASS} or more "
+                       "advised): its 95 % AUROC/AUPRC intervals will be wide, most sizes will "
+                       "look indistinguishable and the recommendation will lean to the cheapest; "
+                       "use more patients")
+    return out
+
+
+def left_out_warning(name: str, why: str) -> str:
+    """The line saying an optional built-in task was left out, and why."""
+    return f"built-in task {name} left out: it {why} (--task {name} makes that an error)"
+
+
+def _plural(n: int, word: str) -> str:
+    from claims_search.meds import plural
+
+    return plural(n, word)
+
+
 def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 1,
-                progress=None) -> dict:
+                progress=None, warn=None, optional=()) -> dict:
     """Validate the MEDS dataset at ``meds_root``, extract ``tasks``' labels, tokenize, and
     write the cache to ``out`` atomically. Returns the manifest.
 
@@ -167,7 +218,10 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
     (2) tokenize into the memory-mapped arrays (shard-local ids, remapped once the train
     counts give the vocabulary) and extract the labels with ACES. Memory is bounded by
     ``workers`` shards at a time. ``tasks`` are :class:`claims_search.labels.Task`;
-    ``progress(msg)`` is called per step.
+    ``progress(msg)`` is called per step and ``warn(line)`` per warning (default: the log).
+    A task named in ``optional`` (the built-in tasks nobody asked for by name) that has one
+    class only on this dataset is left out with a warning, and listed in the manifest's
+    ``skipped_tasks``; any other such task is an error, and so is a cache left with no task.
     """
     import polars as pl
 
@@ -176,15 +230,19 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
     from claims_search.vocab import Vocab, fit_bins
 
     say = progress or (lambda msg: log.info(msg))
+    warn = warn or (lambda msg: log.warning(msg))
     meds_root, out = Path(meds_root), Path(out)
     digest = inputs_hash(meds_root, {t.name: t.text for t in tasks}, settings)
     ds = meds.open_dataset(meds_root)
     n = len(ds.shards)
     with _Workers(min(workers, n), meds_root, [t.source for t in tasks]) as pool:
-        say(f"checking {n} shards and sampling train values ({pool.n} workers)")
+        say(f"checking {meds.plural(n, 'shard')} and sampling train values "
+            f"({meds.plural(pool.n, 'worker')})")
         scans = pool.map(_scan_shard, [(i,) for i in range(n)])
-        report = meds.summarize(ds, [sc for sc, _ in scans], settings.strict)
-        say(f"{report.n_subjects:,} subjects, {report.n_events:,} events in {n} shards")
+        report = meds.summarize(ds, [sc for sc, _ in scans], settings.strict, warn)
+        codes = set().union(*(sc.codes for sc, _ in scans))
+        say(f"{meds.plural(report.n_subjects, 'subject')}, {meds.plural(report.n_events, 'event')} "
+            f"in {meds.plural(n, 'shard')}")
         bins = fit_bins(pl.concat([sample for _, sample in scans]), settings.n_bins)
         starts = np.cumsum([0] + [sc.n_events for sc, _ in scans])
         with atomic_dir(out) as tmp:
@@ -204,7 +262,7 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
             del tokens
             voc.to_frame().write_parquet(tmp / "vocab.parquet")
             bins.write_parquet(tmp / "value_bins.parquet")
-            summary = _write_tables(ds, tmp, tasks, parts, say)
+            summary, skipped = _write_tables(ds, tmp, tasks, parts, say, warn, codes, set(optional))
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "inputs_hash": digest,
@@ -216,13 +274,16 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
                 "splits": report.splits,
                 "missing_codes": report.missing_codes,
                 "tasks": summary,
+                "skipped_tasks": skipped,
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _write_tables(ds, tmp: Path, tasks: list, parts: list[dict], say) -> dict:
-    """subjects.parquet, labels/<task>.parquet and tasks/<task>.yaml; the tasks' summary."""
+def _write_tables(ds, tmp: Path, tasks: list, parts: list[dict], say, warn, codes: set[str],
+                  optional: set[str]) -> tuple[dict, dict]:
+    """subjects.parquet, labels/<task>.parquet and tasks/<task>.yaml; the tasks' summary and
+    the optional tasks left out (name -> why)."""
     import polars as pl
 
     from claims_search import labels as task_labels
@@ -238,13 +299,20 @@ def _write_tables(ds, tmp: Path, tasks: list, parts: list[dict], say) -> dict:
     ).write_parquet(tmp / "subjects.parquet")
     (tmp / "labels").mkdir()
     (tmp / "tasks").mkdir()
-    summary = {}
+    summary, skipped = {}, {}
     for t in tasks:
         lab = pl.concat([
             p["labels"][t.name].with_columns((pl.col("subject_idx") + int(firsts[i])).cast(pl.Int32))
             for i, p in enumerate(parts)
         ])
-        task_labels.check_both_classes(t, lab.rename({"label": "boolean_value"}))
+        try:
+            task_labels.check_both_classes(t, lab.rename({"label": "boolean_value"}), codes)
+        except ClaimsSearchError as e:
+            if t.name not in optional:
+                raise
+            skipped[t.name] = str(e).removeprefix(f"{t.source}: task '{t.name}' ")
+            warn(left_out_warning(t.name, skipped[t.name]))
+            continue
         lab = lab.join(subj.select("subject_idx", "split"), on="subject_idx", how="left")
         lab = task_labels.attach_oracle(lab, ds.root / "oracle" / f"{t.name}.parquet")
         lab = lab.select(
@@ -260,10 +328,16 @@ def _write_tables(ds, tmp: Path, tasks: list, parts: list[dict], say) -> dict:
             "oracle": task_labels.oracle_scores(lab),
         }
         say(f"task {t.name}: {len(lab):,} samples, {int(lab['label'].sum()):,} positive")
-        for split, c in summary[t.name]["splits"].items():
-            if c["positives"] in (0, c["n"]):
-                log.warning("task %s: split %s has one class only (%d samples)", t.name, split, c["n"])
-    return summary
+        for line in split_warnings(t.name, summary[t.name]["splits"]):
+            warn(line)
+    if not summary:
+        first, why = next(iter(skipped.items()))
+        others = [k for k in skipped if k != first]
+        raise ClaimsSearchError(
+            f"{ds.root}: no task has both classes on this dataset (built-in {first} "
+            f"{why.split('; ')[0]}{'; likewise ' + ', '.join(others) if others else ''}); "
+            "these tasks expect the synthetic world's codes: pass your own with --task FILE.yaml")
+    return summary, skipped
 
 
 class _Workers:

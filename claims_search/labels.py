@@ -59,6 +59,9 @@ def load_task(name_or_path: str | Path) -> Task:
 
     path = task_path(name_or_path)
     text = path.read_text()
+    split = _flow_style_split(text)
+    if split:
+        raise ClaimsSearchError(f"{path}: {split}")
     try:
         cfg = config.TaskExtractorConfig.load(config_path=path)
     except Exception as e:  # ACES raises ValueError, KeyError, TypeError, yaml errors
@@ -72,6 +75,39 @@ def load_task(name_or_path: str | Path) -> Task:
             f"{path}: windows: need an 'index_timestamp' (the prediction time) on one window"
         )
     return Task(path.stem, str(path), text, cfg)
+
+
+def _flow_style_split(text: str) -> str | None:
+    """A hint when a window's ``has`` constraint was cut in two by YAML's flow style.
+
+    ``has: {ckd: (None, 0)}`` is a YAML flow mapping, and YAML splits it at the comma into
+    ``ckd: "(None"`` and ``"0)": null``; ACES then rejects ``(None``. Returns one line saying so
+    and how to write it, or None when no constraint looks split (or the YAML does not parse:
+    ACES reports that).
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    windows = data.get("windows") if isinstance(data, dict) else None
+    if not isinstance(windows, dict):
+        return None
+    for name, w in windows.items():
+        has = w.get("has") if isinstance(w, dict) else None
+        if not isinstance(has, dict):
+            continue
+        items = list(has.items())
+        for i, (pred, bound) in enumerate(items):
+            if isinstance(bound, str) and bound.count("(") > bound.count(")"):
+                rest = items[i + 1][0] if i + 1 < len(items) else "..."
+                whole = f"{bound.strip()}, {str(rest).strip()}"
+                return (f"windows.{name}.has: the constraint '{pred}: {whole}' was split at its "
+                        f"comma by YAML's flow style {{...}} (ACES got {bound.strip()!r}); quote it, "
+                        f"has: {{{pred}: \"{whole}\"}}, or use block style: 'has:' on its own line, "
+                        f"then '{pred}: {whole}' indented below it")
+    return None
 
 
 def extract_shard(task: Task, shard: Path, df: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -109,7 +145,7 @@ def extract_shard(task: Task, shard: Path, df: pl.DataFrame | None = None) -> pl
             result = query.query(task.config, pdf)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ClaimsSearchError(f"{task.source}: ACES failed on {shard.name}: {first}") from None
+            raise ClaimsSearchError(f"{task.source}: ACES failed on {shard}: {first}") from None
     if len(result) == 0:
         return pl.DataFrame(schema=LABEL_SCHEMA)
     # ACES's `label` counts label-predicate events in the label window; any count is positive.
@@ -148,19 +184,127 @@ def extract(task: Task, shards: list[Path]) -> pl.DataFrame:
     """MEDS labels of ``task`` over all ``shards``, checked to have both classes."""
     parts = [extract_shard(task, s) for s in shards]
     labels = pl.concat(parts) if parts else pl.DataFrame(schema=LABEL_SCHEMA)
-    check_both_classes(task, labels)
+    check_both_classes(task, labels, codes=lambda: shard_codes(shards))
     return labels
 
 
-def check_both_classes(task: Task, labels: pl.DataFrame) -> None:
-    """A task with no positive or no negative labels cannot be learned or scored."""
+def shard_codes(shards: list[Path]) -> set[str]:
+    """The distinct codes of MEDS shards (read one column at a time)."""
+    out: set[str] = set()
+    for s in shards:
+        out.update(pl.read_parquet(s, columns=["code"])["code"].drop_nulls().unique().to_list())
+    return out
+
+
+def check_both_classes(task: Task, labels: pl.DataFrame, codes=None) -> None:
+    """A task with no positive or no negative labels cannot be learned or scored.
+
+    ``codes``: the distinct codes of the dataset (a set, or a function returning one), used to
+    name the predicate that matched no event and the codes closest to it.
+    """
     pos = int(labels["boolean_value"].sum()) if len(labels) else 0
     if pos == 0 or pos == len(labels):
         kind = "positive" if pos == 0 else "negative"
+        why = ""
+        if pos == 0 and codes is not None:
+            why = unmatched_hint(task, codes() if callable(codes) else codes,
+                                 samples=len(labels) > 0)
         raise ClaimsSearchError(
             f"{task.source}: task '{task.name}' has no {kind} labels "
-            f"({len(labels)} samples) on this dataset"
+            f"({len(labels):,} samples) on this dataset{why}"
         )
+
+
+def unmatched_hint(task: Task, codes, samples: bool = True) -> str:
+    """``"; predicate 'x' (code ...) matches no event in the data; closest codes: ..."`` for the
+    predicates that explain an empty class, or "" when every one of them matches some code.
+
+    With ``samples`` (there are samples but no positives) the label's predicates are checked;
+    otherwise (no samples at all) the trigger's and the windows' constraints' too.
+    """
+    cfg = task.config
+    codes = sorted(set(codes))
+    frame = pl.DataFrame({"code": codes}, schema={"code": pl.String})
+    plain = cfg.plain_predicates
+    derived = getattr(cfg, "derived_predicates", {}) or {}
+    memo: dict[str, list[str]] = {}
+
+    def dead(name: str) -> list[str]:
+        """The plain predicates that make ``name`` match no code."""
+        if name in memo:
+            return memo[name]
+        memo[name] = []
+        if name in plain:
+            p = plain[name]
+            try:
+                hit = frame.filter(_code_expr(p.code)).height > 0
+            except Exception:  # an odd code spec: let ACES speak for it
+                hit = True
+            memo[name] = [] if hit else [name]
+        elif name in derived:
+            parts = [dead(x) for x in derived[name].input_predicates]
+            if derived[name].is_and:
+                memo[name] = [n for d in parts for n in d]
+            elif all(parts):
+                memo[name] = [n for d in parts for n in d]
+        return memo[name]
+
+    roots = [w.label for w in cfg.windows.values() if w.label]
+    if not samples:
+        roots = [cfg.trigger.predicate] + [
+            p for w in cfg.windows.values() for p, (lo, _) in (w.has or {}).items()
+            if lo is not None and lo > 0] + roots
+    found: list[str] = []
+    for r in roots:
+        found += [n for n in dead(r) if n not in found]
+    if not found:
+        return ""
+    parts = []
+    for name in found[:2]:
+        code = plain[name].code
+        near = closest_codes(code, codes)
+        spec = code if isinstance(code, str) else next(f"{k} {v}" for k, v in code.items())
+        hint = f"predicate '{name}' (code {spec}) matches no event in the data"
+        if near:
+            hint += f"; closest codes present: {', '.join(near)}"
+            if isinstance(code, str) and any(c.startswith(code) for c in near):
+                hint += (f" (ACES matches codes exactly; code: {{regex: \"^{code}\"}} matches it "
+                         "and its sub-codes)")
+        parts.append(hint)
+    return "; " + "; ".join(parts)
+
+
+def _code_expr(code) -> pl.Expr:
+    """The code part of an ACES plain predicate, as a polars expression on ``code``."""
+    if isinstance(code, dict):
+        if "regex" in code:
+            return pl.col("code").str.contains(code["regex"])
+        return pl.col("code").is_in(list(code["any"]))
+    return pl.col("code") == code
+
+
+def closest_codes(code, codes: list[str], n: int = 3) -> list[str]:
+    """Up to ``n`` codes of the data nearest an ACES code spec: codes it is a prefix of first
+    (``DX//ICD10//E11`` -> ``DX//ICD10//E11.9``), then by similarity (difflib)."""
+    import difflib
+    import re
+
+    if isinstance(code, dict):
+        if "any" in code:
+            wanted = [str(c) for c in code["any"]]
+        else:  # the regex's literal start: "^DX//ICD10//N18" -> "DX//ICD10//N18"
+            wanted = [re.split(r"[\\\[\](){}.*+?|$]", str(code.get("regex", "")).lstrip("^"))[0]]
+    else:
+        wanted = [str(code)]
+    out: list[str] = []
+    for w in wanted:  # the sub-codes of a code given too short
+        if w:
+            out += [c for c in codes if c.startswith(w) and c not in out][: n - len(out)]
+    if out:
+        return out
+    for w in wanted:
+        out += [c for c in difflib.get_close_matches(w, codes, n=n, cutoff=0.6) if c not in out]
+    return out[:n]
 
 
 def attach_oracle(labels: pl.DataFrame, oracle_path: Path) -> pl.DataFrame:

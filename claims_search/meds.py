@@ -42,11 +42,9 @@ class MedsDataset:
     codes: set[str] | None  # None when codes.parquet is missing or empty
 
     def rel(self, path: Path) -> str:
-        """``path`` relative to the dataset root, for messages."""
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
+        """``path`` for messages: under the dataset folder as the user gave it
+        (``meds/data/train/0.parquet``), so a message says which dataset it is about."""
+        return str(path)
 
 
 @dataclass
@@ -66,10 +64,15 @@ class ValidationReport:
         """One human-readable paragraph."""
         split_s = ", ".join(f"{k} {v:,}" for k, v in self.splits.items())
         lines = [
-            f"{self.n_shards} shards, {self.n_subjects:,} subjects, {self.n_events:,} events "
-            f"({self.n_static:,} static); splits: {split_s}"
+            f"{plural(self.n_shards, 'shard')}, {plural(self.n_subjects, 'subject')}, "
+            f"{plural(self.n_events, 'event')} ({self.n_static:,} static); splits: {split_s}"
         ]
-        return "\n".join(lines)  # warnings are logged by validate()
+        return "\n".join(lines)  # warnings go to summarize()'s ``warn``
+
+
+def plural(n: int, word: str) -> str:
+    """``1 shard``, ``3 shards``, ``1,000 events``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 # Types that hold the same values as the schema's: polars writes large_string, many ETLs
@@ -106,13 +109,31 @@ def _schema_error(path: str, e: Exception) -> ClaimsSearchError:
 def open_dataset(root: str | Path) -> MedsDataset:
     """Find the shards and read the metadata of the MEDS dataset at ``root``."""
     root = Path(root)
+    if not root.exists():
+        raise ClaimsSearchError(f"{root}: no such folder")
     if not root.is_dir():
-        raise ClaimsSearchError(f"{root}: not a directory")
+        raise ClaimsSearchError(f"{root}: is a file, not a MEDS dataset folder")
     data_dir = root / meds.data_subdirectory
+    if not data_dir.is_dir():
+        raise ClaimsSearchError(f"{root}: not a MEDS dataset: no {meds.data_subdirectory}/ folder"
+                                f"{_layout_hint(root)}")
     shards = sorted(data_dir.rglob("*.parquet"))
     if not shards:
         raise ClaimsSearchError(f"{data_dir}: empty dataset: no *.parquet shards found")
     return MedsDataset(root, shards, _read_splits(root), _read_codes(root))
+
+
+def _layout_hint(root: Path) -> str:
+    """What ``root`` probably is, when it is not a MEDS dataset folder."""
+    parent = root.resolve().parent
+    if (parent / meds.data_subdirectory).resolve() == root.resolve() and (parent / "metadata").is_dir():
+        return (f"; it looks like the {meds.data_subdirectory}/ folder of a dataset: "
+                f"pass its parent, {root.parent}")
+    if any(root.glob("*.parquet")):
+        return (f"; it holds *.parquet files directly: a MEDS dataset keeps them under "
+                f"{meds.data_subdirectory}/ with metadata/subject_splits.parquet beside it")
+    return (f" (a MEDS dataset holds {meds.data_subdirectory}/**/*.parquet and "
+            "metadata/subject_splits.parquet)")
 
 
 def _read_splits(root: Path) -> pl.DataFrame:
@@ -216,6 +237,15 @@ class ShardScan:
     n_events: int
     n_static: int
     codes: set[str]
+    columns: dict[str, str] = field(default_factory=dict)  # name -> type (equivalents merged)
+
+
+def _canonical_type(t: pa.DataType) -> str:
+    """The type's name, with the accepted equivalents (large_string, float64) merged."""
+    for want, same in _EQUIVALENT.items():
+        if t in same:
+            return str(want)
+    return str(t)
 
 
 def scan_shard(ds: MedsDataset, path: Path, df: pl.DataFrame | None = None) -> ShardScan:
@@ -225,16 +255,44 @@ def scan_shard(ds: MedsDataset, path: Path, df: pl.DataFrame | None = None) -> S
         df = read_shard(ds, path, ("subject_id", "time", "code"))
     subjects = check_order(name, df)
     codes = set(df["code"].unique().to_list())
-    return ShardScan(name, subjects, len(df), df["time"].null_count(), codes)
+    columns = {f.name: _canonical_type(f.type) for f in pq.read_schema(path)}
+    return ShardScan(name, subjects, len(df), df["time"].null_count(), codes, columns)
 
 
-def summarize(ds: MedsDataset, scans: list[ShardScan], strict: bool = False) -> ValidationReport:
-    """The checks across shards (subjects in one file, splits, codes) and the report.
+def _schema_difference(scans: list[ShardScan]) -> str | None:
+    """One line naming a shard whose columns differ from the most common ones, or None."""
+    keys = [tuple(sorted(s.columns.items())) for s in scans]
+    if len(set(keys)) < 2:
+        return None
+    common = max(set(keys), key=lambda k: (keys.count(k), -keys.index(k)))
+    ref = scans[keys.index(common)]
+    odd = [s for s, k in zip(scans, keys) if k != common]
+    first = odd[0]
+    diff = [f"no '{c}' column" for c in ref.columns if c not in first.columns]
+    diff += [f"extra column '{c}'" for c in first.columns if c not in ref.columns]
+    diff += [f"column '{c}' is {first.columns[c]}, not {ref.columns[c]}"
+             for c in ref.columns if c in first.columns and first.columns[c] != ref.columns[c]]
+    more = (f"; {plural(len(odd) - 1, 'other shard')} "
+            f"{'differs' if len(odd) == 2 else 'differ'} too" if len(odd) > 1 else "")
+    return (f"{first.name}: columns differ from the other shards' (e.g. {ref.name}): "
+            f"{', '.join(diff)}{more}")
 
-    Codes absent from ``codes.parquet`` (or an empty codes file) are a warning that counts
-    them, or an error naming the first such code when ``strict``.
+
+def summarize(ds: MedsDataset, scans: list[ShardScan], strict: bool = False,
+              warn=None) -> ValidationReport:
+    """The checks across shards (same columns, subjects in one file, splits, codes) and the
+    report.
+
+    Shards whose columns differ from the others' (e.g. one without ``numeric_value``), and
+    codes absent from ``codes.parquet`` (or an empty codes file), are warnings, or errors
+    when ``strict``. ``warn(line)`` receives each warning (default: this module's logger).
     """
     rep = ValidationReport(n_shards=len(scans), codes_file_empty=ds.codes is None)
+    differ = _schema_difference(scans)
+    if differ:
+        if strict:
+            raise ClaimsSearchError(differ)
+        rep.warnings.append(f"{differ} (an error with --strict)")
     rep.n_events = sum(s.n_events for s in scans)
     rep.n_static = sum(s.n_static for s in scans)
     if rep.n_events == 0:
@@ -252,10 +310,12 @@ def summarize(ds: MedsDataset, scans: list[ShardScan], strict: bool = False) -> 
     rep.n_subjects = len(uniq)
     _check_splits(ds, uniq, rep)
     all_codes = set().union(*(s.codes for s in scans))
+    codes_file = ds.root / meds.code_metadata_filepath
     if ds.codes is None:
-        msg = f"{meds.code_metadata_filepath} missing or empty: {len(all_codes)} codes undescribed"
+        msg = (f"{codes_file}: missing or empty: {plural(len(all_codes), 'code')} undescribed "
+               "(an error with --strict)")
         if strict:
-            raise ClaimsSearchError(f"{ds.root / meds.code_metadata_filepath}: {msg}")
+            raise ClaimsSearchError(msg.removesuffix(" (an error with --strict)"))
         rep.missing_codes = len(all_codes)
         rep.warnings.append(msg)
     else:
@@ -265,22 +325,24 @@ def summarize(ds: MedsDataset, scans: list[ShardScan], strict: bool = False) -> 
                 if missing:
                     raise ClaimsSearchError(
                         f"{s.name}: column 'code': {len(missing)} codes absent from "
-                        f"{meds.code_metadata_filepath} (e.g. {sorted(missing)[0]!r})"
+                        f"{codes_file} (e.g. {sorted(missing)[0]!r})"
                     )
         rep.missing_codes = len(all_codes - ds.codes)
         if rep.missing_codes:
             rep.warnings.append(
-                f"{rep.missing_codes} codes absent from {meds.code_metadata_filepath}"
+                f"{codes_file}: {plural(rep.missing_codes, 'code')} of the data not described "
+                "there (an error with --strict)"
             )
     for w in rep.warnings:
-        log.warning(w)
+        (warn or log.warning)(w)
     return rep
 
 
-def validate(root: str | Path, strict: bool = False) -> ValidationReport:
-    """Validate the whole MEDS dataset at ``root``, streaming shard by shard."""
+def validate(root: str | Path, strict: bool = False, warn=None) -> ValidationReport:
+    """Validate the whole MEDS dataset at ``root``, streaming shard by shard; ``warn(line)``
+    receives each warning (default: this module's logger)."""
     ds = open_dataset(root)
-    return summarize(ds, [scan_shard(ds, p) for p in ds.shards], strict)
+    return summarize(ds, [scan_shard(ds, p) for p in ds.shards], strict, warn)
 
 
 def _check_splits(ds: MedsDataset, subjects: np.ndarray, rep: ValidationReport) -> None:

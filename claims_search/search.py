@@ -335,6 +335,8 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
         if "trial_wall_s" in result:  # where a trial's time went: the training loop vs the rest
             extras["trial_wall_s"] = float(result["trial_wall_s"])
             extras["train_loop_s"] = float(json.loads(result["total_cost"])["wall_s"])
+            for phase, secs in json.loads(result.get("timings") or "{}").items():
+                extras[f"time_{phase}_s"] = float(secs)
         out.append(TrialRecord(trial_id, t, "complete", cfg, n_params, m[space.metric], m[f"{space.metric}_low"],
                                m[f"{space.metric}_high"], pc + fc, pc, fc, checkpoint=r["checkpoint"],
                                extras=extras, tags=tags, predictions=r.get("predictions")))

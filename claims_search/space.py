@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -424,11 +425,18 @@ def parse_space(data: Any, path: str | Path = "<space>") -> Space:
     except ValidationError as e:
         raise ClaimsSearchError(f"{path}: {_first_error(e)}") from None
     for t in space.tasks:
-        if _task_path(t, path) is None:
+        # A bare name may be any task prepared into the cache (checked against the cache when the
+        # search starts); a file name must exist here.
+        looks_like_file = t.endswith((".yaml", ".yml")) or "/" in t or os.sep in t
+        if looks_like_file and _task_path(t, path) is None:
             builtin = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
             raise ClaimsSearchError(
-                f"{path}: tasks: unknown task {t!r} (built-in: {', '.join(builtin)}; or a path to an ACES .yaml)"
+                f"{path}: tasks: unknown task {t!r}: no such file (a task is a built-in name "
+                f"({', '.join(builtin)}), a task prepared into the cache (the stem of a prepare --task file), "
+                "or a path to an ACES .yaml)"
             )
+        if not looks_like_file and not re.fullmatch(r"[A-Za-z0-9_.-]+", t):
+            raise ClaimsSearchError(f"{path}: tasks: {t!r} is not a task name (letters, digits, '_', '-', '.')")
     _check_lazy(space, path)
     return space
 

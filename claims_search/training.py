@@ -372,6 +372,9 @@ class TrialTraining:
     pretrain: PretrainResult | None  # None for from-scratch fine-tuning: nothing pretrained
     finetunes: dict[str, FinetuneResult]
     rank_nodes: list[str]
+    # Where the time went (seconds): "setup" (checks, cache localization on this node), "fit"
+    # (the whole Ray Train fit, worker-group start-up included), "eval" (scoring after training).
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
@@ -407,6 +410,9 @@ def pretrain_and_finetune(
     ``max_pretrain_loss``) the fine-tunings are skipped. ``finetune_settings.from_scratch``
     skips pretraining altogether (it pays for none). ``ray_options`` go to ``run_phases``.
     """
+    import time
+
+    t0 = time.perf_counter()
     cache = open_cache(cache_dir)
     size = as_size(size)
     out_dir = Path(out_dir)
@@ -445,8 +451,11 @@ def pretrain_and_finetune(
             start = _resume_state(out.with_name(out.name + ".partial"), out, meta, True)
             phase["init_state"] = str(start) if start else None
     gate = None if max_pretrain_loss is None or scratch else {"phase": 0, "value": max_pretrain_loss}
+    t1 = time.perf_counter()
     done = run_phases(phases, storage, workers=workers, use_gpu=use_gpu, checkpoint_every=checkpoint_every,
                       max_loss=gate, local_dir=out_dir / ".states", **(ray_options or {}))
+    timings = {"setup": t1 - t0, "fit": time.perf_counter() - t1,
+               "eval": sum(p[0].get("eval_s", 0.0) for p in done.phases if p is not None)}
     pre = None if scratch else _pretrain_result(pre_out, pre_meta, *done.phases[0], workers)
     fts = {}
     ft_done = done.phases if scratch else done.phases[1:]
@@ -456,4 +465,4 @@ def pretrain_and_finetune(
                                          None if pre is None else pre.cost)
     st.remove(storage)
     shutil.rmtree(out_dir / ".states", ignore_errors=True)
-    return TrialTraining(pre, fts, done.rank_nodes)
+    return TrialTraining(pre, fts, done.rank_nodes, timings)

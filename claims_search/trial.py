@@ -126,6 +126,7 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
                                           FinetuneSettings(**cfg["finetune"]), list(ctx.tasks), out,
                                           max_pretrain_loss=math.log(ctx.vocab_size), **run_kw)
     pre, fts = done.pretrain, done.finetunes
+    upload_started = time.monotonic()
     # From-scratch trials pretrain nothing and pay for nothing.
     pre_cost = pre.cost.to_dict() if pre is not None else Cost().to_dict()
     if pre is not None:
@@ -154,5 +155,6 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
                          "predictions": st.join(folder, "predictions", "tuning.parquet")}
         total = total + ft.cost
     total_cost = cost_value(total.to_dict(), ctx.cost)
+    base["timings"] = json.dumps({**done.timings, "upload": time.monotonic() - upload_started})
     return {**base, "status": "complete", "tasks": json.dumps(results), "total_cost": json.dumps(total.to_dict()),
             **objective_values(space, per_task, total_cost)}

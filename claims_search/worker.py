@@ -8,6 +8,7 @@ pretraining whose loss is non-finite or no better than ``max_loss`` skips its fi
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -110,6 +111,7 @@ def execute(
         bare.load_state_dict(best.model)  # evaluated, and kept as the checkpoint, at its best step
         out["best_step"] = best.step
         out["_best_model"] = best.model  # not JSON: the driver puts it in the final state
+    started = time.perf_counter()
     if job["kind"] == "pretrain":
         val = B.pretrain_batches(cache, "tuning", batch_tokens=settings.batch_tokens, max_len=size.max_len,
                                  mask_prob=settings.mask_prob, seed=settings.seed, epoch=0)
@@ -117,6 +119,7 @@ def execute(
     else:
         out["metrics"], out["predictions"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size,
                                                              settings, n_boot=job.get("n_boot", 1000))
+    out["eval_s"] = time.perf_counter() - started  # scoring after training: not in the cost
     return out
 
 

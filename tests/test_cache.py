@@ -11,6 +11,7 @@ import pytest
 
 from claims_search import cache, labels, meds
 from claims_search.cli import main
+from claims_search.errors import ClaimsSearchError
 
 CHECKUP, SBP, CKD, ARB = "HC//SPECIFIC_CHECKUP", "HC//SBP", "DX//ICD10//N18.3", "DRUG//ATC//C09CA01"
 
@@ -167,3 +168,46 @@ def test_two_worker_processes_write_the_same_cache(claims, tmp_path):
         assert np.array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name))
     for name in ("vocab.parquet", "subjects.parquet", "labels/ckd_incidence.parquet"):
         assert pl.read_parquet(tmp_path / "one" / name).equals(pl.read_parquet(tmp_path / "two" / name))
+
+
+def test_split_warnings_flag_evaluation_splits_with_fewer_than_30_of_a_class():
+    ok = {"n": 400, "positives": 40}
+    assert cache.split_warnings("t", {"train": {"n": 50, "positives": 2}, "tuning": ok,
+                                      "held_out": ok}) == []  # train may be small
+    got = cache.split_warnings("t", {"train": ok, "tuning": {"n": 210, "positives": 12},
+                                     "held_out": {"n": 200, "positives": 185}})
+    assert got == [
+        "task t: split tuning has only 12 positives (of 210 samples; 30 or more advised): its 95 % "
+        "AUROC/AUPRC intervals will be wide, most sizes will look indistinguishable and the "
+        "recommendation will lean to the cheapest; use more patients",
+        "task t: split held_out has only 15 negatives (of 200 samples; 30 or more advised): its 95 % "
+        "AUROC/AUPRC intervals will be wide, most sizes will look indistinguishable and the "
+        "recommendation will lean to the cheapest; use more patients",
+    ]
+    assert all("\n" not in x for x in got)
+    assert cache.split_warnings("t", {"train": ok, "tuning": {"n": 30, "positives": 30},
+                                      "held_out": ok})[0].startswith(
+        "task t: split tuning has one class only (30 samples, 30 positive)")
+
+
+def test_prepare_warns_through_its_callback_and_records_left_out_tasks(claims, tmp_path):
+    warned = []
+    tasks = [labels.load_task(t) for t in labels.BUILTIN_TASKS]
+    m = cache.write_cache(claims, tmp_path / "out", tasks, cache.Settings(min_count=1),
+                          progress=lambda m: None, warn=warned.append)
+    assert m["skipped_tasks"] == {}
+    assert sorted(m["tasks"]) == sorted(labels.BUILTIN_TASKS)
+    # The codes file is empty: one warning from the MEDS checks, naming it.
+    assert [w for w in warned if not w.startswith("task ")] == [
+        f"{claims / 'metadata' / 'codes.parquet'}: missing or empty: 9 codes undescribed "
+        "(an error with --strict)"]
+    # tuning and held-out hold one patient each here: every evaluation split is flagged.
+    task_lines = [w for w in warned if w.startswith("task ")]
+    assert {w.split(": split ")[1].split(" ")[0] for w in task_lines} == {"tuning", "held_out"}
+    assert all("\n" not in w for w in warned)
+
+
+def test_a_meds_folder_given_as_the_cache_says_what_to_run(claims):
+    with pytest.raises(ClaimsSearchError, match=rf"{claims}: a MEDS dataset, not a prepared cache: "
+                       r"run `claims-search prepare --meds .* --out PREPARED`"):
+        cache.Cache.open(claims)

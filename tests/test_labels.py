@@ -200,3 +200,89 @@ def test_tasks_using_any_event_read_every_row(tmp_path):
         " end_inclusive: true, label: ckd}\n"
     )
     assert labels._rows_outside_predicates_matter(labels.load_task(task).config)
+
+
+README_FLOW_STYLE = """\
+predicates:
+  checkup: {code: HC//SPECIFIC_CHECKUP}
+  ckd:     {code: {regex: "^DX//ICD10//N18"}}
+trigger: checkup
+windows:
+  input:
+    start: null
+    end: trigger
+    start_inclusive: true
+    end_inclusive: true
+    has: {ckd: (None, 0)}      # YAML flow style: split at the comma
+    index_timestamp: end
+  target:
+    start: input.end
+    end: start + 365d
+    start_inclusive: false
+    end_inclusive: true
+    label: ckd
+"""
+
+
+def test_a_constraint_split_by_yaml_flow_style_gets_a_one_line_hint(tmp_path):
+    bad = tmp_path / "flow.yaml"
+    bad.write_text(README_FLOW_STYLE)
+    with pytest.raises(ClaimsSearchError) as e:
+        labels.load_task(bad)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{bad}: windows.input.has: the constraint 'ckd: (None, 0)' was split")
+    assert "flow style" in msg and 'has: {ckd: "(None, 0)"}' in msg and "block style" in msg
+    # Both fixes load.
+    quoted = tmp_path / "quoted.yaml"
+    quoted.write_text(README_FLOW_STYLE.replace("{ckd: (None, 0)}", '{ckd: "(None, 0)"}'))
+    block = tmp_path / "block.yaml"
+    block.write_text(README_FLOW_STYLE.replace("has: {ckd: (None, 0)}", "has:\n      ckd: (None, 0)"))
+    for ok in (quoted, block):
+        assert labels.load_task(ok).config.windows["input"].has == {"ckd": (None, 0)}
+
+
+DIABETES_TASK = """\
+predicates:
+  checkup:
+    code: HC//SPECIFIC_CHECKUP
+  diabetes:
+    code: DX//ICD10//E11
+trigger: checkup
+windows:
+  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: true, index_timestamp: end}
+  target: {start: input.end, end: start + 365d, start_inclusive: false, end_inclusive: true, label: diabetes}
+"""
+
+
+def test_no_positives_names_the_predicate_that_matched_nothing_and_the_closest_codes(tmp_path):
+    task = tmp_path / "diabetes.yaml"
+    task.write_text(DIABETES_TASK)
+    rows = [(1, "2020-01-01", CHECKUP), (1, "2020-03-01", "DX//ICD10//E11.9"),
+            (2, "2020-01-01", CHECKUP), (2, "2020-02-01", "DX//ICD10//E78.5")]
+    with pytest.raises(ClaimsSearchError) as e:
+        extract(tmp_path, task, rows)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "task 'diabetes' has no positive labels (2 samples)" in msg
+    assert "predicate 'diabetes' (code DX//ICD10//E11) matches no event" in msg
+    assert "closest codes present: DX//ICD10//E11.9" in msg
+    assert 'regex: "^DX//ICD10//E11"' in msg
+    # With the regex the same data has a positive and a negative.
+    task.write_text(DIABETES_TASK.replace("code: DX//ICD10//E11", 'code: {regex: "^DX//ICD10//E11"}'))
+    assert extract(tmp_path / "again", task, rows) == [(1, "2020-01-01", True), (2, "2020-01-01", False)]
+
+
+def test_no_samples_names_an_unmatched_trigger_with_similar_codes(tmp_path):
+    task = tmp_path / "typo.yaml"
+    task.write_text(DIABETES_TASK.replace("HC//SPECIFIC_CHECKUP", "HC//SPECIFIC_CHECK_UP"))
+    with pytest.raises(ClaimsSearchError, match=r"\(0 samples\).*predicate 'checkup' "
+                       r"\(code HC//SPECIFIC_CHECK_UP\) matches no event.*HC//SPECIFIC_CHECKUP"):
+        extract(tmp_path, task, [(1, "2020-01-01", CHECKUP), (1, "2020-03-01", "DX//ICD10//E11")])
+
+
+def test_a_predicate_that_matches_but_never_in_the_window_gets_no_hint(tmp_path):
+    rows = [(1, "2020-01-01", CHECKUP), (2, "2020-01-01", CHECKUP), (3, "2010-01-01", CKD)]
+    with pytest.raises(ClaimsSearchError) as e:
+        extract(tmp_path, "ckd_incidence", rows)
+    assert str(e.value).endswith("has no positive labels (2 samples) on this dataset")

@@ -155,3 +155,50 @@ def test_not_a_parquet_file(tmp_path):
     root = write(tmp_path)
     (root / "data" / "train" / "0.parquet").write_text("subject_id,time,code\n")
     fails(root, r"train/0\.parquet: not a readable Parquet file")
+
+
+def test_messages_name_the_dataset_folder_not_paths_inside_it(tmp_path):
+    swapped = [ALICE[0], ALICE[1], ALICE[4], ALICE[2], ALICE[3]]
+    root = write(tmp_path, shards={"train/0": swapped, "tuning/0": BOB})
+    msg = fails(root, r"not sorted for subject 1")
+    assert msg.startswith(f"{root}/data/train/0.parquet: ")
+
+
+def test_a_folder_without_data_is_not_a_meds_dataset(tmp_path):
+    root = write(tmp_path)
+    msg = fails(root / "data", r"not a MEDS dataset: no data/ folder")
+    assert msg.startswith(f"{root / 'data'}: ") and "pass its parent" in msg and str(root) in msg
+    other = tmp_path / "notes"
+    other.mkdir()
+    assert "empty dataset" not in fails(other, r"notes: not a MEDS dataset")
+    fails(tmp_path / "absent", r"absent: no such folder")
+
+
+def test_shards_with_different_columns_are_a_warning_or_an_error_under_strict(tmp_path):
+    root = write(tmp_path, shards={"train/0": ALICE, "train/1": [(3, None, "GENDER//F")],
+                                   "tuning/0": BOB}, splits={1: "train", 2: "tuning", 3: "train"})
+    bob = root / "data" / "tuning" / "0.parquet"
+    pq.write_table(pq.read_table(bob).drop(["numeric_value"]), bob)
+    seen = []
+    rep = meds.validate(root, warn=seen.append)
+    assert rep.n_events == 9  # readable: the missing values are nulls
+    assert seen == [rep.warnings[0]]
+    assert seen[0].startswith(f"{bob}: columns differ from the other shards' (e.g. {root}/data/")
+    assert "no 'numeric_value' column" in seen[0] and "--strict" in seen[0]
+    fails(root, r"tuning/0\.parquet: columns differ .*no 'numeric_value' column", strict=True)
+
+
+def test_equivalent_types_are_not_a_schema_difference(tmp_path):
+    root = write(tmp_path)
+    bob = root / "data" / "tuning" / "0.parquet"
+    t = pq.read_table(bob)
+    pq.write_table(t.cast(pa.schema([pa.field("code", pa.large_string()) if f.name == "code" else
+                                     pa.field("numeric_value", pa.float64()) if f.name == "numeric_value"
+                                     else f for f in t.schema])), bob)
+    assert meds.validate(root, strict=True).warnings == []
+
+
+def test_the_summary_says_shard_or_shards(tmp_path):
+    assert meds.validate(write(tmp_path, shards={"0": ALICE + BOB})).summary().startswith(
+        "1 shard, 2 subjects, 8 events")
+    assert meds.validate(write(tmp_path / "b")).summary().startswith("2 shards, 2 subjects")

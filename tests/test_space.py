@@ -99,7 +99,7 @@ BAD = {
         mutate(model={"width": [64, 96], "heads": [4, 5], "depth": 2}),
         "model.heads: 5 heads can't divide width 64",
     ),
-    "unknown task": (mutate(tasks=["diabetes_onset"]), "tasks: unknown task 'diabetes_onset'"),
+    "unknown task file": (mutate(tasks=["diabetes_onset.yaml"]), "tasks: unknown task 'diabetes_onset.yaml': no such file"),
     "unknown metric": (mutate(metric="accuracy"), "metric: Input should be 'auprc' or 'auroc'"),
     "scalar without lambda": (mutate(objective={"kind": "scalar"}), "objective: a scalar objective needs lambda"),
     "grid over a range": (mutate(sampler="grid"), "the grid sampler needs choices"),
@@ -170,3 +170,10 @@ def test_yaml_exponent_floats_and_missing_file(tmp_path):
     assert load_space(path).training.pretrain["lr"].low == pytest.approx(1e-4)
     with pytest.raises(ClaimsSearchError, match="not found"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_a_bare_task_name_may_be_any_task_prepared_into_the_cache(tmp_path):
+    """`prepare --task mytask.yaml` puts `mytask` in the cache; a space may name it. Whether the
+    cache has it is checked when the search starts, before any trial."""
+    space = load_space(write(tmp_path, mutate(tasks=["mytask", "ckd_incidence"])))
+    assert space.task_names == ["mytask", "ckd_incidence"]

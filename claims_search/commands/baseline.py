@@ -14,13 +14,19 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search baseline`."""
-    parser.add_argument("--data", required=True, help="prepared cache folder (claims-search prepare)")
-    parser.add_argument("--task", required=True, help="task name, e.g. ckd_incidence")
-    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    from claims_search.commands.pretrain import use_help_formatter
+
+    use_help_formatter(parser)
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="prepared cache folder (claims-search prepare)")
+    parser.add_argument("--task", required=True,
+                        help="task name, one of the prepared cache's (its manifest.json lists them)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
     parser.add_argument("--held-out", action="store_true", help="also evaluate on the held-out split")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="LightGBM threads (0 = OpenMP default)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the intervals")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (early-stopping carve-out, LightGBM)")
+    parser.add_argument("--threads", type=int, default=0, help="LightGBM threads (0: OpenMP's default)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap replicates (patients resampled) for the 95 %% intervals")
 
 
 def run(args: argparse.Namespace) -> int:

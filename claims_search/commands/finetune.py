@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import argparse
 
-from claims_search.commands.pretrain import add_run_arguments, add_size_arguments, progress, size_from_args
+from claims_search.commands.pretrain import StepProgress, add_run_arguments, add_size_arguments, size_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search finetune`."""
-    parser.add_argument("--task", required=True, help="task name, e.g. ckd_incidence")
+    parser.add_argument("--task", required=True,
+                        help="task name, one of the prepared cache's (its manifest.json lists them)")
     start = parser.add_mutually_exclusive_group(required=True)
-    start.add_argument("--init", help="pretrained checkpoint (a pretrain --out folder)")
-    start.add_argument("--from-scratch", action="store_true", help="no pretraining")
+    start.add_argument("--init", metavar="DIR", help="pretrained checkpoint (a pretrain --out folder)")
+    start.add_argument("--from-scratch", action="store_true",
+                       help="no pretraining: random initial weights (needs a model size)")
     add_run_arguments(parser, steps=300, lr=3e-4, warmup=30)
     add_size_arguments(parser)
-    parser.add_argument("--pool", choices=("cls", "mean"), default="cls")
+    parser.add_argument("--pool", choices=("cls", "mean"), default="cls",
+                        help="sequence summary fed to the head: the [CLS] token or the mean of all tokens")
     parser.add_argument("--held-out", action="store_true", help="also evaluate on the held-out split")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the intervals")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap replicates (patients resampled) for the 95 %% intervals")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
                                 warmup=min(args.warmup, args.steps), seed=args.seed,
                                 log_every=args.log_every, pool=args.pool, from_scratch=args.from_scratch)
     splits = ("tuning", "held_out") if args.held_out else ("tuning",)
-    result = finetune(args.data, args.task, size, settings, args.out, init_checkpoint=args.init,
-                      eval_splits=splits, n_boot=args.bootstrap, workers=args.workers, use_gpu=args.gpu,
-                      resume=not args.restart, checkpoint_every=args.checkpoint_every,
-                      on_report=progress if args.workers is None else None)
+    with StepProgress(args.steps, f"finetune {args.task}") as bar:
+        result = finetune(args.data, args.task, size, settings, args.out, init_checkpoint=args.init,
+                          eval_splits=splits, n_boot=args.bootstrap, workers=args.workers,
+                          use_gpu=args.gpu, resume=not args.restart,
+                          checkpoint_every=args.checkpoint_every,
+                          on_report=bar if args.workers is None else None)
     print(f"fine-tuned {args.task} for {result.steps} steps "
           f"({'from scratch' if result.pretrain_cost is None else 'from ' + args.init})")
     print(format_metrics(result.metrics))

@@ -13,25 +13,35 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search synth`."""
+    from claims_search.commands.pretrain import use_help_formatter
     from claims_search.synth.writer import DEFAULT_SHARD_SIZE  # light: numpy + pyarrow
 
+    use_help_formatter(parser)
     parser.add_argument("--patients", type=int, required=True, help="number of patients (>= 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, help="output folder (must be empty or absent)")
-    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (must be empty or absent)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes simulating blocks of --shard-size patients in parallel")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                        help=f"patients per shard (default {DEFAULT_SHARD_SIZE:,})")
+                        help="patients simulated together; each block writes one shard file "
+                             "per split (data/<split>/NNNNN.parquet)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate the dataset and print a one-screen summary."""
+    from pathlib import Path
+
+    from claims_search.meds import plural
     from claims_search.synth import generate
 
     s = generate(args.out, args.patients, args.seed, workers=args.workers,
                  shard_size=args.shard_size, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {s['patients']:,} patients, {s['events']:,} events, "
-          f"{s['shards']} shards in {s['seconds']:.1f} s "
+    # Shards as `validate` counts them: the Parquet files under data/ (one per split and block).
+    files = len(list((Path(args.out) / "data").rglob("*.parquet")))
+    print(f"wrote {args.out}: {plural(s['patients'], 'patient')}, {plural(s['events'], 'event')}, "
+          f"{plural(files, 'shard')} in {s['seconds']:.1f} s "
           f"({s['patients'] / s['seconds']:,.0f} patients/s, {s['events'] / s['seconds']:,.0f} events/s)")
     for split, c in s["splits"].items():
         print(f"  {split:9s} {c['subjects']:>10,} subjects {c['events']:>13,} events")
