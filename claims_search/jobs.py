@@ -247,11 +247,28 @@ def submit(client, entrypoint: str, runtime_env: dict, experiment: str | None = 
     metadata = {"tool": "claims-search"}
     if experiment:
         metadata["experiment"] = experiment
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
-    except (RuntimeError, ValueError, OSError) as e:
-        raise ClaimsSearchError(f"submit: the cluster refused the job: {one_line(e)}") from None
-    return Submission(job_id, entrypoint, experiment)
+    delay = 1.0
+    for attempt in range(SUBMIT_ATTEMPTS):
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
+            return Submission(job_id, entrypoint, experiment)
+        except (RuntimeError, ValueError, OSError) as e:
+            # A head just started has no job agent yet ("No available agent to submit job,
+            # please try again later"): a transient refusal, retried with backoff.
+            if not is_transient(e) or attempt == SUBMIT_ATTEMPTS - 1:
+                raise ClaimsSearchError(f"submit: the cluster refused the job: {one_line(e)}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+SUBMIT_ATTEMPTS = 6  # ~1+2+4+8+8 s of waiting: what a freshly started head needs
+
+
+def is_transient(e: BaseException) -> bool:
+    """A refusal worth retrying: the server says to try again, or is briefly unavailable."""
+    text = str(e).lower()
+    return any(k in text for k in ("try again later", "no available agent", "503", "temporarily unavailable"))
 
 
 def log_tail(client, job_id: str, lines: int = TAIL_LINES) -> str:

@@ -208,3 +208,31 @@ def test_a_running_job_can_be_stopped(ray_cluster):
             break
         time.sleep(2)
     assert "STOPPED" in row
+
+
+def test_a_transient_refusal_is_retried_and_a_permanent_one_is_one_line():
+    """A fresh head's job agent refuses until it is ready: retried with backoff. A real client
+    stand-in is enough here: the retry is ours, the refusal text is Ray's."""
+    class Head:
+        def __init__(self, refusals):
+            self.refusals, self.calls = refusals, 0
+
+        def submit_job(self, **kw):
+            self.calls += 1
+            if self.calls <= self.refusals:
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job, "
+                                   "please try again later.")
+            return "raysubmit_ok"
+
+    head = Head(refusals=2)
+    assert jobs.submit(head, "echo", {}).job_id == "raysubmit_ok" and head.calls == 3
+    assert jobs.is_transient(RuntimeError("No available agent to submit job, please try again later"))
+    assert not jobs.is_transient(RuntimeError("runtime_env: working_dir not found"))
+
+    class Refusing:
+        def submit_job(self, **kw):
+            raise RuntimeError("Request failed with status code 400: bad runtime env\ndetails...")
+
+    with pytest.raises(ClaimsSearchError, match="^submit: the cluster refused the job: Request failed") as e:
+        jobs.submit(Refusing(), "echo", {})
+    assert "\n" not in str(e.value)
