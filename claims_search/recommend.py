@@ -32,9 +32,10 @@ An underpowered split makes no claim about size either: no saturation point, not
 improving" (the same wide intervals would back either).
 
 *Baseline*: LightGBM is recommended (``choice="baseline"``) when, paired against the best
-Transformer, it is at least as good under the rule and cheaper than the Transformer that would
-otherwise be recommended (while the split is underpowered only if it is significantly better:
-``high < 0``). Without predictions it is shown beside the recommendation, never recommended.
+Transformer, it is significantly better (``high < 0``: then every size is worse than it, at any
+cost), or at least as good under the rule and cheaper than the Transformer that would otherwise
+be recommended (not while the split is underpowered). Without predictions it is shown beside the
+recommendation, never recommended.
 
 Not corrected for: comparing many candidates with one best (no Holm or Hsu adjustment), and the
 winner's curse (the best trial's figure is optimistic: it was picked on the split it is scored
@@ -294,12 +295,15 @@ def _underpowered(comparisons: tuple[Comparison, ...], margin: float | None) -> 
 
 
 def _baseline_wins(cmp: Comparison | None, chosen: TrialRecord, underpowered: bool) -> bool:
-    """LightGBM replaces the Transformer choice when it is cheaper and, paired against the
-    best, as good under the rule; while the split is underpowered, only if it is significantly
-    better (its qualifying would otherwise be the interval's width, not evidence)."""
-    if cmp is None or cmp.rule != "paired" or cmp.record.cost >= chosen.cost:
+    """LightGBM replaces the Transformer choice when it is significantly better than the best
+    Transformer (``high < 0``: every size is then significantly worse than it, whatever they
+    cost), or when it is cheaper and, paired against the best, as good under the rule (not
+    while the split is underpowered: its qualifying would be the interval's width, not evidence)."""
+    if cmp is None or cmp.rule != "paired":
         return False
-    return cmp.high < 0 or (cmp.qualifies and not underpowered)
+    if cmp.high < 0:
+        return True
+    return cmp.record.cost < chosen.cost and cmp.qualifies and not underpowered
 
 
 def _trend_rule(paired: list[bool]) -> str:

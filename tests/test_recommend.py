@@ -84,6 +84,7 @@ import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 from claims_search import predictions as pr  # noqa: E402
+from claims_search.commands.recommend import describe  # noqa: E402
 from claims_search.recommend import RESOLUTION  # noqa: E402
 
 # 30 patients, one tuning sample each, in model A's order (highest score first): each positive
@@ -263,3 +264,16 @@ def test_unusable_predictions_are_judged_unpaired_never_raised(caplog):
         assert rec.comparisons[0].rule == "unpaired" and "unusable values" in caplog.text
         rec = recommend([A, B], "ckd_incidence", {"A": PAIRED["A"].drop(columns="prob")}, metric="auroc")
         assert rec.rule == "unpaired" and "lack ['prob']" in caplog.text
+
+
+def test_a_baseline_clearly_better_than_every_size_is_recommended_even_when_it_costs_more():
+    """Measured in bench/rule_error.py: LightGBM far better on held-out, a few device-seconds
+    dearer than the cheapest Transformer. Recommending a size that is significantly worse than
+    the baseline to save those seconds would be wrong."""
+    perfect = np.where(LABELS, 0.99, 0.01)
+    lgbm = auroc_trial("lgbm", 1.0, 1.0, 1.0, cost=500.0, baseline=True)  # dearer than A and B
+    rec = recommend([A, B, lgbm], "ckd_incidence", {**PAIRED, "lgbm": preds(perfect)}, metric="auroc")
+    assert rec.choice == "baseline" and rec.record.trial_id == "lgbm"
+    assert rec.baseline_comparison.high < 0
+    line = describe(rec, "auroc", "device_seconds")[0]
+    assert line.endswith("better than the best Transformer, at a higher cost, but every size is worse")

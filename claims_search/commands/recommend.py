@@ -126,8 +126,10 @@ def _headline(rec, metric: str, cost: str) -> list[str]:
     params = f", {r.n_params / 1e6:.2f}M params" if r.n_params else ""
     figures = f"  {metric.upper()} {fmt_metric(r)}  cost {r.cost:.4g} {cost}"
     if rec.choice == "baseline":
-        return [f"{rec.task}: recommended LightGBM (trial {r.trial_id}): at least as good as the best Transformer, "
-                f"at a lower cost", figures,
+        why = ("better than the best Transformer" if rec.difference is not None and rec.difference.high < 0
+               else "at least as good as the best Transformer")
+        cheaper = "at a lower cost" if r.cost < best.cost else "at a higher cost, but every size is worse"
+        return [f"{rec.task}: recommended LightGBM (trial {r.trial_id}): {why}, {cheaper}", figures,
                 f"  best Transformer {fmt_size(best)} (trial {best.trial_id}) {metric.upper()} {fmt_metric(best)}  "
                 f"cost {best.cost:.4g}",
                 _rule_line(rec, rec.difference, "LightGBM"),
