@@ -78,7 +78,7 @@ def write_png(
     ax.set_xscale("log")
     ax.set_xlabel(COST_LABELS.get(cost, cost))
     ax.set_ylabel(metric.upper())
-    ax.set_title(f"{task}: {metric.upper()} vs compute")
+    ax.set_title(f"{task}: {metric.upper()} vs compute{mixed_devices_note(records)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if records:
         ax.legend(fontsize=8, loc="best")
@@ -129,7 +129,8 @@ def write_html(
             fig.add_hline(y=rec.threshold, line_dash="dot", line_color="#d62728", annotation_text=_bar(rec))
     fig.update_xaxes(type="log", title=COST_LABELS.get(cost, cost))
     fig.update_yaxes(title=metric.upper())
-    fig.update_layout(title=f"{task}: {metric.upper()} vs compute", template="plotly_white")
+    fig.update_layout(title=f"{task}: {metric.upper()} vs compute{mixed_devices_note(records)}",
+                      template="plotly_white")
     path = Path(path)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
     return path
@@ -150,3 +151,10 @@ def write_plots(
         write_png(out_dir / "frontier.png", records, task, rec, metric, cost),
         write_html(out_dir / "frontier.html", records, task, rec, metric, cost),
     )
+
+
+def mixed_devices_note(records: Iterable[TrialRecord]) -> str:
+    """A title suffix when the points' costs were measured on different kinds of device (a
+    CPU-second is not a GPU-second: such costs share an axis, not a unit)."""
+    kinds = sorted({r.tags.get("device", "") for r in records if r.usable} - {""})
+    return f" (mixed devices: {', '.join(kinds)}; costs not comparable)" if len(kinds) > 1 else ""

@@ -162,8 +162,8 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
         if rec is None:
             continue
         roles = {"recommended": rec.record, "best": rec.best, "baseline": rec.baseline}
-        for role, r in roles.items():  # a model in two roles (LightGBM recommended) is scored once
-            if r is not None and r.checkpoint and r not in [jobs[(task, o)] for o in roles if (task, o) in jobs]:
+        for role, r in roles.items():
+            if r is not None and r.checkpoint:
                 jobs[(task, role)] = r
     if not jobs:
         return {}
@@ -180,12 +180,16 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
         except ClaimsSearchError as e:  # e.g. one class only in a small held-out split
             return {"error": str(e)}
 
-    # A Transformer's checkpoint is the folder holding meta.json and state.pt.
-    refs = {key: score.remote(key[0], r.checkpoint, r.is_baseline) for key, r in jobs.items()}
+    # A Transformer's checkpoint is the folder holding meta.json and state.pt. A model in two
+    # roles (the recommended one is often the best) is scored once.
+    refs: dict[tuple[str, str], Any] = {}
+    for (task, _), r in jobs.items():
+        if (task, r.checkpoint) not in refs:
+            refs[(task, r.checkpoint)] = score.remote(task, r.checkpoint, r.is_baseline)
+    got = dict(zip(refs, ray.get(list(refs.values()))))
     out: dict[str, dict] = {}
-    for (task, role), ref in refs.items():
-        got = ray.get(ref)
-        out.setdefault(task, {})[role] = {"trial_id": jobs[(task, role)].trial_id, **got}
+    for (task, role), r in jobs.items():
+        out.setdefault(task, {})[role] = {"trial_id": r.trial_id, **got[(task, r.checkpoint)]}
     for task, roles in out.items():
         tracker.log_confirmation(task, HELD_OUT, roles)
     tracker.sync()
@@ -296,8 +300,15 @@ def _baselines(ray, space, data: str, folder: str, tracker) -> None:
             trial_id="baseline-lightgbm", task=task, status="complete", params={"model": {}, "kind": "lightgbm"},
             n_params=None, metric=m[space.metric], metric_low=m[f"{space.metric}_low"],
             metric_high=m[f"{space.metric}_high"], cost=c, pretrain_cost=0.0, finetune_cost=c, is_baseline=True,
-            extras=_extras(m, out["cost"]), checkpoint=out["folder"],
+            extras=_extras(m, out["cost"]), checkpoint=out["folder"], tags={"device": device_kind(out["cost"]["device"])},
             predictions=f"{out['folder']}/predictions/tuning.parquet"))
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or the accelerator's name: what a cost's seconds are seconds of (thread counts and
+    several devices of one kind are the same kind)."""
+    first = device.split(" + ")[0].strip()
+    return "cpu" if first.startswith("cpu") else first.split(" (")[0]
 
 
 def _extras(metrics: dict, cost: dict) -> dict[str, float]:
@@ -318,6 +329,8 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
     if result.get("node_id"):  # where it ran: the trial driver's node and every Train rank's
         tags["driver_node"] = str(result["node_id"])
         tags["rank_nodes"] = ",".join(json.loads(result.get("rank_nodes") or "[]"))
+    if result.get("total_cost"):
+        tags["device"] = device_kind(json.loads(result["total_cost"]).get("device", ""))
     if status != "complete":
         st = "failed" if status == "failed" else "pruned"
         return [TrialRecord(trial_id, t, st, cfg, n_params, None, None, None, None,

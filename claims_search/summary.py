@@ -193,6 +193,7 @@ def write_frontier_table(
                 "cost": r.cost,
                 "pretrain_cost": r.pretrain_cost,
                 "finetune_cost": r.finetune_cost,
+                "device": r.tags.get("device"),  # the kind its cost was measured on
                 "pareto": r.trial_id in pareto,
                 "recommended": r.trial_id == chosen,
             }

@@ -83,6 +83,31 @@ def test_the_search_prints_a_recommendation_for_both_tasks(smoke_search):
         assert f"{task}: recommended" in out
 
 
+def test_the_choice_is_confirmed_once_on_held_out_patients(smoke_search, prepared):
+    """After the search chose, the recommended, best and baseline models are scored on held_out
+    (which nothing read before): in the output and as metrics of each task's parent run."""
+    from claims_search.cache import Cache
+
+    work, out = smoke_search
+    assert out.count("held-out confirmation (scored once, after the choice") == len(TASKS)
+    client = _client(work)
+    exp = client.get_experiment_by_name("smoke-e2e")
+    cache = Cache.open(prepared)
+    for r in client.search_runs([exp.experiment_id], max_results=500):
+        if r.data.tags.get("claims_search.role") != "parent":
+            continue
+        m, task = r.data.metrics, r.data.tags["claims_search.task"]
+        assert m["held_out_recommended_n"] == len(cache.labels(task, "held_out"))
+        assert m["held_out_recommended_auprc_low"] <= m["held_out_recommended_auprc"] <= m["held_out_recommended_auprc_high"]
+        assert "held_out_best_auprc" in m and r.data.tags["held_out_best_trial"]
+
+
+def test_a_summary_line_says_how_the_trials_ended_and_where_the_time_went(smoke_search):
+    _, out = smoke_search
+    assert "3 trial(s) complete, 0 failed, 0 pruned" in out
+    assert "% of trial wall time in the training loop" in out
+
+
 def test_mlflow_holds_a_parent_per_task_and_tagged_children(smoke_search):
     work, _ = smoke_search
     client = _client(work)

@@ -114,3 +114,17 @@ def test_recommend_command_reads_each_trial_s_kept_predictions(records, tmp_path
     assert default.startswith("ckd_incidence: recommended w256 d2 h2, 4.00M params (trial big), the best trial")
     assert within.startswith("ckd_incidence: recommended w64 d2 h2, 0.25M params (trial small)")
     assert "paired rule (30 patients): best - recommended = 0.0500" in within and "upper end < margin 0.1" in within
+
+
+def test_a_frontier_mixing_device_kinds_says_so():
+    import dataclasses
+
+    from claims_search.plots import mixed_devices_note
+    from claims_search.search import device_kind
+
+    assert device_kind("cpu (x86_64, 2 threads)") == "cpu"
+    assert device_kind("NVIDIA H200 + NVIDIA H200") == "NVIDIA H200"
+    cpu = TrialRecord("a", "t", "complete", {}, 1, 0.5, 0.4, 0.6, 10.0, 5.0, 5.0, tags={"device": "cpu"})
+    gpu = dataclasses.replace(cpu, trial_id="b", tags={"device": "NVIDIA H200"})
+    assert mixed_devices_note([cpu]) == ""
+    assert mixed_devices_note([cpu, gpu]) == " (mixed devices: NVIDIA H200, cpu; costs not comparable)"
