@@ -28,6 +28,16 @@ class GuardedOptunaSearch(OptunaSearch):
 
     MAX_REDRAWS = 50
 
+    def _setup_study(self, space):
+        """As OptunaSearch's, but configurations to evaluate first are enqueued only into a new
+        study: a resumed search re-creates its searcher, and must not queue them again."""
+        points, self._points_to_evaluate = self._points_to_evaluate, []
+        super()._setup_study(space)
+        self._points_to_evaluate = points
+        if points and not self._ot_study.get_trials(deepcopy=False):
+            for point in points:
+                self._ot_study.enqueue_trial(point)
+
     def suggest(self, trial_id: str):
         """The sampler's proposal, never a configuration an earlier trial already trained: a
         repeat is told FAIL (user attr ``duplicate``) and the sampler asked again."""

@@ -29,9 +29,11 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def synthetic_meds(tmp_path_factory):
-    """2,000 synthetic patients as MEDS (seeded: the same data every run)."""
+    """2,000 synthetic patients as MEDS (seeded: the same data every run). Their ids are 7-digit
+    (7000001...) so that a privacy scan can look for every one of them without false hits."""
     out = tmp_path_factory.mktemp("synthetic") / "meds"
-    assert cli(["synth", "--patients", "2000", "--seed", "7", "--out", str(out), "--workers", "1"]) == 0
+    assert cli(["synth", "--patients", "2000", "--seed", "7", "--out", str(out), "--workers", "1",
+                "--first-id", "7000000"]) == 0
     return out
 
 
@@ -83,3 +85,28 @@ def recency_cache(tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "prepared"
     write_cache(root, out, [load_task("antihypertensive_start")], Settings(max_len=64, min_count=1))
     return out
+
+
+@pytest.fixture
+def mlflow_uri():
+    """``use(uri)`` points this process's MLflow (tracking and registry) at ``uri`` for one test;
+    the environment MLflow writes it to is restored after, so later tests and their
+    subprocesses do not inherit it."""
+    import os
+
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+    def use(uri: str) -> None:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+
+    yield use
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None unsets it
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

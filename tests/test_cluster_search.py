@@ -129,7 +129,7 @@ def test_storage_keeps_results_and_no_train_run_scratch(s3_search, s3_server):
     assert {"search.json", "outbox.jsonl", "optuna.db"} <= state
 
 
-def test_mlflow_holds_the_frontier_and_recommended_models_that_load(s3_search, mlflow_server):
+def test_mlflow_holds_the_frontier_and_recommended_models_that_load(s3_search, mlflow_server, mlflow_uri):
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
@@ -144,7 +144,7 @@ def test_mlflow_holds_the_frontier_and_recommended_models_that_load(s3_search, m
         assert all(c.data.tags.get("pareto") in ("true", "false") for c in runs)
         parent = runs[0].data.tags["mlflow.parentRunId"]
         assert {"frontier.png", "frontier.html", "frontier.csv"} <= {a.path for a in client.list_artifacts(parent)}
-        mlflow.set_tracking_uri(mlflow_server.url)
+        mlflow_uri(mlflow_server.url)
         assert mlflow.pyfunc.load_model(f"models:/{registered_name(NAME, task)}@recommended") is not None
         version = client.get_model_version_by_alias(registered_name(NAME, task), "recommended")
         assert version.run_id in {r.info.run_id for r in runs}  # a trial of this search

@@ -60,11 +60,11 @@ def test_predict_writes_what_the_trial_kept(recency_cache, registered, kind):
     assert got["prob"].tolist() == predictions.read(kept[kind])["prob"].tolist()
 
 
-def test_the_registered_pyfunc_predicts_on_its_documented_input(recency_cache, registered):
+def test_the_registered_pyfunc_predicts_on_its_documented_input(recency_cache, registered, mlflow_uri):
     import mlflow.pyfunc
 
     work, uri, kept = registered
-    mlflow.set_tracking_uri(uri)
+    mlflow_uri(uri)
     model = mlflow.pyfunc.load_model("models:/transformer@recommended")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["data", "task", "split"]
     got = model.predict(pd.DataFrame([{"data": str(recency_cache), "task": TASK, "split": "tuning"}]))

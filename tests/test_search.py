@@ -77,10 +77,16 @@ def _client(work):
     return MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
 
 
+def has_verdict(task: str, out: str) -> bool:
+    """A recommendation, or the plain statement that the tuning split cannot tell sizes apart
+    (the smoke split has ~150 samples: both are honest outcomes)."""
+    return f"{task}: recommended" in out or f"{task}: the tuning split is too small to tell" in out
+
+
 def test_the_search_prints_a_recommendation_for_both_tasks(smoke_search):
     _, out = smoke_search
     for task in TASKS:
-        assert f"{task}: recommended" in out
+        assert has_verdict(task, out), out[-3000:]
 
 
 def test_the_choice_is_confirmed_once_on_held_out_patients(smoke_search, prepared):
@@ -163,8 +169,8 @@ def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, p
 
     work, stdout = smoke_search
     ids = {str(i) for i in pq.read_table(Path(prepared) / "subjects.parquet", columns=["subject_id"])
-           .column(0).to_pylist() if i >= 100000}  # long ids only: short numbers collide with sizes
-    assert len(ids) > 100
+           .column(0).to_pylist()}
+    assert len(ids) == 2000 and min(map(len, ids)) == 7  # conftest: 7-digit ids, no false hits
     client = _client(work)
     exp = client.get_experiment_by_name("smoke-e2e")
     texts = [stdout]
@@ -214,7 +220,7 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
 
         again = box.run(search_cmd(prepared, tmp_path, "resumable", "smoke", "--resume"))
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-        assert all(f"{t}: recommended" in again.stdout for t in TASKS)
+        assert all(has_verdict(t, again.stdout) for t in TASKS), again.stdout[-3000:]
         # Finished trials were not trained again; the search still has three trials in all.
         for t, mtime in done.items():
             assert (tmp_path / "runs" / "resumable" / "trials" / t / "pretrain" / "result.json").stat().st_mtime == mtime

@@ -43,9 +43,13 @@ def _resolve(model: str, tracking_uri: str | None) -> tuple[str, bool]:
         from claims_search.tracking import default_tracking_uri
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        uri = tracking_uri or default_tracking_uri()
+        # models:/ resolves through the registry URI, which MLflow takes from the environment
+        # unless told: the one given here must win over a stray $MLFLOW_TRACKING_URI.
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model,
-                                                        tracking_uri=tracking_uri or default_tracking_uri())
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri)
         except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a missing model
             raise ClaimsSearchError(f"--model {model}: cannot be downloaded: {storage.one_line(e)}") from None
         return packaging.scorable(local)

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="patients simulated together; each block writes one shard file "
                              "per split (data/<split>/NNNNN.parquet)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--first-id", type=int, default=0,
+                        help="subject ids start after this number (e.g. to tell datasets apart)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from claims_search.synth import generate
 
     s = generate(args.out, args.patients, args.seed, workers=args.workers,
-                 shard_size=args.shard_size, overwrite=args.overwrite)
+                 shard_size=args.shard_size, overwrite=args.overwrite, first_id=args.first_id)
     # Shards as `validate` counts them: the Parquet files under data/ (one per split and block).
     files = len(list((Path(args.out) / "data").rglob("*.parquet")))
     print(f"wrote {args.out}: {plural(s['patients'], 'patient')}, {plural(s['events'], 'event')}, "

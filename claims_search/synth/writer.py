@@ -166,7 +166,7 @@ def _finish(root: Path, results: list[dict], patients: int, seed: int, shard_siz
 
 
 def generate(out_dir, patients: int, seed: int, *, workers: int = 2,
-             shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False) -> dict:
+             shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False, first_id: int = 0) -> dict:
     """Generate ``patients`` synthetic patients as a MEDS dataset in ``out_dir`` (atomically).
 
     Returns a summary: subjects and events per split, and per task the number of labelled
@@ -178,7 +178,8 @@ def generate(out_dir, patients: int, seed: int, *, workers: int = 2,
     t0 = time.perf_counter()
     world = build_world()
     n_shards = math.ceil(patients / shard_size)
-    jobs = [(s, min(shard_size, patients - s * shard_size), s * shard_size) for s in range(n_shards)]
+    # Subject ids first_id + 1, first_id + 2, ...; the draws depend on the shard, not on the ids.
+    jobs = [(s, min(shard_size, patients - s * shard_size), first_id + s * shard_size) for s in range(n_shards)]
     with atomic_dir(out_dir) as root:
         results = []
         if workers == 1 or n_shards == 1:
