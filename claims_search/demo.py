@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = cli(step)
         if rc:
             return rc
+    if args.space == "smoke":
+        print("\nAbout this demo: the smoke space trains debug-sized models for 30 steps on a laptop, so they sit "
+              "near chance and LightGBM usually wins; its cost axis is device-seconds (the one measure LightGBM "
+              "shares with the Transformers; at this size it is mostly timing noise). Real searches: "
+              "search_spaces/default.yaml on GPUs.")
     print(f"\nOpen the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   "
           f"(then {ui_url('http://127.0.0.1:5000')})")
     print("Recommendations again, any time:  .venv/bin/claims-search recommend --experiment demo "

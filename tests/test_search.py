@@ -68,7 +68,7 @@ def smoke_search(prepared, tmp_path_factory):
     finally:
         box.close()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, proc.stdout
+    return work, proc.stdout + proc.stderr  # what the user sees on the terminal
 
 
 def _client(work):
@@ -112,6 +112,13 @@ def test_a_summary_line_says_how_the_trials_ended_and_where_the_time_went(smoke_
     _, out = smoke_search
     assert "3 trial(s) complete, 0 failed, 0 pruned" in out
     assert "% of trial wall time in the training loop" in out
+
+
+def test_a_search_prints_its_own_lines_not_its_libraries_chatter(smoke_search):
+    _, out = smoke_search
+    for noise in ("Creating initial MLflow database tables", "A new study created", "Configuration for experiment",
+                  "TensorBoard", "Token authentication is enabled", "Traceback"):
+        assert noise not in out, noise
 
 
 def test_mlflow_holds_a_parent_per_task_and_tagged_children(smoke_search):
