@@ -7,6 +7,7 @@ with --resume.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -196,7 +197,9 @@ def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, p
             texts.append(Path(client.download_artifacts(r.info.run_id, path)).read_bytes().decode("latin-1"))
     tune = work / "runs" / "smoke-e2e" / "tune"
     texts += [f.read_bytes().decode("latin-1") for f in tune.rglob("*") if f.is_file()]
-    hits = [i for i in ids if any(i in t for t in texts)]
+    # A whole number, not digits inside a float's expansion (1.6836622170003466).
+    pattern = re.compile(r"(?<![\d.])(" + "|".join(sorted(ids)) + r")(?!\d)")
+    hits = sorted({m.group(1) for t in texts for m in pattern.finditer(t)})
     assert not hits, hits[:5]
     kept = list((work / "runs" / "smoke-e2e").rglob("predictions/tuning.parquet"))
     assert len(kept) >= 3 * len(TASKS)  # every trial's, per task (and the baseline's)
