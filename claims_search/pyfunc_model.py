@@ -7,8 +7,13 @@ columns ``subject_id``, ``prediction_time``, ``prob``. Per-patient output stays 
 nothing here logs it.
 """
 
+import warnings
+
 import mlflow.pyfunc
 from mlflow.models import set_model
+
+# The signature, not type hints, documents the input (MLflow would otherwise warn on every load).
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 class ClaimsSearchCheckpoint(mlflow.pyfunc.PythonModel):

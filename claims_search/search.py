@@ -236,6 +236,7 @@ def _quiet() -> None:
     Tune's, MLflow's and Optuna's too."""
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         return
+    import mlflow  # noqa: F401 - it sets its loggers' levels on import: import first, then quiet them
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in RDB ..."

@@ -237,3 +237,24 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
         assert len(finished_trials()) == 3
     finally:
         box.close()
+
+
+def test_when_ray_goes_away_mid_search_one_line_names_the_resume_command(prepared, tmp_path):
+    """Ray's processes die under a running search (not the search's own process): the user
+    gets one line saying so and the command that finishes the search, not only a raylet dump."""
+    box = RaySandbox()
+    log = tmp_path / "search.log"
+    try:
+        proc = box.start(search_cmd(prepared, tmp_path, "ray-dies"), log)
+        deadline = time.monotonic() + 300
+        while "started" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        _kill_ray_under(box.root)  # every Ray process of this instance; the search's process stays
+        rc = proc.wait(timeout=300)
+    finally:
+        box.close()
+    text = log.read_text()
+    assert rc != 0
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("claims-search search: error: search ray-dies")]
+    assert "mid-search" in line and "--name ray-dies" in line and line.endswith("--resume")

@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ClaimsSearchError("--resume needs the --name of the search to finish")
     name = args.name or f"{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     uri = args.tracking_uri or default_tracking_uri()
+    if os.environ.get(SUPERVISED) != "1":
+        return _supervise(args, str(space.path), name, uri)
     print(f"search {name}: space {space.path}, tracking {uri}")
     result = run_search(SearchRequest(space=str(space.path), data=args.data, tracking_uri=uri, name=name,
                                       storage=args.storage, address=args.address, resume=args.resume,
@@ -63,6 +65,40 @@ def run(args: argparse.Namespace) -> int:
         for line in held_out_lines(result.held_out.get(task, {}), space.metric):
             print(line)
     return 0
+
+
+SUPERVISED = "CLAIMS_SEARCH_SUPERVISED"
+
+
+def _supervise(args: argparse.Namespace, space: str, name: str, uri: str) -> int:
+    """Run the search in a child process and report how it ended. When Ray goes away under a
+    driver, Ray's core aborts the process (a raylet dump, no Python exception): only a parent can
+    then say so in one line, with the command that finishes the search."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "claims_search.cli", *(["-v"] if getattr(args, "verbose", False) else []),
+            "search", "--space", space, "--data", args.data, "--name", name, "--tracking-uri", uri,
+            "--storage", args.storage, *(["--address", args.address] if args.address else []),
+            *(["--resume"] if args.resume else []), *(["--no-progress"] if args.no_progress else [])]
+    child = subprocess.Popen(argv, env={**os.environ, SUPERVISED: "1"})
+    try:
+        rc = child.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C and stops on its own
+        rc = child.wait()
+    if rc >= 0:
+        return rc
+    import shlex
+
+    from claims_search.errors import ClaimsSearchError
+
+    how = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+    again = ["claims-search", "search", "--space", space, "--data", args.data, "--name", name,
+             "--tracking-uri", uri, "--storage", args.storage, *(["--address", args.address] if args.address else []),
+             "--resume"]
+    raise ClaimsSearchError(f"search {name}: the search process died ({how}; Ray or the machine went away "
+                            f"mid-search); finished trials are kept; finish it with: {shlex.join(again)}")
 
 
 def held_out_lines(roles: dict, metric: str) -> list[str]:
