@@ -87,18 +87,21 @@ def _supervise(args: argparse.Namespace, space: str, name: str, uri: str) -> int
         rc = child.wait()
     except KeyboardInterrupt:  # the child got the same Ctrl-C and stops on its own
         rc = child.wait()
-    if rc >= 0:
+    if rc in (0, 2, 130):  # done, a one-line error of its own, interrupted
         return rc
     import shlex
 
     from claims_search.errors import ClaimsSearchError
 
-    how = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+    if rc < 0:
+        how = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+    else:
+        how = f"exit status {rc}"
     again = ["claims-search", "search", "--space", space, "--data", args.data, "--name", name,
              "--tracking-uri", uri, "--storage", args.storage, *(["--address", args.address] if args.address else []),
              "--resume"]
-    raise ClaimsSearchError(f"search {name}: the search process died ({how}; Ray or the machine went away "
-                            f"mid-search); finished trials are kept; finish it with: {shlex.join(again)}")
+    raise ClaimsSearchError(f"search {name}: the search process ended abnormally ({how}: Ray or the machine "
+                            f"went away mid-search?); finished trials are kept; finish it with: {shlex.join(again)}")
 
 
 def held_out_lines(roles: dict, metric: str) -> list[str]:
