@@ -33,8 +33,9 @@ improving" (the same wide intervals would back either).
 
 *Baseline*: LightGBM is recommended (``choice="baseline"``) when, paired against the best
 Transformer, it is significantly better (``high < 0``: then every size is worse than it, at any
-cost), or at least as good under the rule and cheaper than the Transformer that would otherwise
-be recommended (not while the split is underpowered). Without predictions it is shown beside the
+cost); when it scores at least the best Transformer and is cheaper than the Transformer that
+would otherwise be recommended (it is the best model, and the cheaper); or when it is as good
+under the rule and cheaper (not while the split is underpowered). Without predictions it is shown beside the
 recommendation, never recommended.
 
 Not corrected for: comparing many candidates with one best (no Holm or Hsu adjustment), and the
@@ -274,7 +275,7 @@ def _decide(best: TrialRecord, models: list[TrialRecord], baseline: TrialRecord 
     reason = _underpowered(comparisons, margin)
     chosen = None if reason else qualified
     base = judge.compare(baseline) if baseline else None
-    if _baseline_wins(base, chosen.record if chosen else best, bool(reason)):
+    if _baseline_wins(base, chosen.record if chosen else best, best, bool(reason)):
         chosen = base
     return _Decision(chosen.record if chosen else best, comparisons, chosen, base, reason)
 
@@ -294,16 +295,21 @@ def _underpowered(comparisons: tuple[Comparison, ...], margin: float | None) -> 
             f"exceeds 2 x {what}")
 
 
-def _baseline_wins(cmp: Comparison | None, chosen: TrialRecord, underpowered: bool) -> bool:
+def _baseline_wins(cmp: Comparison | None, chosen: TrialRecord, best: TrialRecord, underpowered: bool) -> bool:
     """LightGBM replaces the Transformer choice when it is significantly better than the best
     Transformer (``high < 0``: every size is then significantly worse than it, whatever they
-    cost), or when it is cheaper and, paired against the best, as good under the rule (not
-    while the split is underpowered: its qualifying would be the interval's width, not evidence)."""
+    cost); when it scores at least the best Transformer's metric and costs less than the choice
+    (it is then the best model and the cheaper one: nothing to prove); or when it is cheaper and,
+    paired against the best, as good under the rule (not while the split is underpowered: its
+    qualifying would be the interval's width, not evidence)."""
     if cmp is None or cmp.rule != "paired":
         return False
     if cmp.high < 0:
         return True
-    return cmp.record.cost < chosen.cost and cmp.qualifies and not underpowered
+    cheaper = cmp.record.cost < chosen.cost
+    if cheaper and cmp.record.metric >= best.metric:
+        return True
+    return cheaper and cmp.qualifies and not underpowered
 
 
 def _trend_rule(paired: list[bool]) -> str:

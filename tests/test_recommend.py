@@ -277,3 +277,14 @@ def test_a_baseline_clearly_better_than_every_size_is_recommended_even_when_it_c
     assert rec.baseline_comparison.high < 0
     line = describe(rec, "auroc", "device_seconds")[0]
     assert line.endswith("better than the best Transformer, at a higher cost, but every size is worse")
+
+
+def test_a_baseline_that_scores_best_and_costs_less_needs_nothing_more_to_win():
+    """Measured in bench/rule_error.py: LightGBM a little above the best Transformer on the tuning
+    split and cheaper, but not by a margin the paired interval could certify. It is the best
+    model and the cheaper one: it is recommended, whatever the margin."""
+    lgbm = auroc_trial("lgbm", 0.73, 0.55, 0.89, cost=5.0, baseline=True)  # A's predictions, scored 0.73
+    for margin in (None, 0.01):
+        rec = recommend([A, B, lgbm], "ckd_incidence", {**PAIRED, "lgbm": preds(PROB_A)}, metric="auroc",
+                        margin=margin)
+        assert rec.choice == "baseline" and rec.record.trial_id == "lgbm", margin
