@@ -275,8 +275,10 @@ def test_a_baseline_clearly_better_than_every_size_is_recommended_even_when_it_c
     rec = recommend([A, B, lgbm], "ckd_incidence", {**PAIRED, "lgbm": preds(perfect)}, metric="auroc")
     assert rec.choice == "baseline" and rec.record.trial_id == "lgbm"
     assert rec.baseline_comparison.high < 0
-    line = describe(rec, "auroc", "device_seconds")[0]
-    assert line.endswith("better than the best Transformer, at a higher cost, but every size is worse")
+    lines = describe(rec, "auroc", "device_seconds")
+    assert lines[0].endswith("better than the best Transformer, at a higher cost, but every size is worse")
+    (rule,) = [ln for ln in lines if ln.startswith("  paired rule (")]
+    assert rule.endswith("below 0: LightGBM is better")  # the interval's own words, not "contains 0"
 
 
 def test_a_baseline_that_scores_best_and_costs_less_needs_nothing_more_to_win():

@@ -46,8 +46,12 @@ def _interval(c) -> str:
 def _rule_line(rec, c, who: str) -> str:
     """Why ``who`` qualified (or not) against the best: the rule and its numbers."""
     if c.rule == "paired":
-        verdict = (f"upper end {'<' if c.high < rec.margin else '>='} margin {rec.margin:g}" if rec.margin is not None
-                   else "contains 0" if c.low <= 0 else "excludes 0")
+        if c.high < 0:  # the interval says which way, whatever the rule
+            verdict = f"below 0: {who} is better"
+        elif rec.margin is not None:
+            verdict = f"upper end {'<' if c.high < rec.margin else '>='} margin {rec.margin:g}"
+        else:
+            verdict = "contains 0" if c.low <= 0 else "excludes 0"
         return f"  paired rule ({c.patients} patients): best - {who} = {_interval(c)}: {verdict}"
     bar = (f"within {rec.tolerance:g} of the best" if c.rule == "tolerance" else "within the best's 95% interval")
     return f"  {c.rule} rule (no per-sample predictions): {bar}: >= {rec.threshold:.4f}"
