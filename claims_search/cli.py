@@ -39,9 +39,18 @@ def _load(name: str):
     return importlib.import_module(f"claims_search.commands.{name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the CLI (the
+    usage block argparse prints first is what ``--help`` is for)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """Build the parser; only the command named in ``argv`` is imported for its arguments."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="claims-search",
         description="Find the right Transformer size per task on medical claims (MEDS).",
     )

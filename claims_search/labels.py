@@ -55,18 +55,27 @@ def load_task(name_or_path: str | Path) -> Task:
     """Load and validate an ACES task config; ACES's own errors become one line naming the file."""
     from aces import config  # heavy (hydra, polars): only when tasks are used
 
-    logging.getLogger("aces").setLevel(logging.WARNING)  # ACES logs every step at INFO
-
     path = task_path(name_or_path)
-    text = path.read_text()
+    text = _read_text(path)
+    _check_shape(path, text)
     split = _flow_style_split(text)
     if split:
         raise ClaimsSearchError(f"{path}: {split}")
+    # ACES logs every step at INFO and warns about odd windows (which we reject below, in our
+    # words): keep its warnings until the config passed our checks.
+    aces_log = logging.getLogger("aces")
+    held = _Held()
+    aces_log.setLevel(logging.WARNING)
+    aces_log.addHandler(held)
+    propagate, aces_log.propagate = aces_log.propagate, False
     try:
         cfg = config.TaskExtractorConfig.load(config_path=path)
     except Exception as e:  # ACES raises ValueError, KeyError, TypeError, yaml errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClaimsSearchError(f"{path}: invalid ACES task config: {first}") from None
+    finally:
+        aces_log.removeHandler(held)
+        aces_log.propagate = propagate
     label_windows = [n for n, w in cfg.windows.items() if w.label is not None]
     if len(label_windows) != 1:
         raise ClaimsSearchError(f"{path}: windows: need exactly one window with 'label'")
@@ -74,7 +83,84 @@ def load_task(name_or_path: str | Path) -> Task:
         raise ClaimsSearchError(
             f"{path}: windows: need an 'index_timestamp' (the prediction time) on one window"
         )
+    _check_windows_and_regexes(path, cfg)
+    for record in held.records:
+        aces_log.handle(record)
     return Task(path.stem, str(path), text, cfg)
+
+
+class _Held(logging.Handler):
+    """Keeps log records instead of printing them."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _read_text(path: Path) -> str:
+    """The task file's text; one line when it is not UTF-8 (a binary file, a legacy encoding)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ClaimsSearchError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                                "save the task file as UTF-8") from None
+
+
+def _check_shape(path: Path, text: str) -> None:
+    """YAML syntax and the three top-level keys, said plainly (ACES says 'pop expected ...')."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ClaimsSearchError(f"{path}: not valid YAML: {problem}{where}") from None
+    if data is None:
+        raise ClaimsSearchError(f"{path}: empty task file; an ACES task has predicates, trigger "
+                                "and windows")
+    if not isinstance(data, dict):
+        raise ClaimsSearchError(f"{path}: an ACES task is a mapping with predicates, trigger and "
+                                f"windows, not a {type(data).__name__}")
+    missing = [k for k in ("predicates", "trigger", "windows") if k not in data]
+    if missing:
+        raise ClaimsSearchError(f"{path}: missing {', '.join(repr(k) for k in missing)}; an ACES "
+                                "task has predicates, trigger and windows")
+
+
+def _check_windows_and_regexes(path: Path, cfg) -> None:
+    """Windows that can hold no event and code regexes that do not compile, which ACES only
+    finds (in words nobody can act on) when it runs on the data."""
+    import datetime as dt
+
+    for name, w in cfg.windows.items():
+        # One bound is the window's root, the other an offset from it; ACES leaves the offset's
+        # expression None when the offset is zero ("start + 0d").
+        expr, text = ((w.end_endpoint_expr, w.end) if w.root_node == "start"
+                      else (w.start_endpoint_expr, w.start))
+        size = getattr(expr, "window_size", None)
+        if expr is None or size == dt.timedelta(0):
+            raise ClaimsSearchError(
+                f"{path}: windows.{name}: '{text}' makes a window of zero length, which holds "
+                "no event; give it a length, e.g. start + 30d")
+    for name, p in cfg.plain_predicates.items():
+        regex = p.code.get("regex") if isinstance(p.code, dict) else None
+        if regex is None:
+            continue
+        try:
+            pl.select(pl.lit("").str.contains(str(regex)))
+        except pl.exceptions.PolarsError as e:
+            why = next((x.strip() for x in str(e).splitlines() if x.startswith("error:")),
+                       str(e).splitlines()[0])
+            raise ClaimsSearchError(
+                f"{path}: predicates.{name}: code regex {regex!r} does not compile ({why})"
+            ) from None
 
 
 def _flow_style_split(text: str) -> str | None:

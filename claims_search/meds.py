@@ -6,9 +6,10 @@ required), ``DIR/metadata/subject_splits.parquet`` (the split of each subject: `
 often ship it empty) and optionally ``DIR/metadata/dataset.json``.
 
 Rules checked beyond the ``meds`` package's column schemas: a subject's rows live in one file,
-contiguous and sorted by time, static rows (null ``time``) first; split names are the three
-standard ones; every subject has a split. Each broken rule raises one
-:class:`~claims_search.errors.ClaimsSearchError` line naming the file, column and subject.
+contiguous and sorted by time, static rows (null ``time``) first, times within the years
+1800-2199; strings are UTF-8; split names are the three standard ones; every subject has a
+split. Each broken rule raises one :class:`~claims_search.errors.ClaimsSearchError` line naming
+the file, column and subject.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ log = logging.getLogger(__name__)
 
 SPLITS = (meds.train_split, meds.tuning_split, meds.held_out_split)
 DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+# Times outside these years are ETL errors, not claims (a 9999-12-31 "open end" sentinel,
+# seconds read as microseconds): ages, day numbers and label windows would be meaningless.
+FIRST_YEAR, LAST_YEAR = 1800, 2199
+_TIME_RANGE_US = (
+    int((np.datetime64(f"{FIRST_YEAR}-01-01", "us") - np.datetime64(0, "us")).astype(np.int64)),
+    int((np.datetime64(f"{LAST_YEAR + 1}-01-01", "us") - np.datetime64(0, "us")).astype(np.int64)),
+)
 
 
 @dataclass
@@ -136,11 +144,60 @@ def _layout_hint(root: Path) -> str:
             "metadata/subject_splits.parquet)")
 
 
+def read_parquet(path: Path, name: str, columns=None) -> pa.Table:
+    """``pq.read_table`` whose failures (not Parquet, truncated, corrupt pages, text that is not
+    UTF-8) are one ClaimsSearchError line naming ``name``."""
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:  # pyarrow raises several types for a bad file
+        raise ClaimsSearchError(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
+    for col in table.column_names:
+        _check_utf8(table.column(col), name, col)
+    return table
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of a pyarrow error, without the path it repeats."""
+    import re
+
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    first = lines[0] if lines else type(e).__name__
+    return re.sub(r"^Could not open Parquet input source '.*?': ", "", first)
+
+
+def _check_utf8(column: pa.ChunkedArray, name: str, col: str) -> None:
+    """Parquet does not check that strings are UTF-8; polars would panic on them later."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return
+    start = 0
+    for chunk in column.chunks:
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            values = chunk.view(pa.binary() if pa.types.is_string(chunk.type) else pa.large_binary())
+            for i, v in enumerate(values.to_pylist()):
+                try:
+                    (v or b"").decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ClaimsSearchError(
+                        f"{name}: column '{col}': not valid UTF-8 text at row {start + i} "
+                        f"({v[:40]!r}); MEDS strings are UTF-8") from None
+            raise ClaimsSearchError(f"{name}: column '{col}': invalid string data") from None
+        start += len(chunk)
+
+
+def _read_schema(path: Path, name: str) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ClaimsSearchError(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
+
+
 def _read_splits(root: Path) -> pl.DataFrame:
     path = root / meds.subject_splits_filepath
     if not path.exists():
         raise ClaimsSearchError(f"{path}: file missing: every subject needs a split")
-    table = pq.read_table(path)
+    table = read_parquet(path, str(path))
     check_schema(meds.SubjectSplitSchema, table.schema, str(path))
     df = pl.from_arrow(table.select(["subject_id", "split"]))
     if df["subject_id"].null_count():
@@ -164,7 +221,7 @@ def _read_codes(root: Path) -> set[str] | None:
     path = root / meds.code_metadata_filepath
     if not path.exists():
         return None
-    table = pq.read_table(path)
+    table = read_parquet(path, str(path))
     check_schema(meds.CodeMetadataSchema, table.schema, str(path))
     codes = set(table.column("code").drop_null().to_pylist())
     return codes or None
@@ -176,13 +233,10 @@ def read_shard(ds: MedsDataset, path: Path, columns=DATA_COLUMNS) -> pl.DataFram
     ``numeric_value`` is added as nulls when the shard has no such column (the schema allows it).
     """
     name = ds.rel(path)
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # pyarrow raises several types for a non-Parquet file
-        raise ClaimsSearchError(f"{name}: not a readable Parquet file ({e})") from None
+    schema = _read_schema(path, name)
     check_schema(meds.DataSchema, schema, name)
     present = [c for c in columns if c in schema.names]
-    df = pl.from_arrow(pq.read_table(path, columns=present))
+    df = pl.from_arrow(read_parquet(path, name, columns=present))
     if "numeric_value" in columns:
         if "numeric_value" in present:
             df = df.with_columns(pl.col("numeric_value").cast(pl.Float32))
@@ -198,7 +252,8 @@ def read_shard(ds: MedsDataset, path: Path, columns=DATA_COLUMNS) -> pl.DataFram
 
 
 def check_order(name: str, df: pl.DataFrame) -> np.ndarray:
-    """Check that subjects are contiguous and sorted by time (nulls first); return their ids.
+    """Check that subjects are contiguous and sorted by time (nulls first), within the years
+    ``FIRST_YEAR``-``LAST_YEAR``; return their ids.
 
     ``df`` holds one shard's ``subject_id`` and ``time`` columns. Returns the subject ids in
     file order.
@@ -214,6 +269,15 @@ def check_order(name: str, df: pl.DataFrame) -> np.ndarray:
         u, counts = np.unique(subjects, return_counts=True)
         raise ClaimsSearchError(
             f"{name}: column 'subject_id': rows of subject {u[counts > 1][0]} are not contiguous"
+        )
+    timed = t != np.iinfo(np.int64).min
+    out = np.flatnonzero(timed & ((t < _TIME_RANGE_US[0]) | (t >= _TIME_RANGE_US[1])))
+    if len(out):
+        row = int(out[0])
+        raise ClaimsSearchError(
+            f"{name}: column 'time': {np.datetime64(int(t[row]), 'us')} for subject {sid[row]} "
+            f"(row {row}) is outside the years {FIRST_YEAR}-{LAST_YEAR}; a placeholder date or "
+            "a unit mix-up in the export?"
         )
     same = np.ones(len(sid), dtype=bool)
     same[change] = False
@@ -255,7 +319,7 @@ def scan_shard(ds: MedsDataset, path: Path, df: pl.DataFrame | None = None) -> S
         df = read_shard(ds, path, ("subject_id", "time", "code"))
     subjects = check_order(name, df)
     codes = set(df["code"].unique().to_list())
-    columns = {f.name: _canonical_type(f.type) for f in pq.read_schema(path)}
+    columns = {f.name: _canonical_type(f.type) for f in _read_schema(path, name)}
     return ShardScan(name, subjects, len(df), df["time"].null_count(), codes, columns)
 
 

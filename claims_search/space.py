@@ -484,9 +484,16 @@ def load_space(path: str | Path) -> Space:
         raise ClaimsSearchError(f"{p}: search space file not found")
     p = p.resolve()  # trials run in other working directories (and on other nodes)
     try:
-        data = yaml.load(p.read_text(), Loader=_Loader)
+        data = yaml.load(p.read_bytes().decode("utf-8"), Loader=_Loader)
+    except UnicodeDecodeError as e:
+        raise ClaimsSearchError(f"{p}: not UTF-8 text (byte at offset {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise ClaimsSearchError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ClaimsSearchError(f"{p}: not valid YAML: {problem}{where}") from None
+    if data is None:
+        raise ClaimsSearchError(f"{p}: empty search space file")
     return parse_space(data, p)
 
 

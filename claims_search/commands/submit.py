@@ -41,7 +41,36 @@ def require_address(args: argparse.Namespace) -> str:
 
     if not args.address:
         raise ClaimsSearchError("--address: give the head's dashboard address, e.g. http://127.0.0.1:8265")
+    check_address(args.address)
     return args.address
+
+
+def check_address(address: str) -> None:
+    """A one-line error for an address that cannot be a dashboard's ``http(s)://HOST:PORT``
+    (a typo would otherwise read as "not reachable", which sends people to the network)."""
+    from urllib.parse import urlsplit
+
+    from claims_search.errors import ClaimsSearchError
+
+    url = address if "://" in address else f"http://{address}"
+    problem = None
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as e:
+        problem = str(e)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = f"scheme {parts.scheme!r} is not http or https"
+        elif any(c.isspace() for c in address):
+            problem = "it contains spaces"
+        elif not parts.hostname:
+            problem = "no host name"
+        elif port is None and "://" not in address:
+            problem = "no port"
+    if problem:
+        raise ClaimsSearchError(f"--address {address!r}: not a dashboard address ({problem}); "
+                                "expected http://HOST:PORT, e.g. http://127.0.0.1:8265")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     entrypoint, experiment = jobs.build_entrypoint(command, args.tracking_uri, args.storage_path)
+    client = jobs.connect(address)  # an unreachable head first: the warnings below can wait
     env = _env_vars(args, command)
 
     tracking = env.get("MLFLOW_TRACKING_URI")
@@ -107,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
         print("claims-search submit: warning: no --tracking-uri (and $MLFLOW_TRACKING_URI unset): the "
               "search tracks into sqlite:///mlflow.db inside the job's temporary working dir, which "
               "Ray deletes; use the cluster's MLflow server (cluster/README.md)", file=sys.stderr)
-    client = jobs.connect(address)
     if tracking and not args.no_tracking_check:
         jobs.probe_tracking(tracking)
     space = jobs.flag_value(command, "--space") if command[:1] == ["search"] else None
