@@ -159,6 +159,40 @@ def test_same_seed_same_bytes_whatever_the_number_of_workers(tmp_path):
     assert a["data/train/00000.parquet"] != c["data/train/00000.parquet"]
 
 
+def _content_hash(root: Path) -> str:
+    """sha256 of every output file's decoded content (Parquet as column values, so a new
+    pyarrow writing other bytes keeps the hash); dataset.json is left out (it holds versions)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name == "dataset.json":
+            continue
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        if p.suffix != ".parquet":
+            h.update(p.read_bytes())
+            continue
+        table = pq.read_table(p)
+        for name in table.column_names:
+            col = table.column(name)
+            h.update(name.encode() + b"\0" + str(col.type).encode())
+            h.update(repr(col.to_pylist()).encode())
+    return h.hexdigest()
+
+
+# Computed before the complexity family existed (commit 338ba1f): with the family off, a
+# dataset must stay what it was, draw for draw.
+BEFORE_COMPLEXITY = "1dd349b1b5dc4d6898177bb672787eb8aab10ef33ba70847e4524dc41a86ded9"
+
+
+def test_without_the_complexity_family_the_output_is_what_it_was(tmp_path):
+    generate(tmp_path / "a", 400, seed=3, workers=1, shard_size=200)
+    assert _content_hash(tmp_path / "a") == BEFORE_COMPLEXITY
+    meta = json.loads((tmp_path / "a" / "metadata" / "dataset.json").read_text())
+    assert "complexity_tasks" not in meta["claims_search_synth"]
+    assert meta["claims_search_synth"]["tasks"] == list(TASKS)
+
+
 def test_bad_input_is_one_clear_error_and_leaves_nothing_behind(tmp_path, capsys):
     with pytest.raises(ClaimsSearchError, match="--patients"):
         generate(tmp_path / "x", 0, seed=0)

@@ -4,6 +4,8 @@ with two built-in tasks of planted, known difficulty and their oracle (true prob
 Writes OUT/data/<split>/<shard>.parquet, OUT/metadata/{codes.parquet, subject_splits.parquet,
 dataset.json} and OUT/oracle/<task>.parquet (subject_id, prediction_time, probability, label).
 The same --seed, --patients and --shard-size give byte-identical files whatever --workers.
+--complexity-tasks adds four disease-like tasks of rising complexity (their ACES files are in
+claims_search/tasks/complexity/; prepare them with --task).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="patients simulated together; each block writes one shard file "
                              "per split (data/<split>/NNNNN.parquet)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--complexity-tasks", action="store_true",
+                        help="also plant the complexity family (complexity_k0 .. complexity_k3, "
+                             "task files in claims_search/tasks/complexity/): disease-like tasks "
+                             "whose risk needs more capacity as k rises; off, the output is the "
+                             "same as without the option")
     parser.add_argument("--first-id", type=int, default=0,
                         help="subject ids start after this number (e.g. to tell datasets apart)")
 
@@ -39,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from claims_search.synth import generate
 
     s = generate(args.out, args.patients, args.seed, workers=args.workers,
-                 shard_size=args.shard_size, overwrite=args.overwrite, first_id=args.first_id)
+                 shard_size=args.shard_size, overwrite=args.overwrite, first_id=args.first_id,
+                 complexity=args.complexity_tasks)
     # Shards as `validate` counts them: the Parquet files under data/ (one per split and block).
     files = len(list((Path(args.out) / "data").rglob("*.parquet")))
     print(f"wrote {args.out}: {plural(s['patients'], 'patient')}, {plural(s['events'], 'event')}, "

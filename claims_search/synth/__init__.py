@@ -5,6 +5,8 @@ docs/synthetic.md for how the world works. Modules, in the order data flows:
 ``codes`` (catalogue) -> ``world`` (latent conditions, CKD risk) -> ``people`` (demography,
 enrolment, checkups) -> ``simulate`` (one shard, vectorised) with ``tasks`` (planting the
 outcomes, the oracle) and ``emit`` (claims events) -> ``writer`` (sharded MEDS, atomic).
+``complexity`` is the opt-in family of tasks whose risk needs more capacity as k rises
+(``generate(..., complexity=True)``).
 """
 
 from claims_search.synth.writer import DEFAULT_SHARD_SIZE, generate

@@ -144,9 +144,15 @@ class Catalogue:
         return self.ids[code]
 
 
-def catalogue() -> Catalogue:
-    """Build the catalogue (cheap; the order never changes, so ids are stable)."""
+def catalogue(complexity: bool = False) -> Catalogue:
+    """Build the catalogue (cheap; the order never changes, so ids are stable). With
+    ``complexity``, the complexity family's outcome codes come last (ids of the others unchanged)."""
     rows = _catalogue()
+    if complexity:
+        from claims_search.synth.complexity import OUTCOME_CODES
+
+        rows += [(code, f"synthetic disease of the complexity family, {t} (planted risk; see "
+                  "docs/synthetic.md)", []) for t, code in OUTCOME_CODES.items()]
     codes = tuple(r[0] for r in rows)
     assert len(set(codes)) == len(codes), "duplicate code in the catalogue"
     return Catalogue(codes, tuple(r[1] for r in rows), tuple(tuple(r[2]) for r in rows),

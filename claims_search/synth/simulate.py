@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from claims_search.synth import emit, tasks
+from claims_search.synth import complexity, emit, tasks
 from claims_search.synth.people import (INF, MONTH_START, N_CHECKUPS, N_MONTHS, People,
                                         draw_people, month_of)
 from claims_search.synth.world import CKD, CONDITIONS, CONTRAINDICATIONS, INDEX, Condition, World
@@ -144,9 +144,12 @@ class ShardSim:
     oracle: dict  # task name -> tasks.Oracle
 
 
-def simulate(world: World, n: int, rng: np.random.Generator, *, pilot: bool = False):
+def simulate(world: World, n: int, rng: np.random.Generator, *, pilot: bool = False,
+             family: "complexity.Family | None" = None, family_rng: np.random.Generator | None = None):
     """Simulate ``n`` patients. ``pilot=True`` stops before planting CKD and returns the log
-    burdens (rows, K) at checkups without CKD so far (used to calibrate the world)."""
+    burdens (rows, K) at checkups without CKD so far (used to calibrate the world). With a
+    ``family``, the complexity tasks are planted last, from ``family_rng`` only, so every other
+    event and label is the same as without it."""
     people = draw_people(rng, n)
     lat = _latent(people, world, rng)
     ev = emit.Events()
@@ -188,8 +191,14 @@ def simulate(world: World, n: int, rng: np.random.Generator, *, pilot: bool = Fa
     emit.emit_admin(ev, people)
     emit.emit_background(ev, people, rng)
     emit.emit_revisits(ev, any_visit, visit_day, rng)
-    return ShardSim(people, ev.arrays(),
-                    {"antihypertensive_start": ah_oracle, "ckd_incidence": ckd_oracle})
+    events = ev.arrays()
+    oracle = {"antihypertensive_start": ah_oracle, "ckd_incidence": ckd_oracle}
+    if family is not None:
+        (r, d, c), family_oracle = complexity.plant(people, events, family, family_rng)
+        ev.add(r, d, c)
+        events = ev.arrays()
+        oracle.update(family_oracle)
+    return ShardSim(people, events, oracle)
 
 
 def pilot_burdens(world: World, n: int = 6000) -> np.ndarray:

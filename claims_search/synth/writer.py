@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 from claims_search.atomic import atomic_dir
 from claims_search.errors import ClaimsSearchError
 from claims_search.synth.codes import catalogue
+from claims_search.synth.complexity import TASKS as COMPLEXITY_TASKS
+from claims_search.synth.complexity import build_family
 from claims_search.synth.emit import CHECKUP_US, STATIC
 from claims_search.synth.people import START
 from claims_search.synth.world import WORLD_SEED, World, build_world
@@ -58,17 +60,21 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", row_group_size=1 << 20)
 
 
-def simulate_and_write(root: Path, world: World, seed: int, shard: int, n: int, first_id: int) -> dict:
+def simulate_and_write(root: Path, world: World, seed: int, shard: int, n: int, first_id: int,
+                       family=None) -> dict:
     """Simulate shard ``shard`` (``n`` subjects, ids from ``first_id + 1``) and write its files
-    under ``root/data/<split>/``. Returns counts, the subjects' splits and the oracle rows."""
+    under ``root/data/<split>/``. Returns counts, the subjects' splits and the oracle rows.
+    ``family`` (complexity.Family) adds the complexity tasks from a third, separate stream."""
     from claims_search.synth.simulate import simulate
 
-    sim_seq, split_seq = np.random.SeedSequence([seed, shard]).spawn(2)
-    sim = simulate(world, n, np.random.default_rng(sim_seq))
+    # spawn(3)'s first two children are spawn(2)'s: the family leaves the other draws alone.
+    sim_seq, split_seq, family_seq = np.random.SeedSequence([seed, shard]).spawn(3)
+    sim = simulate(world, n, np.random.default_rng(sim_seq), family=family,
+                   family_rng=np.random.default_rng(family_seq))
     split = np.random.default_rng(split_seq).choice(len(SPLITS), n, p=SPLIT_P)
     subject = first_id + 1 + np.arange(n, dtype=np.int64)
     row, day, us, code, value = sim.events
-    codes = pa.array(catalogue().codes, pa.string())
+    codes = pa.array(catalogue(complexity=family is not None).codes, pa.string())
     counts = {}
     for s, name in enumerate(SPLITS):
         keep = split[row] == s
@@ -119,13 +125,15 @@ def _metrics(label: np.ndarray, prob: np.ndarray) -> dict:
     return out
 
 
-def _finish(root: Path, results: list[dict], patients: int, seed: int, shard_size: int) -> dict:
+def _finish(root: Path, results: list[dict], patients: int, seed: int, shard_size: int,
+            complexity: bool = False) -> dict:
     """Metadata, splits and oracle files; returns the summary."""
     import meds
 
     import claims_search
 
-    cat = catalogue()
+    cat = catalogue(complexity)
+    tasks = TASKS + (COMPLEXITY_TASKS if complexity else ())
     _write_parquet(pa.table({
         "code": pa.array(cat.codes, pa.string()),
         "description": pa.array(cat.descriptions, pa.string()),
@@ -140,7 +148,7 @@ def _finish(root: Path, results: list[dict], patients: int, seed: int, shard_siz
               for s in SPLITS}
     summary = {"patients": patients, "seed": seed, "shards": len(results), "splits": splits,
                "events": sum(v["events"] for v in splits.values()), "tasks": {}}
-    for task in TASKS:
+    for task in tasks:
         o = {k: np.concatenate([r["oracle"][task][k] for r in results])
              for k in ("subject_id", "time", "probability", "label", "split")}
         order = np.lexsort((o["time"], o["subject_id"]))
@@ -158,16 +166,23 @@ def _finish(root: Path, results: list[dict], patients: int, seed: int, shard_siz
         "etl_name": "claims-search synth", "etl_version": claims_search.__version__,
         "meds_version": meds.__version__, "license": "CC0-1.0",
         "claims_search_synth": {"seed": seed, "patients": patients, "shard_size": shard_size,
-                                "world_seed": WORLD_SEED, "tasks": list(TASKS)},
+                                "world_seed": WORLD_SEED, "tasks": list(tasks)},
     }
+    if complexity:  # absent when off: the same bytes as before the family existed
+        dataset["claims_search_synth"]["complexity_tasks"] = True
     (root / "metadata" / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     (root / "oracle" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def generate(out_dir, patients: int, seed: int, *, workers: int = 2,
-             shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False, first_id: int = 0) -> dict:
+             shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False, first_id: int = 0,
+             complexity: bool = False) -> dict:
     """Generate ``patients`` synthetic patients as a MEDS dataset in ``out_dir`` (atomically).
+
+    ``complexity=True`` adds the complexity family (``complexity_k0`` .. ``complexity_k3``: their
+    outcome codes in the timelines, their oracle files); every other file's content is the same
+    as without it, apart from the new codes.
 
     Returns a summary: subjects and events per split, and per task the number of labelled
     samples, positives, prevalence and oracle AUROC/AUPRC (overall and per split). Raises
@@ -177,6 +192,7 @@ def generate(out_dir, patients: int, seed: int, *, workers: int = 2,
     _check_args(out_dir, patients, seed, workers, shard_size, overwrite)
     t0 = time.perf_counter()
     world = build_world()
+    family = build_family() if complexity else None
     n_shards = math.ceil(patients / shard_size)
     # Subject ids first_id + 1, first_id + 2, ...; the draws depend on the shard, not on the ids.
     jobs = [(s, min(shard_size, patients - s * shard_size), first_id + s * shard_size) for s in range(n_shards)]
@@ -184,16 +200,16 @@ def generate(out_dir, patients: int, seed: int, *, workers: int = 2,
         results = []
         if workers == 1 or n_shards == 1:
             for s, n, first in jobs:
-                results.append(simulate_and_write(root, world, seed, s, n, first))
+                results.append(simulate_and_write(root, world, seed, s, n, first, family))
                 log.info("synth: shard %d/%d written", s + 1, n_shards)
         else:
             ctx = multiprocessing.get_context("spawn")  # no forked copies of pyarrow's threads
             with ProcessPoolExecutor(min(workers, n_shards), mp_context=ctx) as pool:
-                futures = [pool.submit(simulate_and_write, root, world, seed, s, n, first)
+                futures = [pool.submit(simulate_and_write, root, world, seed, s, n, first, family)
                            for s, n, first in jobs]
                 for s, f in enumerate(futures):
                     results.append(f.result())
                     log.info("synth: shard %d/%d written", s + 1, n_shards)
-        summary = _finish(root, results, patients, seed, shard_size)
+        summary = _finish(root, results, patients, seed, shard_size, complexity)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
