@@ -39,10 +39,14 @@ class Task:
 
 
 def task_path(name_or_path: str | Path) -> Path:
-    """The YAML file of a built-in task name, or ``name_or_path`` itself if it is a file."""
+    """The YAML file of a built-in task name, of a task of the synthetic complexity family
+    (``complexity_k0`` ... ``k3``, prepared only when named), or ``name_or_path`` itself."""
     name = str(name_or_path)
     if name in BUILTIN_TASKS:
         return Path(str(files("claims_search").joinpath(f"tasks/{name}.yaml")))
+    shipped = Path(str(files("claims_search").joinpath(f"tasks/complexity/{name}.yaml")))
+    if "/" not in name and shipped.is_file():  # the synthetic complexity family: named, never implied
+        return shipped
     path = Path(name)
     if not path.is_file():
         raise ClaimsSearchError(

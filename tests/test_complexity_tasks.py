@@ -138,3 +138,10 @@ def test_cli_option_turns_the_family_on(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert all(task in printed for task in TASKS)
     assert sorted(p.stem for p in (out / "oracle").glob("complexity_*.parquet")) == list(TASKS)
+
+
+def test_the_family_is_prepared_by_name_but_never_implied():
+    from claims_search.labels import BUILTIN_TASKS, task_path
+
+    assert task_path("complexity_k3").parent.name == "complexity"
+    assert not any(t.startswith("complexity") for t in BUILTIN_TASKS)
