@@ -115,10 +115,12 @@ def baseline(
     num_threads: int = 0,
     max_rounds: int = 2000,
     n_boot: int = 1000,
+    train_patients: int | None = None,
 ) -> BaselineResult:
     """Train LightGBM on recent-window code counts for ``task``; evaluate on ``eval_splits``.
 
-    ``num_threads=0`` uses every core this process may run on. The cost covers training only
+    ``num_threads=0`` uses every core this process may run on. ``train_patients`` trains on
+    that many train patients drawn at random (as ``FinetuneSettings.train_patients``). The cost covers training only
     (features of the train split and the fit), as a Transformer's does, and counts the cores
     used as devices. If ``out_dir`` is given, it is written atomically with ``result.json``
     (metrics, cost, model summary: aggregates only), ``model.txt`` (the trees) and the
@@ -127,7 +129,7 @@ def baseline(
     import lightgbm as lgb
 
     from claims_search import predictions as P
-    from claims_search.batches import carve_out
+    from claims_search.batches import carve_out, labelled_rows
     from claims_search.cache import Cache
     from claims_search.cost import CostMeter
     from claims_search.metrics import evaluate
@@ -139,6 +141,7 @@ def baseline(
     meter = CostMeter(n_params=0, device="cpu", n_devices=threads)
     with meter:
         train = cache.labels(task, split="train").reset_index(drop=True)
+        train = train.iloc[labelled_rows(train, train_patients, seed)].reset_index(drop=True)
         y_train = train["label"].to_numpy().astype(bool)
         if len(np.unique(y_train)) < 2:
             raise ClaimsSearchError(f"{cache_dir}: labels/{task}.parquet: label: the train split has one class only")

@@ -305,6 +305,17 @@ def task_batches(
     return _budgeted(sequences(), batch_tokens, max_len + 1)
 
 
+def labelled_rows(labels, n_patients: int | None, seed: int) -> np.ndarray:
+    """Row positions of ``labels`` that belong to ``n_patients`` patients drawn at random
+    (every row of each drawn patient; all rows when ``n_patients`` is None or covers them all)."""
+    groups = labels["subject_idx"].to_numpy()
+    patients = np.unique(groups)
+    if n_patients is None or n_patients >= len(patients):
+        return np.arange(len(labels))
+    chosen = np.random.default_rng([seed, 7]).choice(patients, size=n_patients, replace=False)
+    return np.flatnonzero(np.isin(groups, chosen))
+
+
 def carve_out(labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split a task's train rows into (fit, stop) row positions for early stopping: about 1/7
     of the patients go to "stop", stratified by label, never one patient on both sides. The

@@ -81,6 +81,9 @@ class FinetuneSettings(_Settings):
     # ``eval_every`` steps (0: ten times per run); the tuning split stays clean for selection.
     best_step: bool = True
     eval_every: int = 0
+    # Fine-tune on a random subset of this many train patients (None: all): learning curves, and
+    # the few-labels regime where pretraining pays (bench/scaling_study.py).
+    train_patients: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +91,8 @@ class FinetuneSettings(_Settings):
             raise ClaimsSearchError(f"FinetuneSettings: pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.eval_every < 0:
             raise ClaimsSearchError(f"FinetuneSettings: eval_every must be >= 0, got {self.eval_every}")
+        if self.train_patients is not None and self.train_patients < 1:
+            raise ClaimsSearchError(f"FinetuneSettings: train_patients must be >= 1, got {self.train_patients}")
 
     @property
     def eval_interval(self) -> int:

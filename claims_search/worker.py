@@ -49,6 +49,7 @@ def execute(
     ``{"step", "resumed_from_step", "cost", "val_loss" | "metrics"}`` (evaluation on rank 0 only;
     other ranks return the same keys without the evaluation).
     """
+    import numpy as np
     import torch
 
     from claims_search import batches as B
@@ -74,9 +75,13 @@ def execute(
             weights = torch.load(Path(job["init"]) / "state.pt", map_location="cpu", weights_only=True)["model"]
             encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
         model = M.classification_model(encoder, pool=settings.pool)
-        fit_rows = None
-        if settings.best_step:
-            fit_rows, stop_rows = B.carve_out(cache.labels(job["task"], "train"), settings.seed)
+        train = cache.labels(job["task"], "train")
+        fit_rows = None if settings.train_patients is None else B.labelled_rows(train, settings.train_patients,
+                                                                                 settings.seed)
+        if settings.best_step:  # carve the early-stopping patients out of the labelled ones
+            labelled = np.arange(len(train)) if fit_rows is None else fit_rows
+            fit, stop = B.carve_out(train.iloc[labelled], settings.seed)
+            fit_rows, stop_rows = labelled[fit], labelled[stop]
 
         def batches(epoch):
             return B.task_batches(cache, job["task"], "train", batch_tokens=settings.batch_tokens,

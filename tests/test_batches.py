@@ -231,3 +231,15 @@ def test_batches_from_a_cache_prepared_from_meds(tmp_path):
         expected, _ = cache.sequence(int(lab["subject_idx"][k]), end=int(lab["end"][k]))
         assert got == expected.tolist()
     assert batch.labels.sum() == lab["label"].sum() == 1
+
+
+def test_labelled_rows_keeps_whole_patients_and_is_reproducible():
+    from claims_search.batches import labelled_rows
+
+    labels = pd.DataFrame({"subject_idx": [0, 0, 1, 2, 2, 2, 3, 4]})
+    rows = labelled_rows(labels, 2, seed=0)
+    patients = set(labels["subject_idx"].iloc[rows])
+    assert len(patients) == 2
+    assert list(rows) == [i for i, s in enumerate(labels["subject_idx"]) if s in patients]  # every row of each
+    assert list(rows) == list(labelled_rows(labels, 2, seed=0))
+    assert list(labelled_rows(labels, None, seed=0)) == list(labelled_rows(labels, 9, seed=0)) == list(range(8))

@@ -128,3 +128,16 @@ def test_debug_model_beats_chance_on_both_builtin_tasks(tmp_path):
         m = ft.metrics["tuning"]
         # Measured (seed 0, 2 threads): ckd 0.68 [0.56, 0.80], antihypertensive 0.75 [0.66, 0.86].
         assert m["auroc_low"] > 0.5, f"{task}: {m}"
+
+
+def test_fine_tuning_on_a_subset_of_labelled_patients(recency_cache, tmp_path):
+    """``train_patients`` fine-tunes on that many train patients (the few-labels regime)."""
+    from claims_search.worker import open_cache
+
+    with pytest.raises(ClaimsSearchError, match="train_patients must be >= 1"):
+        FinetuneSettings(train_patients=0)
+    n_train = open_cache(recency_cache).labels("antihypertensive_start", "train")["subject_idx"].nunique()
+    result = finetune(recency_cache, "antihypertensive_start", "debug",
+                      FinetuneSettings(**TINY_FT, train_patients=n_train // 2), tmp_path / "ft", n_boot=50)
+    saved = json.loads((tmp_path / "ft" / "result.json").read_text())
+    assert saved["settings"]["train_patients"] == n_train // 2 and result.steps == 6
