@@ -404,7 +404,32 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
     started = time.monotonic()
     tuner.fit()
     log.info("search %s: trials finished in %.0f s", req.name, time.monotonic() - started)
+    _fail_orphans(state.optuna_db, req.name)
     _recover_records(ctx.artifacts, space, tracker)
+
+
+def _fail_orphans(db: Path, name: str) -> int:
+    """Tell FAIL (user attribute ``orphaned``) every trial the Optuna study still has RUNNING
+    once Tune is done: one the sampler proposed just before a driver died, before Tune saved
+    that it existed, so that the resumed Tune never ran it. Without this it stays RUNNING for
+    ever. How many there were."""
+    import optuna
+
+    if not db.exists():
+        return 0
+    storage = _optuna_storage(db)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # a grid search: no study
+        return 0
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in running:
+        storage.set_trial_user_attr(t._trial_id, "orphaned", True)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    if running:
+        log.warning("search %s: %d Optuna trial(s) left RUNNING by an interrupted driver marked FAIL (orphaned)",
+                    name, len(running))
+    return len(running)
 
 
 def _no_repeats(space) -> tuple[list[dict] | None, int]:

@@ -22,8 +22,9 @@ class GuardedOptunaSearch(OptunaSearch):
 
     With several objectives OptunaSearch gets no pruning signal, and a trial stopped by a
     scheduler, a time budget or our own divergence check would be told COMPLETE with its
-    partial values. Here anything without ``status: complete`` and every objective is PRUNED
-    (or FAIL on error), so the sampler never learns from half-trained trials.
+    partial values. Here anything without ``status: complete`` and every objective is PRUNED,
+    or FAIL on error or ``status: failed`` (a trial that reported its own failure), so the
+    sampler never learns from half-trained trials.
     """
 
     MAX_REDRAWS = 50
@@ -62,7 +63,8 @@ class GuardedOptunaSearch(OptunaSearch):
             result.get(m) is not None for m in metrics)
         if finished or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
-        state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
+        failed = error or bool(result) and result.get("status") == "failed"
+        state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED
         self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
         self._completed_trials.add(trial_id)
 
@@ -79,9 +81,9 @@ def error_reason(trial) -> str:
             text = trial.get_error()
     except Exception:  # noqa: BLE001 - the reason is best effort; the status is what counts
         text = None
-    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
-    found = [ln for ln in lines if ("Error" in ln or "Exception" in ln) and not ln.startswith(("File ", "Traceback"))]
-    return (found[-1] if found else lines[-1] if lines else "unknown error (no error trace)")[:300]
+    from claims_search.trial import failure_reason
+
+    return failure_reason(str(text or ""))
 
 
 def make_sampler(space) -> optuna.samplers.BaseSampler:
@@ -147,7 +149,7 @@ class TrackingCallback(Callback):
                 self.state.push()
             except Exception as e:  # noqa: BLE001 - storage blips must not stop the search
                 log.warning("search state not mirrored to %s (%s); next trial retries", self.state.mirror, e)
-        reason = f" ({result['reason']})" if failed and result.get("reason") else ""
+        reason = f" ({result['reason']})" if status == "failed" and result.get("reason") else ""
         self._show(f"trial {trial.trial_id}: {status}{reason}")
 
     def on_trial_start(self, iteration, trials, trial, **info):

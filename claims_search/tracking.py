@@ -173,6 +173,9 @@ class Tracker:
         # retries: the outbox keeps what was not delivered. A user's own setting wins.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        # MLflow prints "View run ... at" for every run ended on a server (and asks the server
+        # for the run to do so): the search prints its experiment's link once, at the end.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._outbox = self.outbox_dir / "outbox.jsonl"
         self._sent = self.outbox_dir / "sent.jsonl"
         self._failed = self.outbox_dir / "failed.jsonl"  # one line per failed push: (key, hash, reason)
@@ -305,6 +308,10 @@ class Tracker:
                 elif entry["kind"] == "confirmation":
                     self._push_confirmation(client, exp_id, entry["payload"])
             except Exception as e:  # noqa: BLE001
+                if not reachable(self.tracking_uri):  # it went away mid-sync: an outage, not a refusal
+                    log.warning("MLflow at %s went away during a sync (%s): %d result(s) kept pending",
+                                self.tracking_uri, e, len(todo) - done)
+                    break
                 if self._give_up(entry, e):
                     done += 1
                     continue  # set aside: it never blocks the entries after it

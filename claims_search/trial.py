@@ -11,6 +11,11 @@ the search started (never the user's path again), its Ray Train run keeps its st
 finished checkpoints and ``final.json`` go there too. The driver's node-local folder is
 scratch, removed when the trial ends.
 
+A trial that fails in a way a retry would repeat (a configuration our checks refuse, or a Ray
+Train run that spent its own retries, e.g. a model the workers' memory cannot hold) reports
+``status: failed`` with a one-line ``reason``; Tune's own retry is kept for other errors (its
+driver's node lost). No ``final.json`` is written for it.
+
 A trial whose pretraining diverged (non-finite loss, or no better than guessing uniformly
 over the vocabulary) skips its fine-tunings and reports ``status: pruned``: the searcher is
 told PRUNED and the frontier never sees it (see `search_tune.GuardedOptunaSearch`).
@@ -86,12 +91,55 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     try:
         result = _train(config, ctx, trial_id, out, remote)
         result["trial_wall_s"] = time.monotonic() - started  # start-up, storage and training
+    except Exception as e:
+        reason = _final_failure(e)
+        if reason is None:
+            raise  # Tune retries it (FailureConfig)
+        # Trying again would fail the same way: the trial ends failed, with its reason.
+        try:
+            cfg = json.dumps(ctx.space.sample_to_trial_config(config), default=str)
+        except Exception:  # noqa: BLE001 - the configuration itself was what failed
+            cfg = "{}"
+        import ray
+
+        tune.report({**{m: None for m in directions(ctx.space)[0]}, "status": "failed", "reason": reason,
+                     "trial_config": cfg, "node_id": ray.get_runtime_context().get_node_id(),
+                     "trial_wall_s": time.monotonic() - started})
+        return
     finally:
         if remote:  # uploaded (or failed): the node's scratch copy can go
             shutil.rmtree(out, ignore_errors=True)
     result["trial_config_sample"] = sample
     st.write_bytes(final, json.dumps(result).encode())
     tune.report(result)
+
+
+def _final_failure(e: BaseException) -> str | None:
+    """The one-line reason of a failure that retrying the trial would only repeat, else None: a
+    check of ours that refused the configuration (``ClaimsSearchError``), or a Ray Train run that
+    already spent its own retries (``TrainingFailedError``; each retry restarted its workers)."""
+    from ray.train import TrainingFailedError
+
+    from claims_search.errors import ClaimsSearchError
+
+    if isinstance(e, ClaimsSearchError):
+        return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    if isinstance(e, TrainingFailedError):
+        return f"Ray Train gave up after its retries: {failure_reason(str(e))}"
+    return None
+
+
+def failure_reason(text: str) -> str:
+    """One line out of an error report (a traceback, Ray's worker-group error): the last line
+    naming an exception, or, for a process that died without one, what Ray says that means."""
+    if "worker process has died" in text or "actor died unexpectedly" in text:
+        return ("a Ray Train worker process died without a Python error (killed by the kernel's OOM "
+                "killer, a SIGKILL, or a crash)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not (ln.startswith("[Rank ") and ln.endswith("Snippet]:"))
+             and not ln.startswith("Training failed due to")]
+    found = [ln for ln in lines if ("Error" in ln or "Exception" in ln) and not ln.startswith(("File ", "Traceback"))]
+    return (found[-1] if found else lines[-1] if lines else "unknown error (no error trace)")[:300]
 
 
 def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bool) -> dict:

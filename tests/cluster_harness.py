@@ -121,6 +121,68 @@ class RayCluster:
         """``os.environ`` plus this cluster's auth settings, for subprocesses."""
         return {**os.environ, **self.env}
 
+    def add_node(self, cpus: int, resources: dict[str, float]) -> Path:
+        """Join one more worker node (private filesystem, as the others); its temp dir. It is
+        stopped with the cluster (its processes name the cluster's folder)."""
+        node_dir = self.temp_dirs[0].parent / f"w{len(self.temp_dirs) - 1}"
+        env = {**self.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("RAY_ADDRESS", None)
+        _ray_start([f"--address={self.gcs_address}", f"--num-cpus={cpus}", "--num-gpus=0",
+                    f"--resources={json.dumps(resources)}"], env, node_dir, private=True)
+        self.temp_dirs.append(node_dir)
+        self.workers += 1
+        return node_dir
+
+    def node_processes(self, index: int) -> list[int]:
+        """Every process of worker node ``index`` (1 = the first worker node): its raylet and
+        whatever shares the raylet's mount namespace (agents, Ray workers, their children)."""
+        import psutil
+
+        named = set(_pids_using(str(self.temp_dirs[index])))
+        mine = os.readlink("/proc/self/ns/mnt")
+        namespaces = set()
+        for pid in named:
+            with contextlib.suppress(OSError):
+                namespaces.add(os.readlink(f"/proc/{pid}/ns/mnt"))
+        namespaces.discard(mine)  # a node started without its own namespace: its named processes only
+        out = set(named)
+        for pid in psutil.pids():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/ns/mnt") in namespaces:
+                    out.add(pid)
+        return sorted(out)
+
+    def node_id(self, index: int) -> str:
+        """The Ray node id of node ``index`` (0 = the head), read from its raylet's command line."""
+        import psutil
+
+        for pid in _pids_using(str(self.temp_dirs[index])):
+            with contextlib.suppress(psutil.Error):
+                for arg in psutil.Process(pid).cmdline():
+                    if arg.startswith("--node_id="):
+                        return arg.split("=", 1)[1]
+        raise LookupError(f"no raylet found for node {index} ({self.temp_dirs[index]})")
+
+    def runs_train_worker(self, index: int) -> bool:
+        """Whether a Ray Train worker process runs on node ``index`` now."""
+        import psutil
+
+        for pid in self.node_processes(index):
+            with contextlib.suppress(psutil.Error):
+                if " ".join(psutil.Process(pid).cmdline()).startswith("ray::RayTrainWorker"):
+                    return True
+        return False
+
+    def lose_node(self, index: int) -> list[int]:
+        """SIGKILL every process of worker node ``index`` at once, as when its VM or pod is gone;
+        the pids killed."""
+        pids = self.node_processes(index)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
 
 # Inside a node's own mount namespace: private tmpfs over /tmp and ~/.cache, then the folders
 # the node must still run from (the checkout, the venv) bound back where they were.
@@ -235,11 +297,50 @@ def _keep_logs(root: Path, name: str) -> None:
 
 @dataclasses.dataclass
 class MlflowServer:
-    """A running ``mlflow server``."""
+    """A running ``mlflow server``. ``stop()`` kills its process group (an outage, as when its
+    pod dies); ``start()`` brings it back on the same port and the same backend store."""
 
     url: str  # "http://127.0.0.1:<port>"
     port: int
     root: Path  # holds mlflow.db and artifacts/
+    s3: "S3Server | None" = None
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> float:
+        """Start the server and wait until ``/health`` answers; the seconds that took."""
+        started = time.monotonic()
+        # Two processes instead of ten: no job-execution workers (STACK.md).
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        artifacts = str(self.root / "artifacts")
+        if self.s3 is not None:
+            env.update(self.s3.env, MLFLOW_S3_ENDPOINT_URL=self.s3.endpoint)
+            artifacts = self.s3.uri("mlflow")
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                 "--artifacts-destination", artifacts,  # served through the server: clients need no S3 access
+                 # Host headers carry the port; MLflow compares them with fnmatch patterns.
+                 "--allowed-hosts", "127.0.0.1:*,localhost:*"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            wait_http(f"{self.url}/health", timeout=timeout, proc=self.proc)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}\n{(self.root / 'server.log').read_text()[-2000:]}") from None
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        """SIGKILL the server's whole process group (no clean shutdown) and wait for it."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        stop_processes([], str(self.root), grace=1.0)  # a worker that left the group
+        self.proc = None
 
 
 @dataclasses.dataclass
@@ -283,34 +384,13 @@ def start_mlflow_server(s3: S3Server | None = None) -> Iterator[MlflowServer]:
     hosts set); stop it after."""
     root = Path(tempfile.mkdtemp(prefix="csmlflow"))
     port = free_port()
-    # Two processes instead of ten: no job-execution workers (STACK.md).
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    artifacts = str(root / "artifacts")
-    if s3 is not None:
-        env.update(s3.env, MLFLOW_S3_ENDPOINT_URL=s3.endpoint)
-        artifacts = s3.uri("mlflow")
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", artifacts,  # served through the server: clients need no S3 access
-         # Host headers carry the port; MLflow compares them with fnmatch patterns.
-         "--allowed-hosts", "127.0.0.1:*,localhost:*"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    server = MlflowServer(f"http://127.0.0.1:{port}", port, root, s3)
     try:
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health", timeout=90, proc=proc)
-        except (RuntimeError, TimeoutError) as e:
-            log.flush()
-            raise RuntimeError(f"{e}\n{(root / 'server.log').read_text()[-2000:]}") from None
-        yield MlflowServer(url, port, root)
+        server.start()
+        yield server
     finally:
-        stop_processes([proc.pid], str(root))
-        log.close()
+        pgids = [server.proc.pid] if server.proc is not None else []
+        stop_processes(pgids, str(root))
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -6,8 +6,9 @@ storage is an S3-compatible server (moto). Submitted the way the README shows: t
 artifacts live on that S3 server; the MLflow UI is checked in headless Chromium.
 
 Also: resume after the head lost its local state, a search in which nothing completes fails
-through `submit --wait`, and the shared-mount case (an NFS-style path seen by every node at the
-same place, with CLAIMS_SEARCH_SHARED_FS=1).
+through `submit --wait`, the shared-mount case (an NFS-style path seen by every node at the
+same place, with CLAIMS_SEARCH_SHARED_FS=1), and, last because it changes the cluster, a Train
+worker node lost mid-trial (a third node joins; the trial resumes there from its S3 checkpoint).
 
 Run time on the 2-core development machine (2026-12-02, inside a full `make test`): about 6
 minutes for the module: cluster start-up, upload and the 3-trial S3 search 206 s, the shared-mount
@@ -237,3 +238,68 @@ def test_the_mlflow_ui_shows_the_trials_and_the_frontier_picture(s3_search, mlfl
         timeout=60_000)
     page.screenshot(path=str(artifacts_dir / "cluster-search-frontier.png"), full_page=True)
     page.close()
+
+
+def test_a_trial_whose_train_node_is_lost_resumes_on_another_node_from_its_checkpoint(
+        ray_cluster, mlflow_server, s3_server, s3_env, prepared, tmp_path):
+    """A second Train-worker node joins; once the trial's checkpoint at step 200 is registered,
+    every process of the node its Train worker runs on is SIGKILLed (the VM is gone). Ray Train
+    restarts the worker group on the other node, which resumes from the checkpoint on S3."""
+    import contextlib
+    import threading
+    import time
+
+    import pyarrow.fs as pafs
+    from mlflow.tracking import MlflowClient
+
+    from claims_search import storage
+
+    data = storage.upload(prepared, s3_server.uri("prepared-node-loss"))
+    ray_cluster.add_node(2, {"worker_node": 1, "train_worker": 2})
+    train_nodes = [i for i in range(1, len(ray_cluster.temp_dirs)) if i != 1]  # node 1 runs drivers only
+    env = {**s3_env, "CLAIMS_SEARCH_STATE_DIR": str(tmp_path / "state")}
+    done: dict = {}
+    job = threading.Thread(target=lambda: done.update(out=submit(
+        ray_cluster, mlflow_server, env, s3_server.uri("runs"), "--space", "tests/spaces/node_loss.yaml",
+        "--data", data, "--name", "node-loss")))
+    job.start()
+    fs, root = storage.filesystem(s3_server.uri("runs", "node-loss", "trials"))
+
+    def registered() -> bool:
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+            if info.base_name == "checkpoint_manager_snapshot.json":
+                with fs.open_input_stream(info.path) as f:
+                    if b"phase00_step_00000200" in f.read():
+                        return True
+        return False
+
+    deadline = time.monotonic() + 900
+    while not registered():
+        assert job.is_alive() and time.monotonic() < deadline, done.get("out")
+        time.sleep(0.5)
+    (lost,) = [i for i in train_nodes if ray_cluster.runs_train_worker(i)]
+    lost_id = ray_cluster.node_id(lost)
+    (kept,) = [i for i in train_nodes if i != lost]
+    assert ray_cluster.lose_node(lost)
+    lost_at = time.monotonic()
+    recovered = None
+    while job.is_alive() and recovered is None:  # the restarted worker group checkpoints again
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+            if info.base_name == "checkpoint_manager_snapshot.json":
+                with contextlib.suppress(OSError), fs.open_input_stream(info.path) as f:
+                    if b"phase00_step_00000400" in f.read():
+                        recovered = time.monotonic() - lost_at
+        time.sleep(0.5)
+    print(f"node lost; the trial checkpointed again on node {kept} {recovered} s later", file=sys.stderr)
+    job.join(timeout=900)
+    out = done["out"]
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    assert "1 trial(s) complete, 0 failed, 0 pruned" in out.stdout
+
+    (trial,) = [c for c in _children(MlflowClient(mlflow_server.url), "node-loss")["ckd_incidence"]]
+    assert trial.data.tags["claims_search.rank_nodes"] == ray_cluster.node_id(kept) != lost_id
+    (result,) = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.path.endswith("/pretrain/result.json")]
+    with fs.open_input_stream(result) as f:
+        pre = json.loads(f.read())
+    assert (pre["resumed_from_step"], pre["step"]) == (200, 400)  # resumed, not restarted
+
