@@ -7,7 +7,7 @@ Reads the units ``bench/scaling_study.py`` trained (every size of its ladder, pr
 and fine-tuned per task and labelled-set size) and replays search strategies on them, as
 tabular benchmarks of hyper-parameter search do: a strategy picks sizes one at a time, each pick
 costs what that size really cost (its pretraining plus its fine-tuning on every task, in
-device-seconds), and after each pick the paired rule (``recommend.recommend``) recommends a size
+training FLOPs: noise-free on a shared machine), and after each pick the paired rule (``recommend.recommend``) recommends a size
 from the picks so far. Strategies:
 
 - ``grid``: every size, cheapest first (what the study did);
@@ -51,8 +51,8 @@ def load(study: Path, metric: str):
     sizes = [r["size"] for r in tables[0]["rows"] if "pre" in r]
     cost = {}
     for s in sizes:  # one trial = pretraining once + fine-tuning on every task and labelled size
-        pre = json.loads((study / "pretrain" / s / "summary.json").read_text())["cost"]["device_s"]
-        ft = sum(json.loads(f.read_text())["cost"]["device_s"]
+        pre = json.loads((study / "pretrain" / s / "summary.json").read_text())["cost"]["flops"]
+        ft = sum(json.loads(f.read_text())["cost"]["flops"]
                  for f in (study / "finetune" / s).glob("*/n*-pre/summary.json"))
         cost[s] = pre + ft
     per_task = {}
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     grid_compute = sum(cost.values())
     results = {s: [replay(s, sizes, cost, per_task, args.metric, seed, args.delta)
                    for seed in (range(args.seeds) if s in ("default", "random") else [0])] for s in STRATEGIES}
-    lines = [f"Replayed on `{study}` ({len(sizes)} sizes; grid compute {grid_compute:.0f} device-s); "
+    lines = [f"Replayed on `{study}` ({len(sizes)} sizes; grid compute {grid_compute:.2e} FLOPs); "
              f"`{' '.join(['python bench/search_efficiency.py', *(argv if argv is not None else sys.argv[1:])])}`; "
              f"{datetime.date.today().isoformat()}; {S.machine()}.", "",
              "Each cell: median compute until the strategy's answer equals the grid's and stays so, as a share "
@@ -223,7 +223,7 @@ def _plot(results: dict, per_task: dict, path: Path) -> None:
                 ax.step(xs, ys, where="post", alpha=0.6, label=s if i == 0 else None,
                         color={"grid": "k", "default": "tab:blue", "random": "tab:orange", "ascend": "tab:green"}[s])
         ax.set_title(key, fontsize=8)
-        ax.set_xlabel("cumulative compute (device-s)", fontsize=7)
+        ax.set_xlabel("cumulative compute (FLOPs)", fontsize=7)
     axes[0][0].set_ylabel("frontier hypervolume")
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
