@@ -96,7 +96,9 @@ def run_search(req: SearchRequest) -> SearchResult:
     for task in space.task_names:  # both classes in the tuning split, before anything starts
         check_task(cache, req.data, task, ("tuning",))
     from claims_search.jobs import probe_tracking
+    from claims_search.tracking import check_uri
 
+    check_uri(req.tracking_uri)
     probe_tracking(req.tracking_uri)  # an http server that refuses our Host header (403) fails here
     if not reachable(req.tracking_uri):
         raise ClaimsSearchError(f"tracking server {req.tracking_uri} is unreachable (or refuses this host)")

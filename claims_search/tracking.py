@@ -66,6 +66,21 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+# Stores MLflow can track to (``databricks`` and the SQL dialects through SQLAlchemy).
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_uri(uri: str) -> None:
+    """One line for a tracking URI MLflow cannot use: an unknown scheme, or a SQLite database in
+    a folder that does not exist (MLflow would fail later, or deep inside SQLAlchemy)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+    if scheme not in SCHEMES:
+        raise ClaimsSearchError(f"{uri}: not a tracking URI MLflow can use (scheme {scheme!r}; "
+                                f"use one of {', '.join(s + '://' for s in SCHEMES)})")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.is_dir():
+        raise ClaimsSearchError(f"{uri}: folder {Path(uri[len('sqlite:///'):]).parent} does not exist")
+
+
 def reachable(uri: str) -> bool:
     """Quick check, so an unreachable server costs seconds rather than MLflow's retries."""
     if uri.startswith(("http://", "https://")):
@@ -467,6 +482,7 @@ def _size_name(r: TrialRecord) -> str | None:
 
 def _existing_client(tracking_uri: str):
     """A client for a store that must already exist: reading never creates an empty database."""
+    check_uri(tracking_uri)
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise ClaimsSearchError(f"{tracking_uri}: no MLflow database there (run `claims-search search` first?)")
     if not reachable(tracking_uri):
