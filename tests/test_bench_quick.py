@@ -1,0 +1,68 @@
+"""The benchmarks' quick modes run and report what they promise (structure only, never figures).
+
+The figures themselves live in docs/benchmarks.md; timing belongs to bench/, not to tests.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# meds-torch-data lives in its own venv (see bench/mtd_yardstick.py). Its six subprocess stages
+# cost ~35 s even on 300 patients (2-3 min on a loaded 2-core machine), so it runs only on request.
+MTD = Path(os.environ.get("CLAIMS_SEARCH_MTD", "/work/mtd-venv/bin/MTD_preprocess"))
+RUN_MTD = MTD.exists() and os.environ.get("CLAIMS_SEARCH_MTD_TEST") == "1"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_throughput_quick_reports_every_variant_and_ratio_spreads(tmp_path):
+    out = tmp_path / "throughput.json"
+    text = run("throughput_vs_bert.py", "--quick", "--sizes", "32x1", "--repeats", "2", "--batch-tokens", "600",
+               "--json", str(out))
+    assert "BERT grouped tok/s" in text and "packed / BERT padded" in text and "packed / BERT grouped" in text
+    report = json.loads(out.read_text())
+    assert report["variants"] == ["packed", "padded", "bert", "grouped"]
+    assert report["settings"]["repeats"] == 2 and report["settings"]["max_len"] == 128  # --quick's
+    # length grouping pads far less than one-patient-per-row padding
+    assert report["real_fraction"]["grouped"] > report["real_fraction"]["bert"]
+    (size,) = report["sizes"]
+    assert size["size"] == "32x1" and all(len(v) == 2 for v in size["seconds"].values())
+    for kind in ("padded", "bert", "grouped"):
+        for ratios in (size["ratio"], size["cpu_ratio"]):  # wall-time and CPU-time ratios
+            assert ratios[kind]["min"] <= ratios[kind]["median"] <= ratios[kind]["max"]
+
+
+def test_mtd_yardstick_measures_our_prepare(tmp_path):
+    out = tmp_path / "yardstick.json"
+    subprocess.run([str(ROOT / ".venv" / "bin" / "claims-search"), "synth", "--patients", "300",
+                    "--out", str(tmp_path / "meds")], check=True, capture_output=True)
+    text = run("mtd_yardstick.py", "--only", "ours", "--meds", str(tmp_path / "meds"),
+               "--work", str(tmp_path / "work"), "--json", str(out))
+    assert "| ours |" in text
+    report = json.loads(out.read_text())
+    assert report["subjects"] == 300 and report["events"] > 0
+    (run_,) = report["runs"]["ours"]
+    assert run_["wall_s"] > 0 and run_["peak_tree_rss_gib"] > 0 and run_["samples"] > 0
+    assert report["outputs"]["ours"]["files"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RUN_MTD, reason=f"needs MTD_preprocess at {MTD} and CLAIMS_SEARCH_MTD_TEST=1")
+def test_mtd_yardstick_runs_meds_torch_data(tmp_path):
+    out = tmp_path / "yardstick.json"
+    subprocess.run([str(ROOT / ".venv" / "bin" / "claims-search"), "synth", "--patients", "300",
+                    "--out", str(tmp_path / "meds")], check=True, capture_output=True)
+    run("mtd_yardstick.py", "--only", "mtd", "--mtd", str(MTD), "--meds", str(tmp_path / "meds"),
+        "--work", str(tmp_path / "work"), "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["outputs"]["mtd"]["tensor_files"] > 0
