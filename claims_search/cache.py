@@ -214,10 +214,12 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
     write the cache to ``out`` atomically. Returns the manifest.
 
     Two streaming passes over the shards, each spread over ``workers`` processes (1: in this
-    process): (1) check each shard and sample its train values for the quantile bins;
-    (2) tokenize into the memory-mapped arrays (shard-local ids, remapped once the train
-    counts give the vocabulary) and extract the labels with ACES. Memory is bounded by
-    ``workers`` shards at a time. ``tasks`` are :class:`claims_search.labels.Task`;
+    process; claims_search/cache_shards.py): (1) check each shard and sample its train values
+    for the quantile bins; (2) tokenize into the arrays (shard-local ids, remapped once the
+    train counts give the vocabulary), extract the labels with ACES, and write each shard's
+    subjects and labels to part files, which are then concatenated one shard at a time.
+    Memory is bounded by ``workers`` shards at a time plus a few bytes per subject and per
+    sample, not by whole-dataset tables. ``tasks`` are :class:`claims_search.labels.Task`;
     ``progress(msg)`` is called per step and ``warn(line)`` per warning (default: the log).
     A task named in ``optional`` (the built-in tasks nobody asked for by name) that has one
     class only on this dataset is left out with a warning, and listed in the manifest's
@@ -227,6 +229,7 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
 
     from claims_search import meds
     from claims_search.atomic import atomic_dir
+    from claims_search.cache_shards import Workers, encode_shard, read_at, scan_shard, write_at
     from claims_search.vocab import Vocab, fit_bins
 
     say = progress or (lambda msg: log.info(msg))
@@ -235,92 +238,91 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
     digest = inputs_hash(meds_root, {t.name: t.text for t in tasks}, settings)
     ds = meds.open_dataset(meds_root)
     n = len(ds.shards)
-    with _Workers(min(workers, n), meds_root, [t.source for t in tasks]) as pool:
+    # One pool per pass: fresh workers for pass 2 do not carry what pass 1 left in their heaps.
+    pool_args = (min(workers, n), meds_root, ds.shards, [t.source for t in tasks])
+    with Workers(*pool_args) as pool:
         say(f"checking {meds.plural(n, 'shard')} and sampling train values "
             f"({meds.plural(pool.n, 'worker')})")
-        scans = pool.map(_scan_shard, [(i,) for i in range(n)])
-        report = meds.summarize(ds, [sc for sc, _ in scans], settings.strict, warn)
-        codes = set().union(*(sc.codes for sc, _ in scans))
-        say(f"{meds.plural(report.n_subjects, 'subject')}, {meds.plural(report.n_events, 'event')} "
-            f"in {meds.plural(n, 'shard')}")
-        bins = fit_bins(pl.concat([sample for _, sample in scans]), settings.n_bins)
-        starts = np.cumsum([0] + [sc.n_events for sc, _ in scans])
-        with atomic_dir(out) as tmp:
-            np.lib.format.open_memmap(tmp / "tokens.npy", "w+", np.int32, (report.n_events,))
-            np.lib.format.open_memmap(tmp / "days.npy", "w+", np.int32, (report.n_events,))
-            say("tokenizing and extracting labels")
-            parts = pool.map(_encode_shard, [(i, int(starts[i]), str(tmp), bins) for i in range(n)])
-            voc = Vocab.build(
-                pl.concat([p["counts"] for p in parts]).group_by("token").agg(pl.col("count").sum()),
-                settings.min_count,
-            )
-            tokens = np.load(tmp / "tokens.npy", mmap_mode="r+")  # (E,) shard-local ids
-            for i, p in enumerate(parts):  # shard-local ids -> vocabulary ids
-                local_to_id = voc.ids(p["counts"]["token"])
-                tokens[starts[i] : starts[i + 1]] = local_to_id[tokens[starts[i] : starts[i + 1]]]
-            tokens.flush()
-            del tokens
-            voc.to_frame().write_parquet(tmp / "vocab.parquet")
-            bins.write_parquet(tmp / "value_bins.parquet")
-            summary, skipped = _write_tables(ds, tmp, tasks, parts, say, warn, codes, set(optional))
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "inputs_hash": digest,
-                "meds": str(meds_root.resolve()),
-                "settings": settings.__dict__,
-                "vocab_size": len(voc),
-                "n_events": report.n_events,
-                "n_subjects": report.n_subjects,
-                "splits": report.splits,
-                "missing_codes": report.missing_codes,
-                "tasks": summary,
-                "skipped_tasks": skipped,
-            }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        scans, samples = [], {}  # samples: code -> [float32 arrays], 4 bytes a value
+        for scan, sample in pool.imap(scan_shard, [(i,) for i in range(n)]):
+            scans.append(scan)
+            for code, values in sample.items():
+                samples.setdefault(code, []).append(values)
+    report = meds.summarize(ds, scans, settings.strict, warn)
+    codes = set().union(*(sc.codes for sc in scans))
+    say(f"{meds.plural(report.n_subjects, 'subject')}, {meds.plural(report.n_events, 'event')} "
+        f"in {meds.plural(n, 'shard')}")
+    bins = fit_bins(samples, settings.n_bins)
+    del samples
+    starts = np.cumsum([0] + [sc.n_events for sc in scans])
+    firsts = np.cumsum([0] + [len(sc.subjects) for sc in scans])
+    del scans  # their subject ids: 8 bytes a subject, no longer needed
+    with atomic_dir(out) as tmp:
+        for name in ("tokens.npy", "days.npy"):
+            arr = np.lib.format.open_memmap(tmp / name, "w+", np.int32, (report.n_events,))
+            header = arr.offset  # bytes before the data; the same for both files
+            del arr
+        (tmp / "parts").mkdir()
+        say("tokenizing and extracting labels")
+        with Workers(*pool_args) as pool:
+            counts = [p["counts"] for p in pool.imap(encode_shard, [
+                (i, int(starts[i]), int(firsts[i]), str(tmp), header, bins) for i in range(n)])]
+        voc = Vocab.build(
+            pl.concat(counts).group_by("token").agg(pl.col("count").sum()), settings.min_count)
+        for i, c in enumerate(counts):  # shard-local ids -> vocabulary ids, shard by shard
+            local = read_at(tmp / "tokens.npy", header, int(starts[i]), int(starts[i + 1] - starts[i]))
+            write_at(tmp / "tokens.npy", header, int(starts[i]), voc.ids(c["token"])[local])
+        voc.to_frame().write_parquet(tmp / "vocab.parquet")
+        bins.write_parquet(tmp / "value_bins.parquet")
+        summary, skipped = _write_tables(ds, tmp, tasks, n, say, warn, codes, set(optional))
+        (tmp / "parts").rmdir()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "inputs_hash": digest,
+            "meds": str(meds_root.resolve()),
+            "settings": settings.__dict__,
+            "vocab_size": len(voc),
+            "n_events": report.n_events,
+            "n_subjects": report.n_subjects,
+            "splits": report.splits,
+            "missing_codes": report.missing_codes,
+            "tasks": summary,
+            "skipped_tasks": skipped,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _write_tables(ds, tmp: Path, tasks: list, parts: list[dict], say, warn, codes: set[str],
+def _write_tables(ds, tmp: Path, tasks: list, n: int, say, warn, codes: set[str],
                   optional: set[str]) -> tuple[dict, dict]:
-    """subjects.parquet, labels/<task>.parquet and tasks/<task>.yaml; the tasks' summary and
-    the optional tasks left out (name -> why)."""
+    """subjects.parquet, labels/<task>.parquet and tasks/<task>.yaml from the ``n`` shards'
+    part files; the tasks' summary and the optional tasks left out (name -> why)."""
     import polars as pl
 
     from claims_search import labels as task_labels
+    from claims_search.cache_tables import Oracle, assemble_labels, concat_parts
 
-    firsts = np.cumsum([0] + [len(p["subjects"]) for p in parts])
-    subj = pl.concat([
-        p["subjects"].with_columns((pl.col("subject_idx") + int(firsts[i])).cast(pl.Int32))
-        for i, p in enumerate(parts)
-    ]).join(ds.splits, on="subject_id", how="left", maintain_order="left")
-    subj.select(
-        "subject_id", "split", "offset", pl.col("length").cast(pl.Int32),
-        "birth_days", pl.col("n_static").cast(pl.Int32),
-    ).write_parquet(tmp / "subjects.parquet")
+    parts = tmp / "parts"
+    concat_parts([parts / f"subjects-{i:06d}.parquet" for i in range(n)], tmp / "subjects.parquet")
     (tmp / "labels").mkdir()
     (tmp / "tasks").mkdir()
     summary, skipped = {}, {}
-    for t in tasks:
-        lab = pl.concat([
-            p["labels"][t.name].with_columns((pl.col("subject_idx") + int(firsts[i])).cast(pl.Int32))
-            for i, p in enumerate(parts)
-        ])
+    for k, t in enumerate(tasks):
+        files = [parts / f"labels{k}-{i:06d}.parquet" for i in range(n)]
+        target = tmp / "labels" / f"{t.name}.parquet"
+        lab = assemble_labels(files, Oracle(ds.root / "oracle" / f"{t.name}.parquet"), target)
         try:
-            task_labels.check_both_classes(t, lab.rename({"label": "boolean_value"}), codes)
+            task_labels.check_both_classes(t, lab.select(pl.col("label").alias("boolean_value")),
+                                           codes)
         except ClaimsSearchError as e:
             if t.name not in optional:
                 raise
+            target.unlink()
             skipped[t.name] = str(e).removeprefix(f"{t.source}: task '{t.name}' ")
             warn(left_out_warning(t.name, skipped[t.name]))
             continue
-        lab = lab.join(subj.select("subject_idx", "split"), on="subject_idx", how="left")
-        lab = task_labels.attach_oracle(lab, ds.root / "oracle" / f"{t.name}.parquet")
-        lab = lab.select(
-            "subject_id", "prediction_time", "label", "split", "subject_idx", "end", "true_prob"
-        ).sort(["subject_idx", "prediction_time"])
-        lab.write_parquet(tmp / "labels" / f"{t.name}.parquet")
         (tmp / "tasks" / f"{t.name}.yaml").write_text(t.text)
-        per_split = lab.group_by("split").agg(
+        per_split = lab.group_by(pl.col("split").cast(pl.String)).agg(
             pl.len().alias("n"), pl.col("label").sum().alias("positives"))
         summary[t.name] = {
             "splits": {r["split"]: {"n": r["n"], "positives": r["positives"]}
@@ -338,172 +340,3 @@ def _write_tables(ds, tmp: Path, tasks: list, parts: list[dict], say, warn, code
             f"{why.split('; ')[0]}{'; likewise ' + ', '.join(others) if others else ''}); "
             "these tasks expect the synthetic world's codes: pass your own with --task FILE.yaml")
     return summary, skipped
-
-
-class _Workers:
-    """A process pool over shards (spawned, one polars thread pool each), or this process."""
-
-    def __init__(self, n: int, meds_root: Path, task_sources: list[str]):
-        self.n = max(1, int(n))
-        self.args = (str(meds_root), task_sources)
-        self.pool = None
-
-    def __enter__(self):
-        if self.n == 1:
-            _init_worker(*self.args)
-            return self
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # Read by polars when each worker imports it; workers may start late, so the variable
-        # stays set until the pool is shut down.
-        self.old_threads = os.environ.get("POLARS_MAX_THREADS")
-        os.environ["POLARS_MAX_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n))
-        self.pool = ProcessPoolExecutor(
-            self.n, mp_context=mp.get_context("spawn"),
-            initializer=_init_worker, initargs=self.args,
-        )
-        return self
-
-    def map(self, fn, args: list[tuple]) -> list:
-        """``[fn(*a) for a in args]``, in order, over the workers."""
-        if self.pool is None:
-            return [fn(*a) for a in args]
-        return list(self.pool.map(fn, *zip(*args))) if args else []
-
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            if self.old_threads is None:
-                os.environ.pop("POLARS_MAX_THREADS", None)
-            else:
-                os.environ["POLARS_MAX_THREADS"] = self.old_threads
-        _STATE.clear()
-
-
-_STATE: dict = {}  # per worker process: the dataset, the tasks, the train subjects
-
-
-def _init_worker(meds_root: str, task_sources: list[str]) -> None:
-    import polars as pl
-
-    from claims_search import labels, meds
-
-    ds = meds.open_dataset(meds_root)
-    _STATE["ds"] = ds
-    _STATE["tasks"] = [labels.load_task(s) for s in task_sources]
-    _STATE["train"] = ds.splits.filter(pl.col("split") == meds.SPLITS[0])["subject_id"].implode()
-
-
-def _scan_shard(i: int):
-    """Pass 1 on shard ``i``: its checks and a sample of its train numeric values."""
-    import polars as pl
-
-    from claims_search import meds
-    from claims_search.vocab import numeric_sample
-
-    ds = _STATE["ds"]
-    df = meds.read_shard(ds, ds.shards[i])
-    scan = meds.scan_shard(ds, ds.shards[i], df)
-    train = df.filter(pl.col("subject_id").is_in(_STATE["train"]))
-    return scan, numeric_sample(train, seed=i)
-
-
-def _encode_shard(i: int, start: int, tmp: str, bins) -> dict:
-    """Pass 2 on shard ``i``: shard-local token ids and days into the arrays from ``start``;
-    returns its subjects, its token strings with train counts, and its labels per task."""
-    import polars as pl
-
-    from claims_search import labels as task_labels
-    from claims_search import meds
-    from claims_search.vocab import token_strings
-
-    ds = _STATE["ds"]
-    path = ds.shards[i]
-    df = meds.read_shard(ds, path).with_row_index("row")
-    subj = _subject_rows(df).with_columns(
-        pl.int_range(pl.len()).cast(pl.Int32).alias("subject_idx"),
-        (pl.col("start").cast(pl.Int64) + start).alias("offset"),
-    )
-    toks = token_strings(df, bins)
-    uniq = toks.unique().sort()
-    local = toks.cast(pl.Enum(uniq.to_list())).to_physical().to_numpy().astype(np.int32)
-    train = df["subject_id"].is_in(_STATE["train"]).to_numpy()
-    counts = np.bincount(local[train], minlength=len(uniq))
-    end = start + len(df)
-    tokens = np.load(Path(tmp) / "tokens.npy", mmap_mode="r+")
-    tokens[start:end] = local
-    tokens.flush()
-    days = np.load(Path(tmp) / "days.npy", mmap_mode="r+")
-    days[start:end] = _event_days(df, subj)
-    days.flush()
-    del tokens, days
-    found = {
-        t.name: _label_ends(task_labels.extract_shard(t, path, df), df, subj)
-        for t in _STATE["tasks"]
-    }
-    return {
-        "subjects": subj.drop("start", "first_day"),
-        "counts": pl.DataFrame({"token": uniq, "count": counts.astype(np.int64)}),
-        "labels": found,
-    }
-
-
-def _subject_rows(df):
-    """One row per subject of a shard, in file order: start row, length, statics, birth day."""
-    import meds
-    import polars as pl
-
-    t = pl.col("time")
-    return df.group_by("subject_id", maintain_order=True).agg(
-        pl.col("row").first().alias("start"),
-        pl.len().alias("length"),
-        t.is_null().sum().alias("n_static"),
-        t.filter(pl.col("code") == meds.birth_code).first().cast(pl.Date).cast(pl.Int32)
-        .fill_null(-1).alias("birth_days"),
-        t.drop_nulls().first().cast(pl.Date).cast(pl.Int32).alias("first_day"),
-    )
-
-
-def _event_days(df, subj) -> np.ndarray:
-    """Day of every row; static rows get the birth day (else the first event's day, else 0)."""
-    import polars as pl
-
-    static_day = (
-        pl.when(pl.col("birth_days") != -1).then(pl.col("birth_days"))
-        .otherwise(pl.col("first_day")).fill_null(0)
-    )
-    out = df.select("subject_id", "time").join(
-        subj.select("subject_id", static_day.alias("static_day")), on="subject_id",
-        how="left", maintain_order="left",
-    )
-    return out.select(
-        pl.col("time").cast(pl.Date).cast(pl.Int32).fill_null(pl.col("static_day"))
-    ).to_series().to_numpy().astype(np.int32)
-
-
-def _label_ends(lab, df, subj):
-    """Labels of one shard with the shard-local ``subject_idx`` and ``end`` (the subject's
-    events at or before the prediction time, static rows included)."""
-    import polars as pl
-
-    # Rows are sorted by (subject in file order, time; static rows first), so the key
-    # (subject position, rank of time) is sorted too, and `end` is one binary search.
-    # Ranks, not microseconds, so that the key fits in int64.
-    t = df["time"].dt.epoch("us").to_numpy()  # (E,) float with NaN for static rows
-    static = df["time"].is_null().to_numpy()
-    times = np.unique(t[~static].astype(np.int64))
-    rank = np.zeros(len(df), dtype=np.int64)
-    rank[~static] = np.searchsorted(times, t[~static].astype(np.int64)) + 1  # static: 0
-    subj_pos = np.repeat(np.arange(len(subj), dtype=np.int64), subj["length"].to_numpy())
-    key = (subj_pos << 32) | rank  # (E,) sorted
-    j = lab.join(subj.select("subject_id", "start", "subject_idx"), on="subject_id",
-                 maintain_order="left")
-    pt = j["prediction_time"].dt.epoch("us").to_numpy().astype(np.int64)
-    pt_rank = np.searchsorted(times, pt, side="right")  # times <= pt, counting from 1
-    pos = j["subject_idx"].to_numpy().astype(np.int64)
-    end_row = np.searchsorted(key, (pos << 32) | pt_rank, side="right")
-    return j.select(
-        "subject_id", "prediction_time", pl.col("boolean_value").alias("label"), "subject_idx",
-        pl.Series("end", end_row - j["start"].to_numpy().astype(np.int64), dtype=pl.Int32),
-    )

@@ -38,13 +38,30 @@ def numeric_sample(df: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
     )
 
 
-def fit_bins(sample: pl.DataFrame, n_bins: int) -> pl.DataFrame:
-    """Quantile cut points per code: ``code`` and ``e1`` .. ``e{n_bins-1}`` (float32)."""
+def sample_values(sample: pl.DataFrame) -> dict[str, np.ndarray]:
+    """A sample (``code``, ``numeric_value``) as ``{code: float32 values}``.
+
+    Four bytes a value instead of a string and a float per row: the samples of hundreds of
+    shards are held together until the bins are fit.
+    """
+    return {code: grp["numeric_value"].to_numpy().astype(np.float32, copy=False)
+            for (code,), grp in sample.group_by("code")}
+
+
+def fit_bins(sample: pl.DataFrame | dict, n_bins: int) -> pl.DataFrame:
+    """Quantile cut points per code: ``code`` and ``e1`` .. ``e{n_bins-1}`` (float32).
+
+    ``sample``: a frame (``code``, ``numeric_value``) or ``{code: [float32 arrays]}`` (the
+    samples of several shards, see :func:`sample_values`); the same values give the same cut
+    points whatever their order.
+    """
+    if isinstance(sample, pl.DataFrame):
+        sample = {code: [v] for code, v in sample_values(sample).items()}
     cols = [f"e{i}" for i in range(1, n_bins)]
     qs = np.arange(1, n_bins) / n_bins
     rows = []
-    for (code,), grp in sample.group_by("code"):
-        v = grp["numeric_value"].to_numpy()
+    for code, parts in sample.items():
+        v = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if len(v) >= MIN_NUMERIC:
             rows.append([code, *np.quantile(v, qs).astype(np.float32).tolist()])
     schema = {"code": pl.String, **{c: pl.Float32 for c in cols}}

@@ -160,7 +160,18 @@ def test_arrays_are_memory_mapped(claims, tmp_path):
     assert len(c.tokens) == len(c.days) == m["n_events"] == c.subjects["length"].sum()
 
 
-def test_two_worker_processes_write_the_same_cache(claims, tmp_path):
+def test_two_worker_processes_write_the_same_cache(claims, tmp_path, monkeypatch):
+    from claims_search import cache_shards
+
+    # Five shards, and a fresh worker process for every shard: the same cache as one process.
+    monkeypatch.setattr(cache_shards, "RECYCLE", 1)
+    charts = [chart(i, 100 + 10 * i, ("2020-06-01", "DX//ICD10//I10"), ("2020-10-01", CKD)) if i % 3 == 0
+              else chart(i, 100 + 10 * i, ("2020-05-01", ARB)) if i % 3 == 1
+              else chart(i, 100 + 10 * i) for i in range(1, 21)]
+    shards = {str(k): [r for c in charts[4 * k: 4 * k + 4] for r in c] for k in range(4)}
+    shards["4"] = chart(21, 150, ("2020-06-01", "DX//ICD10//I10"), ("2020-10-01", CKD)) + chart(22, 120)
+    splits = {i: "train" for i in range(1, 17)} | {i: "tuning" for i in range(17, 21)} | {21: "tuning", 22: "held_out"}
+    claims = meds.write_dataset(tmp_path / "meds5", shards, splits)
     one = prepare(claims, tmp_path / "one", min_count=2)
     two = prepare(claims, tmp_path / "two", min_count=2, workers=2)
     assert one == two
@@ -211,3 +222,80 @@ def test_a_meds_folder_given_as_the_cache_says_what_to_run(claims):
     with pytest.raises(ClaimsSearchError, match=rf"{claims}: a MEDS dataset, not a prepared cache: "
                        r"run `claims-search prepare --meds .* --out PREPARED`"):
         cache.Cache.open(claims)
+
+
+def test_shard_by_shard_cache_equals_a_whole_dataset_computation(tmp_path):
+    """prepare works one shard at a time (ids remapped per shard, tables from part files,
+    oracle attached per part); here everything is recomputed on the whole dataset at once,
+    the way prepare did before it streamed (2026-12-02), and must agree row for row."""
+    from claims_search.synth import generate
+    from claims_search.vocab import Vocab, fit_bins, token_strings
+
+    root = tmp_path / "meds"
+    generate(root, 240, seed=5, workers=1, shard_size=60)  # 4 blocks x 3 splits: up to 12 shards
+    m = prepare(root, tmp_path / "prep", min_count=3)
+    c = cache.Cache.open(tmp_path / "prep")
+    ds = meds.open_dataset(root)
+    assert len(ds.shards) >= 10  # a block may lack a split
+    df = pl.concat([meds.read_shard(ds, s) for s in ds.shards])  # in prepare's shard order
+    split = df.join(ds.splits, on="subject_id", how="left", maintain_order="left")["split"]
+    train = df.filter(split == "train")
+    bins = fit_bins(train.select("code", "numeric_value").drop_nans().drop_nulls(), 5)
+    assert bins.equals(pl.read_parquet(tmp_path / "prep" / "value_bins.parquet"))
+    counts = token_strings(train, bins).value_counts(name="count").rename({"token": "token"})
+    voc = Vocab.build(counts.with_columns(pl.col("count").cast(pl.Int64)), 3)
+    assert c.vocab["code"].tolist() == voc.tokens and c.vocab["count"].tolist() == voc.counts
+    assert np.array_equal(c.tokens, voc.ids(token_strings(df, bins)))
+    subjects = df.group_by("subject_id", maintain_order=True).len()
+    assert c.subjects["subject_id"].tolist() == subjects["subject_id"].to_list()
+    assert c.subjects["offset"].tolist() == np.r_[0, np.cumsum(subjects["len"])[:-1]].tolist()
+    for t in [labels.load_task(x) for x in labels.BUILTIN_TASKS]:
+        want = labels.attach_oracle(pl.concat([labels.extract_shard(t, s) for s in ds.shards]),
+                                    root / "oracle" / f"{t.name}.parquet")
+        got = pl.from_pandas(c.labels(t.name))
+        assert m["tasks"][t.name]["splits"]["train"]["n"] > 0
+        key = ["subject_id", "prediction_time"]
+        assert got.select(*key, pl.col("label").alias("boolean_value"), "true_prob").sort(key).equals(
+            want.select(*key, "boolean_value", "true_prob").sort(key))
+        assert got["true_prob"].null_count() == 0  # the generator's oracle covers every sample
+        # subject_idx is the subject's row; end counts its events at or before the time
+        at = c.subjects["subject_id"].to_numpy()[got["subject_idx"].to_numpy()]
+        assert (at == got["subject_id"].to_numpy()).all()
+        ev = df.select("subject_id", "time").join(got.select(*key, "end"), on="subject_id")
+        ends = ev.group_by(key).agg(
+            (pl.col("time").is_null() | (pl.col("time") <= pl.col("prediction_time"))).sum()
+            .cast(pl.Int32).alias("end"))
+        assert got.select(*key, "end").sort(key).equals(ends.sort(key))
+        order = got.select("subject_idx", "prediction_time")
+        assert order.equals(order.sort(["subject_idx", "prediction_time"]))
+
+
+def test_oracle_attached_part_by_part_matches_attach_oracle(tmp_path):
+    from claims_search.cache_tables import Oracle
+
+    t = pl.Series([date(2020, 1, 1), date(2020, 2, 1), date(2020, 3, 1)]).cast(pl.Datetime("us"))
+    path = tmp_path / "oracle.parquet"
+    pl.DataFrame({  # subject 7 twice at the same time (the first row wins), 9 not labelled
+        "subject_id": [9, 7, 3, 7, 3], "prediction_time": [t[0], t[1], t[0], t[1], t[2]],
+        "probability": [0.9, 0.2, 0.3, 0.8, 0.4], "label": [True] * 5,
+    }).write_parquet(path)
+    lab = pl.DataFrame({"subject_id": [3, 3, 7, 5], "prediction_time": [t[2], t[1], t[1], t[0]],
+                        "label": [True, False, True, False]})
+    oracle = Oracle(path)
+    got = pl.concat([oracle.attach(lab[:2]), oracle.attach(lab[2:])])
+    assert got["true_prob"].to_list() == [0.4, None, 0.2, None]
+    assert got.equals(labels.attach_oracle(lab, path))
+    assert Oracle(tmp_path / "none.parquet").attach(lab)["true_prob"].null_count() == 4
+
+
+def test_value_bins_from_per_shard_arrays_equal_those_of_one_table():
+    from claims_search.vocab import fit_bins, sample_values
+
+    rng = np.random.default_rng(0)
+    df = pl.DataFrame({"code": rng.choice(["A", "B", "C"], 500),
+                       "numeric_value": rng.normal(size=500).astype(np.float32)})
+    df = df.filter(~((pl.col("code") == "C") & (pl.int_range(pl.len()) > 20)))  # C: few values
+    halves = [sample_values(df[:250]), sample_values(df[250:])]
+    merged = {k: [h[k] for h in halves if k in h] for k in ("A", "B", "C")}
+    assert fit_bins(merged, 5).equals(fit_bins(df, 5))
+    assert fit_bins(merged, 5)["code"].to_list() == ["A", "B", "C"][: len(fit_bins(df, 5))]
