@@ -62,10 +62,14 @@ class Cache:
                     f"{self.path}: a MEDS dataset, not a prepared cache: run `claims-search "
                     f"prepare --meds {self.path} --out PREPARED` and pass PREPARED")
             raise ClaimsSearchError(f"{manifest}: missing: run `claims-search prepare` first")
-        self.manifest = json.loads(manifest.read_text())
-        if self.manifest.get("format_version") != FORMAT_VERSION:
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except ValueError as e:  # cut short (a full disk, an interrupted copy) or not ours
+            raise ClaimsSearchError(f"{manifest}: not valid JSON ({e}): prepare the cache again") from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("format_version") != FORMAT_VERSION:
             raise ClaimsSearchError(
-                f"{manifest}: format_version {self.manifest.get('format_version')} is not "
+                f"{manifest}: format_version "
+                f"{self.manifest.get('format_version') if isinstance(self.manifest, dict) else None} is not "
                 f"{FORMAT_VERSION}: prepare the cache again"
             )
         self.vocab = pd.read_parquet(self.path / "vocab.parquet")

@@ -11,15 +11,11 @@ shards it has run ACES on (labels.extract_shard), ~1.2-1.7 GiB per worker at 2.3
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 _STATE: dict = {}  # per worker process: the dataset, the tasks, every subject's split
-
-
-RECYCLE = 8  # shards a worker process handles before a fresh one replaces it (~3 CPU-s each)
 
 
 class Workers:
@@ -28,39 +24,40 @@ class Workers:
     def __init__(self, n: int, meds_root: Path, shards: list[Path], task_sources: list[str]):
         self.n = max(1, int(n))
         self.args = (str(meds_root), [str(s) for s in shards], task_sources)
-        self.pool = None
 
     def __enter__(self):
         if self.n == 1:
             init_worker(*self.args)
-            return self
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # Read by polars when each worker imports it; workers may start late, so the variable
-        # stays set until the pool is shut down.
-        self.old_threads = os.environ.get("POLARS_MAX_THREADS")
-        os.environ["POLARS_MAX_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n))
-        # A fresh worker every RECYCLE shards: ACES's extraction leaves a worker's heap larger
-        # after each shard (0.7 -> 1.9 GiB over 8 shards, measured), so without recycling the
-        # peak grows with the number of shards per worker, i.e. with the number of patients.
-        recycle = {"max_tasks_per_child": RECYCLE} if sys.version_info >= (3, 11) else {}
-        self.pool = ProcessPoolExecutor(
-            self.n, mp_context=mp.get_context("spawn"),
-            initializer=init_worker, initargs=self.args, **recycle,
-        )
+        else:
+            # Read by polars when each worker imports it; workers start with each pool, so the
+            # variable stays set until the last pool is shut down.
+            self.old_threads = os.environ.get("POLARS_MAX_THREADS")
+            os.environ["POLARS_MAX_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n))
         return self
 
     def imap(self, fn, args: list[tuple]):
         """``fn(*a) for a in args``, in order, over the workers, as results arrive: the caller
-        folds them in one at a time instead of holding them all."""
-        if self.pool is None:
-            return (fn(*a) for a in args)
-        return self.pool.map(fn, *zip(*args)) if args else iter(())
+        folds them in one at a time instead of holding them all. One pool per call (per pass):
+        what a pass leaves in a worker's heap is gone before the next pass.
+
+        Recycling workers within a pass was tried and dropped (2026-12-02): a fresh pool every 8
+        shards a worker kept the 2.3 M-patient peak at 4.2 GiB (ACES's per-shard extraction
+        alone reaches ~1.9 GiB a worker) and added ~200 CPU-s of restarts; and
+        ``max_tasks_per_child`` hung on Python 3.11."""
+        if self.n == 1:
+            yield from (fn(*a) for a in args)
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        if not args:
+            return
+        with ProcessPoolExecutor(self.n, mp_context=mp.get_context("spawn"),
+                                 initializer=init_worker, initargs=self.args) as pool:
+            yield from pool.map(fn, *zip(*args))
 
     def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+        if self.n > 1:
             if self.old_threads is None:
                 os.environ.pop("POLARS_MAX_THREADS", None)
             else:
