@@ -149,7 +149,9 @@ def read_parquet(path: Path, name: str, columns=None) -> pa.Table:
     UTF-8) are one ClaimsSearchError line naming ``name``."""
     try:
         table = pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as e:  # pyarrow raises several types for a bad file
+    # pyarrow raises several types for a bad file; a damaged footer can hold column names that
+    # are not UTF-8 (UnicodeDecodeError, a ValueError), found by tests/test_properties.py
+    except (pa.ArrowException, OSError, ValueError) as e:
         raise ClaimsSearchError(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
     for col in table.column_names:
         _check_utf8(table.column(col), name, col)
@@ -189,7 +191,7 @@ def _check_utf8(column: pa.ChunkedArray, name: str, col: str) -> None:
 def _read_schema(path: Path, name: str) -> pa.Schema:
     try:
         return pq.read_schema(path)
-    except (pa.ArrowException, OSError) as e:
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: see read_parquet
         raise ClaimsSearchError(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
 
 

@@ -17,17 +17,20 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from claims_search import labels, meds
 from claims_search.errors import ClaimsSearchError
 
 # database=None: no .hypothesis/ folder in the checkout; a failure prints its example.
-BOUNDED = settings(max_examples=40, deadline=None, database=None,
+# derandomize: the same examples on every run, so a suite run's verdict is reproducible (a
+# random byte pattern once failed in a full run only); widen the search by hand with
+# `--hypothesis-seed` when hunting for new cases.
+BOUNDED = settings(max_examples=40, deadline=None, database=None, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture,
                                           HealthCheck.too_slow])
-LABELS = settings(max_examples=25, deadline=None, database=None)
+LABELS = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 
 
 def _scratch():
@@ -135,6 +138,7 @@ def test_the_validator_accepts_a_dataset_exactly_when_it_keeps_the_rules(rows, s
 @BOUNDED
 @given(cuts=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=4),
        truncate=st.one_of(st.none(), st.floats(0, 1)))
+@example(cuts=[(0.375, 128)], truncate=None)  # a footer column name that is not UTF-8 (found in CI-like run)
 def test_a_damaged_shard_is_read_or_refused_in_one_line_never_a_crash(cuts, truncate):
     rows = [(1, None, "GENDER//F"), (1, "2020-04-01", "HC//SPECIFIC_CHECKUP"),
             (1, "2020-09-01", "DX//ICD10//N18.3"), (2, "2021-01-01", "HC//SBP", 140.0)]
