@@ -48,6 +48,7 @@ class SearchResult:
     first_reason: str | None = None
     train_share: float | None = None  # training loop time / trial wall time, complete trials
     held_out: dict[str, dict] = field(default_factory=dict)  # task -> role -> held-out metrics
+    time_shares: dict[str, float] = field(default_factory=dict)  # phase -> share of trial wall time
 
     def summary(self) -> str:
         """One line: how the trials ended, the first failure's reason, and the share of the
@@ -58,6 +59,13 @@ class SearchResult:
         if self.train_share is not None:
             line += f"; {self.train_share:.0%} of trial wall time in the training loop"
         return line
+
+    def time_line(self) -> str | None:
+        """Where the complete trials' wall time went, largest share first (None untimed)."""
+        if not self.time_shares:
+            return None
+        parts = sorted(self.time_shares.items(), key=lambda kv: -kv[1])
+        return "trial wall time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in parts if v >= 0.005)
 
 
 @dataclass(frozen=True)
@@ -211,7 +219,26 @@ def _outcome(recs: dict[str, Any], records: list[TrialRecord], confirmed: dict |
     wall = sum(e["trial_wall_s"] for e in timed)
     share = sum(e["train_loop_s"] for e in timed) / wall if wall > 0 else None
     return SearchResult(recs, ends.count("complete"), ends.count("pruned"), ends.count("failed"),
-                        reasons[0][1] if reasons else None, share, confirmed or {})
+                        reasons[0][1] if reasons else None, share, confirmed or {}, time_shares(timed, wall))
+
+
+def time_shares(timed: list[dict], wall: float) -> dict[str, float]:
+    """Each phase's share of the trials' summed wall time (``time_<phase>_s`` extras); the
+    fine-tunings pooled, and ``other`` for what no phase accounts for (the trial's start and
+    its result's way back to Tune)."""
+    if wall <= 0:
+        return {}
+    total: dict[str, float] = {}
+    for e in timed:
+        for k, v in e.items():
+            if k.startswith("time_") and k.endswith("_s"):
+                phase = k[len("time_"):-len("_s")]
+                phase = "finetune" if phase.startswith("finetune_") else phase
+                total[phase] = total.get(phase, 0.0) + v
+    if not total:
+        return {}
+    total["other"] = max(0.0, wall - sum(total.values()))
+    return {k: v / wall for k, v in total.items()}
 
 
 def _probe_ray(address: str) -> None:

@@ -34,6 +34,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,11 @@ class PhasesResult:
     phases: list[tuple[dict, Path] | None]
     started_at: dict
     rank_nodes: list[str] = field(default_factory=list)
+    # Where the fit's time went before the first phase (seconds, rank 0 of the last worker
+    # group): "scheduling_wait" (its placement group waiting for resources) and "worker_start"
+    # (the rest until the train function ran: actor start, imports, process group; a group
+    # restarted after a failure also counts the lost attempts here).
+    startup: dict = field(default_factory=dict)
 
 
 def _scratch(storage: str, *parts: str) -> Path:
@@ -112,9 +118,26 @@ def _rank_nodes() -> list[str]:
     return nodes
 
 
+def _scheduling_wait() -> float | None:
+    """Seconds this worker's placement group waited for resources (Ray's own record of it)."""
+    import ray.util
+
+    try:
+        pg = ray.util.get_current_placement_group()
+        if pg is None:
+            return None
+        stats = ray.util.placement_group_table(pg).get("stats") or {}
+        return float(stats["end_to_end_creation_latency_ms"]) / 1000
+    except Exception:  # noqa: BLE001 - a timing, never worth failing a trial for
+        return None
+
+
 def _phases_fn(config: dict) -> dict:
     """The Ray Train worker: run the phases in order in this worker group, skipping those a
     restored checkpoint marks finished."""
+    import time
+
+    entered = time.time()  # wall clock: the driver compares it with its own (NTP across nodes)
     import ray.train
     import ray.train.collective
     import ray.train.torch
@@ -184,7 +207,8 @@ def _phases_fn(config: dict) -> dict:
             _phase_checkpoint(i, True, None, f"phase{i:02d}_done", {"phase": i, "done": 1})
     finally:
         shutil.rmtree(_scratch(storage, f"rank{rank}"), ignore_errors=True)
-    return {"started_at": started_at, "skipped": skipped, "rank_nodes": nodes}
+    return {"started_at": started_at, "skipped": skipped, "rank_nodes": nodes, "entered": entered,
+            "scheduling_wait": _scheduling_wait() if rank == 0 else None}
 
 
 def _plan_matches(storage: str, plan: dict) -> None:
@@ -237,6 +261,7 @@ def run_phases(
     _plan_matches(storage, {"phases": phases, "workers": workers, "max_loss": max_loss})
     resources = resources_per_worker or ({"CPU": 0.99, "GPU": 1} if use_gpu else {"CPU": 0.99})
     storage_path, storage_fs = st.ray_storage(storage) if st.is_uri(storage) else (storage, None)
+    fit_started = time.time()
     trainer = TorchTrainer(
         _phases_fn,
         train_loop_config={"phases": phases, "storage": storage, "checkpoint_every": checkpoint_every,
@@ -270,7 +295,9 @@ def run_phases(
         out.append((json.loads(st.read_bytes(where)), state))
     if local_dir is not None:
         shutil.rmtree(_scratch(storage, "driver"), ignore_errors=True)
-    return PhasesResult(out, ret["started_at"], ret.get("rank_nodes", []))
+    wait = ret.get("scheduling_wait") or 0.0
+    startup = {"scheduling_wait": wait, "worker_start": max(0.0, ret["entered"] - fit_started - wait)}
+    return PhasesResult(out, ret["started_at"], ret.get("rank_nodes", []), startup)
 
 
 def run_job(

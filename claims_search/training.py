@@ -372,13 +372,28 @@ class TrialTraining:
     pretrain: PretrainResult | None  # None for from-scratch fine-tuning: nothing pretrained
     finetunes: dict[str, FinetuneResult]
     rank_nodes: list[str]
-    # Where the time went (seconds): "setup" (checks, cache localization on this node), "fit"
-    # (the whole Ray Train fit, worker-group start-up included), "eval" (scoring after training).
+    # Where the time went (seconds; see `phase_timings`); empty in-process.
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
         return not self.finetunes
+
+
+def phase_timings(setup_s: float, fit_s: float, startup: dict, outcomes: dict[str, dict | None]) -> dict[str, float]:
+    """Where a Ray Train trial's time went, in seconds, from rank 0's phase ``outcomes``:
+
+    ``setup`` (the driver's checks, the cache localized on its node), ``scheduling_wait`` and
+    ``worker_start`` (see `train_ray.PhasesResult`), ``cache`` (workers opening, and on a new
+    node copying, the cache), one training-loop entry per phase (``pretrain``,
+    ``finetune_<task>``), ``eval`` (scoring after training) and ``fit_other`` (the rest of the
+    fit: checkpoints and phase files written to storage, reports, the group's shutdown)."""
+    done = {k: o for k, o in outcomes.items() if o is not None}
+    out = {"setup": setup_s, **startup, "cache": sum(o.get("cache_s", 0.0) for o in done.values())}
+    out.update({k: float(o["cost"]["wall_s"]) for k, o in done.items()})
+    out["eval"] = sum(o.get("eval_s", 0.0) for o in done.values())
+    out["fit_other"] = max(0.0, fit_s - sum(v for k, v in out.items() if k != "setup"))
+    return out
 
 
 def pretrain_and_finetune(
@@ -426,16 +441,20 @@ def pretrain_and_finetune(
         plans[task] = _finetune_job(cache, cache_dir, task, size, finetune_settings, init, eval_splits, n_boot)
 
     if workers is None:
+        setup = {"setup": time.perf_counter() - t0}
         pre = None
         if not scratch:
             pre = pretrain(cache_dir, size, pretrain_settings, pre_out, use_gpu=use_gpu,
                            checkpoint_every=checkpoint_every)
+            setup["pretrain"] = pre.cost.wall_s
             if diverged(pre.val_loss, max_pretrain_loss):
-                return TrialTraining(pre, {}, [])
-        return TrialTraining(pre, {task: finetune(
+                return TrialTraining(pre, {}, [], setup)
+        fts = {task: finetune(
             cache_dir, task, size, finetune_settings, out_dir / f"finetune-{task}",
             init_checkpoint=None if pre is None else pre.checkpoint, eval_splits=eval_splits, n_boot=n_boot,
-            use_gpu=use_gpu, checkpoint_every=checkpoint_every) for task in tasks}, [])
+            use_gpu=use_gpu, checkpoint_every=checkpoint_every) for task in tasks}
+        # In this process only the loops are timed; the rest (evaluation included) is "other".
+        return TrialTraining(pre, fts, [], {**setup, **{f"finetune_{t}": r.cost.wall_s for t, r in fts.items()}})
 
     from claims_search import storage as st
     from claims_search.train_ray import run_phases
@@ -454,8 +473,9 @@ def pretrain_and_finetune(
     t1 = time.perf_counter()
     done = run_phases(phases, storage, workers=workers, use_gpu=use_gpu, checkpoint_every=checkpoint_every,
                       max_loss=gate, local_dir=out_dir / ".states", **(ray_options or {}))
-    timings = {"setup": t1 - t0, "fit": time.perf_counter() - t1,
-               "eval": sum(p[0].get("eval_s", 0.0) for p in done.phases if p is not None)}
+    timings = phase_timings(t1 - t0, time.perf_counter() - t1, done.startup,
+                            dict(zip((["pretrain"] if not scratch else []) + [f"finetune_{t}" for t in tasks],
+                                     (p[0] if p is not None else None for p in done.phases))))
     pre = None if scratch else _pretrain_result(pre_out, pre_meta, *done.phases[0], workers)
     fts = {}
     ft_done = done.phases if scratch else done.phases[1:]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -132,6 +133,12 @@ def _final_failure(e: BaseException) -> str | None:
 def failure_reason(text: str) -> str:
     """One line out of an error report (a traceback, Ray's worker-group error): the last line
     naming an exception, or, for a process that died without one, what Ray says that means."""
+    if "low on memory" in text or "OutOfMemoryError" in text or "out of memory issue" in text:
+        # Ray's memory monitor killed a worker: say so, with the node's use when Ray gave it.
+        used = re.search(r"was ([\d.]+)GB used / ([\d.]+)GB limit", text)
+        return ("a Ray Train worker was killed by Ray's memory monitor: the node ran low on memory"
+                + (f" ({used[1]} of {used[2]} GB)" if used else "")
+                + "; try a smaller size or batch_tokens, or fewer trials at once")
     if "worker process has died" in text or "actor died unexpectedly" in text:
         return ("a Ray Train worker process died without a Python error (killed by the kernel's OOM "
                 "killer, a SIGKILL, or a crash)")

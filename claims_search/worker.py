@@ -46,8 +46,8 @@ def execute(
     worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
 
     ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
-    ``{"step", "resumed_from_step", "cost", "val_loss" | "metrics"}`` (evaluation on rank 0 only;
-    other ranks return the same keys without the evaluation).
+    ``{"step", "resumed_from_step", "cost", "cache_s", "val_loss" | "metrics", "eval_s"}``
+    (evaluation on rank 0 only; other ranks return the same keys without the evaluation).
     """
     import numpy as np
     import torch
@@ -55,7 +55,9 @@ def execute(
     from claims_search import batches as B
     from claims_search import loop, model as M
 
-    cache = open_cache(job["cache_dir"])
+    opened = time.perf_counter()
+    cache = open_cache(job["cache_dir"])  # the first job on a node copies a remote cache here
+    cache_s = time.perf_counter() - opened
     size = ModelSize(**job["size"])
     device = torch.device(device)
     if job["kind"] == "pretrain":
@@ -109,7 +111,7 @@ def execute(
         trainer.load_state_dict(state)
     resumed_from = trainer.step
     cost = trainer.run()
-    out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict()}
+    out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict(), "cache_s": cache_s}
     if rank != 0:
         return out
     if best is not None and best.model is not None:

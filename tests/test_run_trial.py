@@ -127,3 +127,15 @@ def test_fine_tuning_keeps_its_best_step_judged_on_train_patients_only(recency_c
     assert 0 < train["label"].iloc[stop].sum() < len(stop)  # both classes to judge AUPRC on
     saved = json.loads((separate[0] / f"finetune-{TASK}" / "result.json").read_text())
     assert 1 <= saved["best_step"] <= saved["step"] == FT.steps
+
+
+def test_a_worker_killed_by_ray_s_memory_monitor_is_named_with_the_node_s_use():
+    from claims_search.trial import failure_reason
+
+    ray_says = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nray.exceptions.OutOfMemoryError: "
+                "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.2, ID: ab12) "
+                "was 22.71GB used / 23.47GB limit (0.967)\nRefer to the documentation on how to address the out of "
+                "memory issue: https://docs.ray.io/...")
+    reason = failure_reason(ray_says)
+    assert reason.startswith("a Ray Train worker was killed by Ray's memory monitor") and "\n" not in reason
+    assert "(22.71 of 23.47 GB)" in reason and "batch_tokens" in reason

@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from claims_search.tracking import experiment_url
 
     link = experiment_url(uri, name)
-    print(f"\nsearch {name} finished: {result.summary()}." + (f" MLflow: {link}" if link else "")
-          + "\nRecommendation per task:")
+    print(f"\nsearch {name} finished: {result.summary()}." + (f" MLflow: {link}" if link else ""))
+    if result.time_line():
+        print(result.time_line())
+    print("Recommendation per task:")
     for task, rec in sorted(result.recommendations.items()):
         print("\n".join(describe(rec, space.metric, space.cost)) if rec else f"{task}: no complete trial")
         for line in held_out_lines(result.held_out.get(task, {}), space.metric):
