@@ -137,33 +137,42 @@ def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadli
             write_json(done, {"metrics": r.metrics, "cost": r.cost.to_dict(), "wall_s": time.perf_counter() - t,
                               "predictions": {s: str(done.parent / "run" / "predictions" / f"{s}.parquet")
                                               for s in ("tuning", "held_out")}})
+    # Most needed first, so a study cut short still answers its targets: every pretraining, then
+    # fine-tuning with the fewest labels, then from scratch, then with more labels.
+    pres = {}
     for size in ladder:
-        w, d, h = size
-        model = dict(width=w, depth=d, heads=h, max_len=MAX_LEN, dropout=0.0)
         pre_done = out / "pretrain" / name_of(size) / "summary.json"
         if not pre_done.exists():
             if deadline.expired():
                 continue
             log(f"pretrain {name_of(size)} ({pre_kw['steps']} steps)")
-            r = pretrain(cache, model, PretrainSettings(**pre_kw), pre_done.parent / "run")
+            r = pretrain(cache, model_of(size), PretrainSettings(**pre_kw), pre_done.parent / "run")
             write_json(pre_done, {"val_loss": r.val_loss, "cost": r.cost.to_dict(),
                                   "checkpoint": str(r.checkpoint)})
-        pre = json.loads(pre_done.read_text())
-        for task in tasks:
-            for n in labelled:
-                # From scratch only with the fewest labels, where pretraining should matter (a cut
-                # that keeps the full study within about 3 hours on 2 cores).
-                for init in ("pre", "scratch") if n == min(labelled) else ("pre",):
-                    done = out / "finetune" / name_of(size) / task / f"n{n}-{init}" / "summary.json"
-                    if done.exists() or deadline.expired():
-                        continue
-                    log(f"fine-tune {name_of(size)} {task} n={n} {init}")
-                    settings = FinetuneSettings(**ft_kw, train_patients=n, from_scratch=init == "scratch")
-                    r = finetune(cache, task, model, settings, done.parent / "run",
-                                 init_checkpoint=pre["checkpoint"] if init == "pre" else None,
-                                 eval_splits=("tuning", "held_out"), n_boot=200)
-                    write_json(done, {"metrics": r.metrics, "cost": r.cost.to_dict(),
-                                      "predictions": {s: str(p) for s, p in r.predictions.items()}})
+        pres[size] = json.loads(pre_done.read_text())
+    # From scratch only with the fewest labels, where pretraining should matter (a cut that keeps
+    # the study's compute down).
+    order = [(n, "pre") for n in labelled[:1]] + [(labelled[0], "scratch")] + [(n, "pre") for n in labelled[1:]]
+    for n, init in order:
+        for size in ladder:
+            if init == "pre" and size not in pres:
+                continue
+            for task in tasks:
+                done = out / "finetune" / name_of(size) / task / f"n{n}-{init}" / "summary.json"
+                if done.exists() or deadline.expired():
+                    continue
+                log(f"fine-tune {name_of(size)} {task} n={n} {init}")
+                settings = FinetuneSettings(**ft_kw, train_patients=n, from_scratch=init == "scratch")
+                r = finetune(cache, task, model_of(size), settings, done.parent / "run",
+                             init_checkpoint=pres[size]["checkpoint"] if init == "pre" else None,
+                             eval_splits=("tuning", "held_out"), n_boot=200)
+                write_json(done, {"metrics": r.metrics, "cost": r.cost.to_dict(),
+                                  "predictions": {s: str(p) for s, p in r.predictions.items()}})
+
+
+def model_of(size) -> dict:
+    w, d, h = size
+    return dict(width=w, depth=d, heads=h, max_len=MAX_LEN, dropout=0.0)
 
 
 # ---------------------------------------------------------------- 5. report
@@ -344,6 +353,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=55.0, help="start no unit after this (one piece)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", default=None, help="markdown report to write (plots beside it)")
+    p.add_argument("--sizes", default=None, help="only these ladder sizes, e.g. w16d2h2,w64d4h4 (default: all)")
     p.add_argument("--quick", action="store_true", help="the pipeline in minutes: tiny data, 2 sizes, 20 steps")
     args = p.parse_args(argv)
     import torch
@@ -351,6 +361,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     ladder, labelled = LADDER, tuple(int(x) for x in args.labelled.split(","))
+    if args.sizes:
+        ladder = tuple(z for z in LADDER if name_of(z) in args.sizes.split(","))
     pre_kw, ft_kw, patients = dict(PRETRAIN), dict(FINETUNE), args.patients
     if args.quick:
         ladder, labelled, patients = QUICK_LADDER, QUICK["labelled"], QUICK["patients"]

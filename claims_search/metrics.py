@@ -36,8 +36,6 @@ def evaluate(
     class (neither metric is defined then). Replicates that happen to draw one class only are
     skipped; the interval uses the rest.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(y_prob, dtype=np.float64)
     g = np.asarray(groups)
@@ -54,33 +52,14 @@ def evaluate(
         cls = "positive" if positives else "negative"
         raise ClaimsSearchError(f"{where}: label: all {len(y)} samples are {cls}; AUROC/AUPRC need both classes")
 
-    out: dict[str, float | int] = {
-        "auroc": float(roc_auc_score(y, p)),
-        "auprc": float(average_precision_score(y, p)),
-    }
-    # Patient index of every sample, 0..G-1.
-    _, sample_group = np.unique(g, return_inverse=True)
-    n_groups = int(sample_group.max()) + 1
-    rng = np.random.default_rng(seed)
-    # (n_boot, G): how many times each patient is drawn in each replicate.
-    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
-    pos_by_group = np.bincount(sample_group, weights=y, minlength=n_groups)
-    neg_by_group = np.bincount(sample_group, weights=~y, minlength=n_groups)
-    aurocs, auprcs = [], []
-    for counts in draws:
-        if counts @ pos_by_group == 0 or counts @ neg_by_group == 0:
-            continue  # one class only in this replicate
-        w = counts[sample_group]  # (N,) sample weights
-        aurocs.append(roc_auc_score(y, p, sample_weight=w))
-        auprcs.append(average_precision_score(y, p, sample_weight=w))
-    tail = (1.0 - level) / 2.0 * 100.0
-    for name, values in (("auroc", aurocs), ("auprc", auprcs)):
-        if values:
-            low, high = np.percentile(values, [tail, 100.0 - tail])
-        else:  # tiny sets: no usable replicate, the interval is unknown
-            low = high = float("nan")
-        out[f"{name}_low"] = float(low)
-        out[f"{name}_high"] = float(high)
+    # The replicates in one vectorised pass per metric (`bootstrap_replicates`, equal to the
+    # weighted scikit-learn metrics): a loop of 2 x n_boot scikit-learn calls took ~17 s per
+    # split, whatever its size, which was most of a small trial's evaluation.
+    out: dict[str, float | int] = {}
+    for name in ("auroc", "auprc"):
+        points, reps = bootstrap_replicates(y, [p], g, name, n_boot=n_boot, seed=seed, where=where)
+        out[name] = float(points[0])
+        out[f"{name}_low"], out[f"{name}_high"] = percentile_interval(reps[0], level)
     out["n"] = int(len(y))
     out["positives"] = positives
     return {k: out[k] for k in METRIC_KEYS}
