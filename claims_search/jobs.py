@@ -6,7 +6,10 @@ waiting: an unreachable head (short HTTP timeout, never the SDK's unbounded one)
 wants an auth token, a tracking server that is down or refuses our Host header (MLflow answers
 403 for hosts missing from ``--allowed-hosts``), a cluster without the CPUs/GPUs one trial of the
 space needs (the nodes' totals from the dashboard's state API), and a job that fails (its
-runtime env included) with the tail of its log.
+runtime env included) with the tail of its log. Every request to the job server (submit, list,
+logs, stop, the status polling of ``wait``) retries a transient refusal with bounded backoff
+(``retrying``: a fresh head's job agent that is not up yet, a proxy's 502/503/504), then says in
+one line what failed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO, TypeVar
 
 from claims_search.errors import ClaimsSearchError
 from claims_search.storage import one_line
@@ -35,6 +38,7 @@ DEFAULT_EXCLUDES = [
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 PROBE_TIMEOUT_S = 5.0
 TAIL_LINES = 30
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,28 +251,44 @@ def submit(client, entrypoint: str, runtime_env: dict, experiment: str | None = 
     metadata = {"tool": "claims-search"}
     if experiment:
         metadata["experiment"] = experiment
-    delay = 1.0
-    for attempt in range(SUBMIT_ATTEMPTS):
-        try:
-            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
-            return Submission(job_id, entrypoint, experiment)
-        except (RuntimeError, ValueError, OSError) as e:
-            # A head just started has no job agent yet ("No available agent to submit job,
-            # please try again later"): a transient refusal, retried with backoff.
-            if not is_transient(e) or attempt == SUBMIT_ATTEMPTS - 1:
-                raise ClaimsSearchError(f"submit: the cluster refused the job: {one_line(e)}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
-    raise AssertionError("unreachable")
+    job_id = retrying(lambda: client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata),
+                      "submit: the cluster refused the job")
+    return Submission(job_id, entrypoint, experiment)
 
 
-SUBMIT_ATTEMPTS = 6  # ~1+2+4+8+8 s of waiting: what a freshly started head needs
+# ~1+2+4+8+8 = 23 s of waiting: what a freshly started head's job agent needs.
+RETRY_ATTEMPTS = 6
+RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S = 1.0, 8.0
 
 
 def is_transient(e: BaseException) -> bool:
-    """A refusal worth retrying: the server says to try again, or is briefly unavailable."""
+    """A refusal worth retrying: the server says to try again, or is briefly unavailable (a
+    fresh head's job agent: "No available agent to submit job, please try again later"; a
+    proxy in front of a restarting head: 502, 503, 504)."""
     text = str(e).lower()
-    return any(k in text for k in ("try again later", "no available agent", "503", "temporarily unavailable"))
+    return any(k in text for k in ("try again later", "no available agent", "temporarily unavailable",
+                                   "status code 502", "status code 503", "status code 504"))
+
+
+def retrying(call: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    """``call()`` (one request of the job client), retrying a transient refusal (`is_transient`)
+    with backoff (1, 2, 4, 8, 8 s). A permanent refusal, or a transient one that outlasts the
+    attempts, raises one line: ``<what>: <the server's first line>``."""
+    attempts = attempts or RETRY_ATTEMPTS
+    delay, waited = RETRY_FIRST_DELAY_S, 0.0
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (RuntimeError, ValueError, OSError) as e:  # the SDK raises RuntimeError; requests OSErrors
+            if not is_transient(e):
+                raise ClaimsSearchError(f"{what}: {one_line(e)}") from None
+            if attempt == attempts - 1:
+                raise ClaimsSearchError(f"{what}: still refused after {attempts} attempts over {waited:g} s: "
+                                        f"{one_line(e)}") from None
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+    raise AssertionError("unreachable")
 
 
 def log_tail(client, job_id: str, lines: int = TAIL_LINES) -> str:
@@ -279,7 +299,7 @@ def log_tail(client, job_id: str, lines: int = TAIL_LINES) -> str:
 
 
 def _failure(client, job_id: str, status: str) -> ClaimsSearchError:
-    info = client.get_job_info(job_id)
+    info = retrying(lambda: client.get_job_info(job_id), f"job {job_id}")
     lines = (info.message or "").strip().splitlines() or ["no message"]
     tail = log_tail(client, job_id)
     # One line first (Ray's summary, e.g. "runtime_env setup failed: ..."), then what explains
@@ -324,7 +344,7 @@ def wait(
         with contextlib.suppress(RuntimeError):  # a dropped websocket: fall back to polling
             follow_logs(client, job_id, out)
     while True:
-        status = str(client.get_job_status(job_id).value)
+        status = job_status(client, job_id)
         if status in TERMINAL:
             break
         if deadline is not None and time.monotonic() > deadline:
@@ -338,22 +358,22 @@ def wait(
     return status
 
 
+def job_status(client, job_id: str) -> str:
+    """A job's status (``RUNNING``, ``SUCCEEDED`` ...), a transient refusal retried."""
+    return str(retrying(lambda: client.get_job_status(job_id), f"job {job_id}").value)
+
+
 def list_jobs(client) -> list:
     """All jobs the cluster knows, newest first (``JobDetails``)."""
-    return sorted(client.list_jobs(), key=lambda j: j.start_time or 0, reverse=True)
+    return sorted(retrying(client.list_jobs, "jobs: cannot list the cluster's jobs"),
+                  key=lambda j: j.start_time or 0, reverse=True)
 
 
 def stop(client, job_id: str) -> bool:
     """Ask the cluster to stop a job; True if it was running."""
-    try:
-        return bool(client.stop_job(job_id))
-    except RuntimeError as e:
-        raise ClaimsSearchError(f"job {job_id}: {one_line(e)}") from None
+    return bool(retrying(lambda: client.stop_job(job_id), f"job {job_id}"))
 
 
 def logs(client, job_id: str) -> str:
     """A job's whole log so far."""
-    try:
-        return client.get_job_logs(job_id)
-    except RuntimeError as e:
-        raise ClaimsSearchError(f"job {job_id}: {one_line(e)}") from None
+    return retrying(lambda: client.get_job_logs(job_id), f"job {job_id}")

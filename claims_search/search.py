@@ -124,17 +124,20 @@ def run_search(req: SearchRequest) -> SearchResult:
         # The last checks need the cluster; nothing is written before they pass.
         concurrency = validate_against_cluster(space, ray.cluster_resources())
         multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
-        storage_path, storage_fs = st.tune_storage(st.join(req.storage, req.name), multi_node=multi_node)
         run_dir.mkdir(parents=True, exist_ok=True)
         if req.resume and (restored := state.restore()):
             log.info("search %s: restored %s from %s", req.name, ", ".join(restored), state.mirror)
-        _same_search(run_dir, space, data, req.resume)
-        tracker = Tracker(req.tracking_uri, req.name, state.outbox, metric=space.metric, cost=space.cost)
+        experiment = _same_search(run_dir, space, data, req.resume)
+        # Tune's experiment is <storage>/<search>/tune/<experiment>; searches started before
+        # experiments had their own id kept it in <storage>/<search>/tune.
+        tune_root = st.join(req.storage, req.name, *(("tune",) if experiment != "tune" else ()))
+        storage_path, storage_fs = st.tune_storage(tune_root, multi_node=multi_node)
         state.push()
+        tracker = Tracker(req.tracking_uri, req.name, state.outbox, metric=space.metric, cost=space.cost)
         if space.baseline:
             _baselines(ray, space, data, st.join(req.storage, req.name, "baseline"), tracker)
             state.push()
-        _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs)
+        _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs, experiment)
         # Per-task summaries computed in plain Python (summary.py: frontier, paired rule, plots),
         # then recorded by the tracker.
         recs = tracker.publish(for_space(tracker.records(), space, tracker.outbox_dir / "artifacts"))
@@ -387,7 +390,7 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
 
 
 def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurrency: int,
-          storage_path: str, storage_fs) -> None:
+          storage_path: str, storage_fs, experiment: str) -> None:
     from ray import tune
 
     from claims_search.search_tune import GuardedOptunaSearch, TrackingCallback, make_sampler
@@ -408,9 +411,12 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
     callbacks = [TrackingCallback(tracker, space, progress=req.progress, state=state,
                                   total=space.num_samples() if not space.is_grid else len(space.grid_samples()))]
-    run_config = tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
+    # The experiment's name is also the folder Ray stages the driver's Tune files in on this node
+    # (<session>/artifacts/<start second>/<name>): a name shared by two searches that start in the
+    # same second mixes their experiment states, so each search has its own.
+    run_config = tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=storage_fs,
                                 callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=1))
-    tune_path = f"{storage_path.rstrip('/')}/tune"
+    tune_path = f"{storage_path.rstrip('/')}/{experiment}"
     if req.resume and tune.Tuner.can_restore(tune_path, storage_filesystem=storage_fs):
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, restart_errored=False,
                                    param_space=space.tune_param_space(), storage_filesystem=storage_fs)
@@ -511,10 +517,12 @@ def _recover_records(artifacts: str, space, tracker) -> None:
     tracker.sync()
 
 
-def _same_search(run_dir: Path, space, data: str, resume: bool) -> None:
+def _same_search(run_dir: Path, space, data: str, resume: bool) -> str:
     """A resumed search must use the space and the data it started with: one frontier, one
-    experiment. The first start writes what they were."""
+    experiment. The first start writes what they were, and the search's own Tune experiment
+    name (returned; ``tune`` for a search started before it had one)."""
     import hashlib
+    import secrets
 
     ident = {"space": hashlib.sha256(Path(space.path).read_bytes()).hexdigest()[:16], "data": data}
     f = run_dir / "search.json"
@@ -524,8 +532,13 @@ def _same_search(run_dir: Path, space, data: str, resume: bool) -> None:
             if was.get(key) != ident[key]:
                 raise ClaimsSearchError(f"{f}: --resume with another {label} than the search started with "
                                         f"({was.get(key)} then, {ident[key]} now)")
-    elif not f.exists():  # metric and cost name the tracked figures (read by `claims-search sync`)
-        f.write_text(json.dumps({**ident, "metric": space.metric, "cost": space.cost}))
+        return was.get("tune_experiment", "tune")
+    experiment = f"tune-{secrets.token_hex(4)}"
+    # metric and cost name the tracked figures (read by `claims-search sync`)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**ident, "metric": space.metric, "cost": space.cost, "tune_experiment": experiment}))
+    tmp.replace(f)
+    return experiment
 
 
 def _directions(space):

@@ -1,6 +1,6 @@
-"""Faults injected from outside into one real search (local Ray, real Optuna, a real
-`mlflow server`), all during the same three trials (tests/spaces/faults.yaml, one at a time) so
-that the suite pays for one search:
+"""Faults injected from outside into one real search (a one-node `ray start --head` cluster, real
+Optuna, a real `mlflow server`), all during the same three trials (tests/spaces/faults.yaml, one
+at a time) so that the suite pays for one search:
 
 - the Ray Train worker of the training trial is SIGKILLed once Ray Train registered its
   checkpoint at step 200: Ray Train restarts the worker group and the trial continues from 200;
@@ -11,7 +11,11 @@ that the suite pays for one search:
 - the MLflow server is killed for 30 s mid-search and started again on the same port and store;
   then killed again when the trials are done and kept down until the search has exited (a
   server that never came back): the search finishes with everything on disk and
-  `claims-search sync` delivers the rest once the server is back.
+  `claims-search sync` delivers the rest once the server is back;
+- a second, tiny search (tests/spaces/concurrent.yaml, one trial) starts at the same moment on
+  the same cluster, the same MLflow server and the same --storage, under another name that
+  begins with the first one's: both finish, and neither sees the other's experiment, registered
+  models, storage folder or Optuna study.
 
 At the end MLflow holds exactly what the search's own records say (every trial record, its
 metrics, the failed trials' reasons, the frontier artifacts, the held-out confirmation, a
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -43,6 +48,7 @@ from tests.test_search import RaySandbox
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["ckd_incidence"]  # tests/spaces/faults.yaml
 NAME = "faults"
+TWIN = "faults-concurrent"  # tests/spaces/concurrent.yaml; a name that begins with NAME on purpose
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 LIMIT = 1 << 30  # what a Train worker may allocate after it is moved into its cgroup
 
@@ -124,6 +130,23 @@ class TrainWorkerJail:
                     time.sleep(0.1)
 
 
+def start_head(box: RaySandbox) -> tuple[str, dict[str, str], int, int]:
+    """A one-node cluster (`ray start --head`, 2 CPUs) under the sandbox's temp dir, with an
+    auth token of its own: (its address, the environment its clients need, the process group
+    of its processes, its raylet's pid: the parent of every Ray worker process)."""
+    from tests.cluster_harness import BIN, _ray_start
+
+    port = free_port()
+    env = {**box.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    pgid = _ray_start(["--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+                       f"--ray-client-server-port={free_port()}"], env, Path(box.root) / "h")
+    raylet = next(p.pid for p in psutil.process_iter(["name", "cmdline"])
+                  if p.info["name"] == "raylet" and any(box.root in a for a in p.info["cmdline"] or ()))
+    return f"127.0.0.1:{port}", env, pgid, raylet
+
+
 def _wait(cond, timeout: float, proc: subprocess.Popen, log: Path, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -150,7 +173,7 @@ def mlflow_restartable():
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup v1 memory controller (root)")
-def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_and_a_tracking_outage(
+def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_a_tracking_outage_and_a_concurrent_search(
         prepared, tmp_path, mlflow_restartable):
     """Measured on the 2-core development machine (shared): see docs/reliability.md."""
     import optuna
@@ -161,17 +184,27 @@ def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_and_a_trac
 
     server = mlflow_restartable
     runs = tmp_path / "runs"
-    log = tmp_path / "search.log"
-    cmd = [sys.executable, "-m", "claims_search.cli", "search", "--space", "tests/spaces/faults.yaml",
-           "--data", str(prepared), "--tracking-uri", server.url, "--name", NAME, "--storage", str(runs),
-           "--no-progress"]
+    log, twin_log = tmp_path / "search.log", tmp_path / "concurrent.log"
     box = RaySandbox()
     events: dict[str, float] = {}
     t0 = time.monotonic()
+    proc = twin = head = None
     try:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=box.env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        address, env, head, raylet = start_head(box)
+        events["ray_start_s"] = time.monotonic() - t0
+
+        def search(space: str, name: str) -> list[str]:
+            return [sys.executable, "-m", "claims_search.cli", "search", "--space", space, "--data", str(prepared),
+                    "--tracking-uri", server.url, "--name", name, "--storage", str(runs), "--address", address,
+                    "--no-progress"]
+
+        cmd = search("tests/spaces/faults.yaml", NAME)
+        # Both searches at once: the same cluster, MLflow server and storage; another name.
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        with TrainWorkerJail(proc.pid) as jail:
+        twin = subprocess.Popen(search("tests/spaces/concurrent.yaml", TWIN), cwd=REPO, env=env,
+                                stdout=open(twin_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        with TrainWorkerJail(raylet) as jail:
             # 1. The Train worker dies (SIGKILL from outside) once Ray Train has registered its
             # checkpoint at step 200 (a checkpoint folder alone may still be being written).
             def registered():
@@ -183,7 +216,7 @@ def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_and_a_trac
 
             _wait(registered, 600, proc, log, "a checkpoint at step 200")
             resumed_trial = registered()
-            (victim,) = jail.workers()  # concurrency 1: the training trial's only worker
+            (victim,) = jail.workers()  # concurrency 1 (and none in the other search): the only one
             victim.send_signal(signal.SIGKILL)
             events["worker_killed"] = time.monotonic() - t0
             snapshot = runs / NAME / "trials" / resumed_trial / "train" / "ray" / "checkpoint_manager_snapshot.json"
@@ -197,6 +230,12 @@ def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_and_a_trac
                     time.sleep(0.2)
 
             threading.Thread(target=next_checkpoint, daemon=True).start()
+
+            # The concurrent search ends on its own meanwhile (before the outage below, so that
+            # everything it tracked is in MLflow without a sync).
+            twin_rc = twin.wait(timeout=600)
+            events["concurrent_search_exit"] = time.monotonic() - t0
+            assert proc.poll() is None  # the two searches overlapped
 
             # 2. MLflow goes away for 30 s in the middle of the search, then comes back.
             server.stop()
@@ -213,8 +252,14 @@ def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_and_a_trac
             events["search_exit"] = time.monotonic() - t0
             oom_kills = jail.oom_kills()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        from tests.cluster_harness import stop_processes
+
+        for p in (proc, twin):
+            if p is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+        if head is not None:
+            stop_processes([head], box.root)
         box.close()
     text = log.read_text()
     print(json.dumps(events), file=sys.stderr)
@@ -278,6 +323,35 @@ def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_and_a_trac
     # The Optuna study: one trial COMPLETE, two FAIL, nothing left RUNNING.
     study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{runs / NAME / 'optuna.db'}")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL", "FAIL"]
+
+    # The concurrent search finished too, and nothing crossed between the two searches.
+    twin_text = twin_log.read_text()
+    assert twin_rc == 0, twin_text[-5000:]
+    assert "1 trial(s) complete, 0 failed, 0 pruned" in twin_text, twin_text[-3000:]
+    twin_tracker = Tracker(server.url, TWIN, SearchState.for_search(str(runs), TWIN).outbox)
+    assert twin_tracker.pending() == []  # it ended before the outage: all of it is in MLflow
+    own = {NAME: {r.trial_id for r in records}, TWIN: {r.trial_id for r in twin_tracker.records()}}
+    assert len(own[NAME]) == 3 and len(own[TWIN]) == 1 and not own[NAME] & own[TWIN]
+    for name in (NAME, TWIN):
+        # Its own experiment holds its own trials only; its registered model, its own versions only.
+        mine = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+        assert {r.data.tags["trial_id"] for r in mine if r.data.tags.get("claims_search.role") == "trial"} == own[name]
+        (model,) = {registered_name(name, task) for task in TASKS}
+        versions = client.search_model_versions(f"name = '{model}'")
+        assert versions and all(v.run_id in {r.info.run_id for r in mine} and v.tags["trial_id"] in own[name]
+                                for v in versions), (model, versions)
+        # Its own storage folder and Optuna study: no path names the other search's trials, and
+        # the study database holds this search's study only. (Ray stages a driver's Tune files
+        # in <Ray session>/artifacts/<second Tune started>/<experiment name>/ and syncs that
+        # folder to the search's storage: two searches whose Tune starts in the same second on
+        # one node share it unless their experiment names differ.)
+        other = own[TWIN if name == NAME else NAME]
+        assert not [p for p in (runs / name).rglob("*") if any(t in str(p.relative_to(runs)) for t in other)]
+        assert (runs / name / "optuna.db").exists()
+        assert optuna.get_all_study_names(f"sqlite:///{runs / name / 'optuna.db'}") == [name]
+    assert registered_name(NAME, TASKS[0]) != registered_name(TWIN, TASKS[0])
+    twin_study = optuna.load_study(study_name=TWIN, storage=f"sqlite:///{runs / TWIN / 'optuna.db'}")
+    assert [t.state.name for t in twin_study.trials] == ["COMPLETE"]
 
     # The same name again without --resume: refused in one line, nothing touched.
     before = {p: p.stat().st_mtime for p in (runs / NAME).rglob("*") if p.is_file()}

@@ -1,5 +1,6 @@
 """Submitting to a real multi-node Ray cluster (head with no trial CPUs + worker nodes), the
-submit-side errors, and the pure parts of the job edge and shared storage."""
+submit-side errors, the pure parts of the job edge and shared storage, and the job commands
+against a head whose job server refuses for a while (transient refusals retried)."""
 
 from __future__ import annotations
 
@@ -236,3 +237,116 @@ def test_a_transient_refusal_is_retried_and_a_permanent_one_is_one_line():
     with pytest.raises(ClaimsSearchError, match="^submit: the cluster refused the job: Request failed") as e:
         jobs.submit(Refusing(), "echo", {})
     assert "\n" not in str(e.value)
+
+
+# ---- a head that refuses for a while (its job agent not ready yet) ------------------------------
+
+AGENT_NOT_READY = "No available agent to submit job, please try again later."  # Ray's own words
+JOB = {"type": "SUBMISSION", "submission_id": "raysubmit_fresh", "job_id": None, "status": "SUCCEEDED",
+       "entrypoint": "python -m claims_search.cli search --name ckd-v2", "start_time": 1767225600000,
+       "metadata": {"experiment": "ckd-v2"}}
+
+
+class RefusingHead:
+    """A real HTTP server on localhost that answers Ray's Jobs API the way a head does (the
+    routes and bodies `ray.job_submission.JobSubmissionClient` reads), except that each Jobs API
+    route is first refused ``refusals`` times (503 and the words of a head whose job agent is not
+    up yet); an unknown job is a 404 at once, as Ray answers. The real JobSubmissionClient talks
+    to it. ``seen`` counts the requests per route."""
+
+    def __init__(self, refusals: int):
+        import collections
+        import http.server
+        import threading
+
+        import ray
+
+        head, self.refusals, self.seen = self, refusals, collections.Counter()
+        answers = {
+            "GET /api/version": {"version": "4", "ray_version": ray.__version__, "ray_commit": "?",
+                                 "session_name": "fresh"},
+            "GET /api/jobs/": [JOB],
+            "GET /api/jobs/raysubmit_fresh": JOB,
+            "GET /api/jobs/raysubmit_fresh/logs": {"logs": "search ckd-v2: started\n"},
+            "POST /api/jobs/raysubmit_fresh/stop": {"stopped": True},
+        }
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                route = f"{self.command} {self.path.split('?')[0]}"
+                head.seen[route] += 1
+                if route not in answers:
+                    job = self.path.split("/")[3]
+                    code, body = 404, f"Job {job} does not exist"  # what Ray says, not refused first
+                elif route != "GET /api/version" and head.seen[route] <= head.refusals:
+                    code, body = 503, AGENT_NOT_READY
+                else:
+                    code, body = 200, json.dumps(answers[route])
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json" if code == 200 else "text/plain")
+                self.send_header("Content-Length", str(len(body.encode())))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def claims_search(*argv: str) -> int:
+    """``claims-search ARGV`` in this process (its exit status; output through capsys)."""
+    from claims_search.cli import main
+
+    return main(list(argv))
+
+
+@pytest.fixture
+def head_not_ready_twice():
+    head = RefusingHead(refusals=2)
+    yield head
+    head.close()
+
+
+def test_jobs_logs_stop_and_waiting_retry_a_head_that_is_not_ready_yet(head_not_ready_twice, capsys):
+    """Each command's request is refused twice, then answered: the user sees the answer (about
+    3 s later: the retries wait 1 s, then 2 s). The commands run in this process, through the
+    CLI's entry point, to spare the suite three interpreter start-ups."""
+    head = head_not_ready_twice
+    assert claims_search("jobs", "--address", head.url) == 0
+    listed = capsys.readouterr().out
+    assert "raysubmit_fresh" in listed and "SUCCEEDED" in listed and "ckd-v2" in listed
+    assert claims_search("logs", "raysubmit_fresh", "--address", head.url) == 0
+    assert capsys.readouterr().out == "search ckd-v2: started\n"
+    assert claims_search("stop", "raysubmit_fresh", "--address", head.url) == 0
+    assert capsys.readouterr().out == "job raysubmit_fresh: stopping\n"
+    # `submit --wait` and `logs --follow` poll the job's status the same way.
+    assert jobs.wait(jobs.connect(head.url), "raysubmit_fresh", poll_s=0.1) == "SUCCEEDED"
+    assert {route: n for route, n in head.seen.items() if route != "GET /api/version"} == {
+        "GET /api/jobs/": 3, "GET /api/jobs/raysubmit_fresh/logs": 3, "POST /api/jobs/raysubmit_fresh/stop": 3,
+        "GET /api/jobs/raysubmit_fresh": 3}
+
+
+def test_a_refusal_that_outlasts_the_retries_or_is_permanent_is_one_line(head_not_ready_twice, capsys):
+    head = head_not_ready_twice
+    # A permanent refusal (an unknown job) is not retried.
+    assert claims_search("logs", "raysubmit_gone", "--address", head.url) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "claims-search logs: error: job raysubmit_gone: Request failed with status code 404: "
+        "Job raysubmit_gone does not exist."]
+    assert head.seen["GET /api/jobs/raysubmit_gone/logs"] == 1
+    # A head that stays unready: bounded (here 2 attempts instead of the commands' 6), then one line.
+    client = jobs.connect(head.url)
+    with pytest.raises(ClaimsSearchError) as e:
+        jobs.retrying(lambda: client.get_job_logs("raysubmit_fresh"), "job raysubmit_fresh", attempts=2)
+    assert str(e.value) == ("job raysubmit_fresh: still refused after 2 attempts over 1 s: Request failed with "
+                            f"status code 503: {AGENT_NOT_READY}.")
+    assert head.seen["GET /api/jobs/raysubmit_fresh/logs"] == 2

@@ -113,6 +113,25 @@ def test_a_summary_line_says_how_the_trials_ended_and_where_the_time_went(smoke_
     _, out = smoke_search
     assert "3 trial(s) complete, 0 failed, 0 pruned" in out
     assert "% of trial wall time in the training loop" in out
+    # ...and one line of where it went, phase by phase (largest first).
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("trial wall time: ")]
+    assert "pretrain" in line and "finetune" in line and "worker start" in line and "other" in line
+
+
+def test_the_trial_time_benchmark_reads_the_phases_back_from_mlflow(smoke_search):
+    """bench/trial_time.py's table, on this search's MLflow store (its figures are in docs/)."""
+    import importlib.util
+
+    work, _ = smoke_search
+    spec = importlib.util.spec_from_file_location("trial_time", Path(__file__).parents[1] / "bench" / "trial_time.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trials = bench.trial_metrics(f"sqlite:///{work / 'mlflow.db'}", "smoke-e2e")
+    rows, loop_share = bench.table(trials)
+    assert len(trials) == 3 and 0 < loop_share < 1
+    assert [r[0] for r in rows] == [p for p in bench.ORDER if p in {r[0] for r in rows}]
+    assert {"pretrain", "finetune", "worker_start", "eval", "other"} <= {r[0] for r in rows}
+    assert sum(share for _, _, share in rows) == pytest.approx(1.0, abs=0.02)
 
 
 def test_a_search_prints_its_own_lines_not_its_libraries_chatter(smoke_search):
@@ -140,6 +159,11 @@ def test_mlflow_holds_a_parent_per_task_and_tagged_children(smoke_search):
         for c in complete:
             assert {"width", "depth", "heads", "n_params"} <= set(c.data.params)
             assert "auprc" in c.data.metrics and "auprc_low" in c.data.metrics and "cost" in c.data.metrics
+            # Where the trial's time went, one metric per phase (issue 13: a trial's time budget).
+            phases = {"setup", "scheduling_wait", "worker_start", "cache", "pretrain", "eval", "fit_other", "upload"}
+            assert {f"time_{p}_s" for p in phases} | {f"time_finetune_{t}_s" for t in TASKS} <= set(c.data.metrics)
+            timed = sum(v for k, v in c.data.metrics.items() if k.startswith("time_") and k.endswith("_s"))
+            assert 0 < timed <= c.data.metrics["trial_wall_s"] + 1e-6
         arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"frontier.png", "frontier.html", "frontier.csv"} <= arts
 
@@ -196,7 +220,9 @@ def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, p
             assert not path.endswith(".parquet") and "predictions" not in path, path
             texts.append(Path(client.download_artifacts(r.info.run_id, path)).read_bytes().decode("latin-1"))
     tune = work / "runs" / "smoke-e2e" / "tune"
-    texts += [f.read_bytes().decode("latin-1") for f in tune.rglob("*") if f.is_file()]
+    tune_files = [f for f in tune.rglob("*") if f.is_file()]
+    assert any(f.name.startswith("experiment_state") for f in tune_files)  # the scan saw Tune's files
+    texts += [f.read_bytes().decode("latin-1") for f in tune_files]
     # A whole number, not digits inside a float's expansion (1.6836622170003466).
     pattern = re.compile(r"(?<![\d.])(" + "|".join(sorted(ids)) + r")(?!\d)")
     hits = sorted({m.group(1) for t in texts for m in pattern.finditer(t)})
@@ -206,9 +232,21 @@ def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, p
 
 
 def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials(prepared, tmp_path):
+    """The driver dies mid-trial: SIGKILL to its process group once one trial has finished and
+    another has checkpointed its pretraining but not finished. `search --resume` finishes the
+    search: the finished trial is not trained again, the interrupted one continues from its
+    checkpoint (its pretraining is not run again), the Optuna study ends with the three planned
+    trials COMPLETE and none RUNNING, and MLflow has one child run per trial and task."""
+    import collections
+
+    import optuna
+
     box = RaySandbox()
+    t0 = time.monotonic()
+    search = tmp_path / "runs" / "resumable"  # the search's storage and state folder
+    trials = search / "trials"
     try:
-        outbox = tmp_path / "runs" / "resumable" / "outbox" / "outbox.jsonl"
+        outbox = search / "outbox" / "outbox.jsonl"
         proc = box.start(search_cmd(prepared, tmp_path, "resumable"), tmp_path / "first.log")
 
         def finished_trials():
@@ -217,26 +255,73 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
             rows = [json.loads(x) for x in outbox.read_text().splitlines() if x.strip()]
             return {r["payload"]["trial_id"] for r in rows if r["kind"] == "trial"} - {"baseline-lightgbm"}
 
+        def finished_on_disk():  # a trial writes its final.json before it reports to Tune
+            return {p.parent.name for p in trials.glob("*/final.json")}
+
+        def in_progress():
+            """A trial that has not finished (no final.json) and whose Ray Train run registered a
+            checkpoint of a finished phase (``phaseNN_done``: the pretraining, phase 0, is done),
+            once another trial has finished; else None."""
+            done = finished_on_disk()
+            if not done:
+                return None
+            for snap in trials.glob("*/train/ray/checkpoint_manager_snapshot.json"):
+                trial = snap.relative_to(trials).parts[0]
+                try:
+                    pretrained = re.search(r"phase\d\d_done", snap.read_text())
+                except OSError:
+                    continue
+                if pretrained and trial not in done and not (trials / trial / "final.json").exists():
+                    return trial
+            return None
+
         deadline = time.monotonic() + 600
-        while not finished_trials() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(2)
-        first = finished_trials()
-        assert first, (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-search
+        while not in_progress() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.25)
+        interrupted = in_progress()
+        assert interrupted, (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-trial
+        killed = time.monotonic() - t0
         proc.wait()
         _kill_ray_under(box.root)
-        done = {t: (tmp_path / "runs" / "resumable" / "trials" / t / "pretrain" / "result.json").stat().st_mtime
-                for t in first}
+        first = finished_on_disk()
+        # Everything is dead now: the interrupted trial provably had not finished.
+        assert first and interrupted not in first and not (trials / interrupted / "final.json").exists()
+        done = {t: (trials / t / "pretrain" / "result.json").stat().st_mtime for t in first}
+        # Its pretraining's outcome, on storage (the Ray Train run's folder goes once it finishes).
+        pretrained = json.loads((trials / interrupted / "train" / "phases" / "0" / "outcome.json").read_text())
 
         again = box.run(search_cmd(prepared, tmp_path, "resumable", "smoke", "--resume"))
+        print(json.dumps({"killed_at_s": killed, "resumed_s": time.monotonic() - t0 - killed}), file=sys.stderr)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert all(has_verdict(t, again.stdout) for t in TASKS), again.stdout[-3000:]
         # Finished trials were not trained again; the search still has three trials in all.
         for t, mtime in done.items():
-            assert (tmp_path / "runs" / "resumable" / "trials" / t / "pretrain" / "result.json").stat().st_mtime == mtime
+            assert (trials / t / "pretrain" / "result.json").stat().st_mtime == mtime
         assert len(finished_trials()) == 3
+        # The interrupted trial finished, from its checkpoint: its pretraining did not run again
+        # (a second run would have taken another wall time).
+        assert interrupted in finished_trials() and (trials / interrupted / "final.json").exists()
+        result = json.loads((trials / interrupted / "pretrain" / "result.json").read_text())
+        assert (result["val_loss"], result["cost"]["wall_s"]) == (pretrained["val_loss"], pretrained["cost"]["wall_s"])
     finally:
         box.close()
+
+    # The study: the three planned trials COMPLETE, nothing left RUNNING (a trial Optuna proposed
+    # just before the kill and Tune never ran would be told FAIL, marked orphaned).
+    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{search / 'optuna.db'}")
+    states = collections.Counter(t.state.name for t in study.trials)
+    assert states["COMPLETE"] == 3 and states["RUNNING"] == 0, states
+    assert all(t.user_attrs.get("orphaned") for t in study.trials if t.state.name != "COMPLETE"), states
+    # MLflow: one child run per trial and task, the interrupted trial's included.
+    client = _client(tmp_path)
+    exp = client.get_experiment_by_name("resumable")
+    children = collections.Counter(
+        (r.data.tags["claims_search.task"], r.data.tags["trial_id"])
+        for r in client.search_runs([exp.experiment_id], max_results=500)
+        if r.data.tags.get("claims_search.role") == "trial")
+    assert set(children.values()) == {1}, children
+    assert sorted(children) == sorted((task, t) for task in TASKS for t in [*finished_trials(), "baseline-lightgbm"])
 
 
 def test_when_ray_goes_away_mid_search_one_line_names_the_resume_command(prepared, tmp_path):

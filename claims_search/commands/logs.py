@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     jobs.logs(client, args.job_id)  # a one-line error for an unknown job before streaming
     jobs.follow_logs(client, args.job_id)
-    status = str(client.get_job_status(args.job_id).value)
+    status = jobs.job_status(client, args.job_id)
     print(f"job {args.job_id}: {status}", file=sys.stderr)
     return 0 if status == "SUCCEEDED" else 1
