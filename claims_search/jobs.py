@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TextIO, TypeVar
 
 from claims_search.errors import ClaimsSearchError
+from claims_search.search_state import generated_name
 from claims_search.storage import one_line
 
 # Never uploaded with the working dir: the venv, VCS data, local data and run outputs.
@@ -199,12 +200,13 @@ def build_entrypoint(
     tracking_uri: str | None = None,
     storage_path: str | None = None,
     now: dt.datetime | None = None,
+    token: str | None = None,
 ) -> tuple[str, str | None]:
     """``(shell command, experiment name)`` for ``argv``.
 
     A claims-search command runs as ``python -m claims_search.cli ...`` (the uploaded working
     dir's code if there is one, else the installed package). A ``search`` gets ``--name`` (a
-    generated ``<space>-<UTC time>`` if missing: that is its MLflow experiment), the tracking
+    generated ``<space>-<UTC time>-<6 hex>`` if missing: that is its MLflow experiment), the tracking
     URI and the shared storage (``--storage``) unless it names its own. Anything else
     (``python probe.py``) runs as given.
     """
@@ -215,9 +217,7 @@ def build_entrypoint(
     if argv[0] == "search":
         experiment = flag_value(argv, "--name")
         if experiment is None:
-            space = Path(flag_value(argv, "--space") or "search").stem
-            stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
-            experiment = f"{space}-{stamp}"
+            experiment = generated_name(Path(flag_value(argv, "--space") or "search").stem, now, token)
             argv += ["--name", experiment]
         if tracking_uri and flag_value(argv, "--tracking-uri") is None:
             argv += ["--tracking-uri", tracking_uri]
@@ -270,10 +270,11 @@ def is_transient(e: BaseException) -> bool:
                                    "status code 502", "status code 503", "status code 504"))
 
 
-def retrying(call: Callable[[], T], what: str, attempts: int | None = None) -> T:
+def retrying(call: Callable[[], T], what: str, attempts: int | None = None, deadline: float | None = None) -> T:
     """``call()`` (one request of the job client), retrying a transient refusal (`is_transient`)
     with backoff (1, 2, 4, 8, 8 s). A permanent refusal, or a transient one that outlasts the
-    attempts, raises one line: ``<what>: <the server's first line>``."""
+    attempts or would be retried past ``deadline`` (a ``time.monotonic()`` value: a
+    ``--timeout``), raises one line: ``<what>: <the server's first line>``."""
     attempts = attempts or RETRY_ATTEMPTS
     delay, waited = RETRY_FIRST_DELAY_S, 0.0
     for attempt in range(attempts):
@@ -282,8 +283,8 @@ def retrying(call: Callable[[], T], what: str, attempts: int | None = None) -> T
         except (RuntimeError, ValueError, OSError) as e:  # the SDK raises RuntimeError; requests OSErrors
             if not is_transient(e):
                 raise ClaimsSearchError(f"{what}: {one_line(e)}") from None
-            if attempt == attempts - 1:
-                raise ClaimsSearchError(f"{what}: still refused after {attempts} attempts over {waited:g} s: "
+            if attempt == attempts - 1 or (deadline is not None and time.monotonic() + delay > deadline):
+                raise ClaimsSearchError(f"{what}: still refused after {attempt + 1} attempts over {waited:g} s: "
                                         f"{one_line(e)}") from None
             time.sleep(delay)
             waited += delay
@@ -337,14 +338,15 @@ def wait(
 ) -> str:
     """Wait for the job to end; return ``SUCCEEDED`` or raise with the log tail.
 
-    ``follow`` streams the log meanwhile. ``timeout`` (seconds) raises without stopping the job.
+    ``follow`` streams the log meanwhile. ``timeout`` (seconds) raises without stopping the job,
+    a head that refuses the status requests included: it is not retried past the timeout.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     if follow:
         with contextlib.suppress(RuntimeError):  # a dropped websocket: fall back to polling
             follow_logs(client, job_id, out)
     while True:
-        status = job_status(client, job_id)
+        status = job_status(client, job_id, deadline)
         if status in TERMINAL:
             break
         if deadline is not None and time.monotonic() > deadline:
@@ -358,9 +360,10 @@ def wait(
     return status
 
 
-def job_status(client, job_id: str) -> str:
-    """A job's status (``RUNNING``, ``SUCCEEDED`` ...), a transient refusal retried."""
-    return str(retrying(lambda: client.get_job_status(job_id), f"job {job_id}").value)
+def job_status(client, job_id: str, deadline: float | None = None) -> str:
+    """A job's status (``RUNNING``, ``SUCCEEDED`` ...), a transient refusal retried (not past
+    ``deadline``, a ``time.monotonic()`` value)."""
+    return str(retrying(lambda: client.get_job_status(job_id), f"job {job_id}", deadline=deadline).value)
 
 
 def list_jobs(client) -> list:

@@ -11,7 +11,9 @@ local folder lacks.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import secrets
 import sqlite3
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +24,14 @@ from claims_search import storage as st
 # Relative to the state folder; the outbox folder is the Tracker's.
 FILES = ("search.json", "outbox/outbox.jsonl", "outbox/sent.jsonl", "outbox/failed.jsonl",
          "outbox/set_aside.jsonl", "optuna.db")
+
+
+def generated_name(space: str, now: dt.datetime | None = None, token: str | None = None) -> str:
+    """A name for a search the user did not name: ``<space>-<UTC time>-<6 hex>``. The random
+    part keeps two searches started in the same second (two teams, one cluster) apart: they
+    would otherwise share a name, and the second would be refused as an existing search."""
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return f"{space}-{stamp}-{token or secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,17 @@ def check_uri(uri: str) -> None:
         raise ClaimsSearchError(f"{uri}: folder {Path(uri[len('sqlite:///'):]).parent} does not exist")
 
 
+# What a busy or restarting server (or the proxy in front of it) answers: MLflow's client retries
+# these itself (MLFLOW_HTTP_REQUEST_MAX_RETRIES, backoff), then raises with the code in its text.
+_TRANSIENT = re.compile(r"too many (408|429|502|503|504) error responses|error code (408|429|502|503|504)\b")
+
+
+def transient(e: BaseException) -> str | None:
+    """The HTTP status of a transient refusal (``"503"``), or None for any other failure."""
+    m = _TRANSIENT.search(str(e))
+    return m and (m.group(1) or m.group(2))
+
+
 def reachable(uri: str) -> bool:
     """Quick check, so an unreachable server costs seconds rather than MLflow's retries."""
     if uri.startswith(("http://", "https://")):
@@ -326,6 +337,10 @@ class Tracker:
                 if not reachable(self.tracking_uri):  # it went away mid-sync: an outage, not a refusal
                     log.warning("MLflow at %s went away during a sync (%s): %d result(s) kept pending",
                                 self.tracking_uri, e, len(todo) - done)
+                    break
+                if transient(e):  # busy, not refusing this entry: the next sync tries again
+                    log.warning("MLflow at %s answers %s after MLflow's own retries: %d result(s) kept pending",
+                                self.tracking_uri, transient(e), len(todo) - done)
                     break
                 if self._give_up(entry, e):
                     done += 1

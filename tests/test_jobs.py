@@ -65,13 +65,20 @@ def test_a_search_without_a_name_gets_one_and_the_tracking_uri():
     now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     cmd, experiment = jobs.build_entrypoint(
         ["search", "--space", "search_spaces/smoke.yaml", "--data", "s3://b/prepared"],
-        tracking_uri="http://head:5000", storage_path="s3://b/runs", now=now,
+        tracking_uri="http://head:5000", storage_path="s3://b/runs", now=now, token="beef",
     )
-    assert experiment == "smoke-20260102-030405"
+    assert experiment == "smoke-20260102-030405-beef"
     assert cmd == (
         "python -m claims_search.cli search --space search_spaces/smoke.yaml --data s3://b/prepared "
-        "--name smoke-20260102-030405 --tracking-uri http://head:5000 --storage s3://b/runs"
+        "--name smoke-20260102-030405-beef --tracking-uri http://head:5000 --storage s3://b/runs"
     )
+
+
+def test_two_unnamed_searches_started_in_the_same_second_get_different_names():
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    first, second = (jobs.build_entrypoint(["search", "--space", "smoke"], now=now)[1] for _ in range(2))
+    assert first != second  # 6 random hex digits: a clash once in 16 million pairs
+    assert first.startswith("smoke-20260102-030405-") and second.startswith("smoke-20260102-030405-")
 
 
 def test_a_named_search_keeps_its_name_and_a_raw_command_runs_as_given():
@@ -350,3 +357,17 @@ def test_a_refusal_that_outlasts_the_retries_or_is_permanent_is_one_line(head_no
     assert str(e.value) == ("job raysubmit_fresh: still refused after 2 attempts over 1 s: Request failed with "
                             f"status code 503: {AGENT_NOT_READY}.")
     assert head.seen["GET /api/jobs/raysubmit_fresh/logs"] == 2
+
+
+def test_waiting_with_a_timeout_is_not_stretched_by_the_retries():
+    """`submit --wait --timeout 2` against a head that keeps refusing: the retries stop at the
+    timeout (here after 1 s of them), not after their full 23 s."""
+    head = RefusingHead(refusals=100)
+    try:
+        client = jobs.connect(head.url)
+        t0 = time.monotonic()
+        with pytest.raises(ClaimsSearchError, match="^job raysubmit_fresh: still refused after 2 attempts over 1 s"):
+            jobs.wait(client, "raysubmit_fresh", timeout=2, poll_s=0.1)
+        assert time.monotonic() - t0 < 3
+    finally:
+        head.close()

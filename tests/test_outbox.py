@@ -1,10 +1,14 @@
 """The tracking outbox under faults, on a real MLflow SQLite store: an entry the store keeps
 refusing is retried a bounded number of times, set aside with its reason and never blocks the
-entries after it; results kept while the server was away are delivered later by one command."""
+entries after it; results kept while the server was away are delivered later by one command; a
+real `mlflow server` behind a proxy that answers 503 for a while is retried, not refused."""
 
 import dataclasses
 import json
 import socket
+import time
+
+import pytest
 
 from claims_search import cli
 from claims_search.search_state import SearchState
@@ -57,3 +61,92 @@ def test_sync_of_an_unknown_search_is_one_line(tmp_path, capsys):
     code = cli.main(["sync", "--name", "nope", "--storage", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and "no search named 'nope' there" in err and len(err.strip().splitlines()) == 1
+
+
+class RefusingProxy:
+    """A real HTTP proxy in front of a real `mlflow server`, as a load balancer in front of an
+    overloaded or restarting tracking server: it answers the next ``refusing`` requests whose
+    path holds ``only`` with 503 (``/health`` always passes) and forwards the rest. ``refused``
+    counts the refusals."""
+
+    def __init__(self, upstream: str, only: str = "/api/"):
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        proxy, self.refusing, self.refused = self, 0, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.refusing and only in self.path:
+                    proxy.refusing -= 1
+                    proxy.refused += 1
+                    code, headers, out = 503, {"Content-Type": "text/plain"}, b"Service Unavailable"
+                else:
+                    req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command,
+                                                 headers={k: v for k, v in self.headers.items()})
+                    try:
+                        with urllib.request.urlopen(req, timeout=30) as r:
+                            code, headers, out = r.status, dict(r.headers), r.read()
+                    except urllib.error.HTTPError as e:
+                        code, headers, out = e.code, dict(e.headers), e.read()
+                self.send_response(code)
+                for k, v in headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def busy_server(mlflow_server):
+    """The suite's `mlflow server` behind a `RefusingProxy` that refuses only run requests, so
+    a refusal lands in the middle of delivering a trial (the experiment is found first)."""
+    proxy = RefusingProxy(mlflow_server.url, only="/runs/")
+    yield proxy
+    proxy.close()
+
+
+def test_a_busy_tracking_server_is_retried_and_never_costs_a_result(busy_server, tmp_path):
+    """503s (a tracking server busy or restarting behind its load balancer): a brief spell is
+    ridden out within one sync by MLflow's own bounded retries; a long one keeps the results
+    pending, bounded in time and not counted as refusals (nothing is set aside however long it
+    lasts), and the next sync once the server answers delivers them all."""
+    from mlflow.tracking import MlflowClient
+
+    proxy = busy_server
+    name = f"busy-{time.time_ns()}"  # the server outlives this test
+    tracker = Tracker(proxy.url, name, tmp_path / "outbox")
+    tracker.log_trial(trial("t-1", "ckd_incidence", 0.5, 10.0), sync=False)
+    proxy.refusing = 2  # a brief spell: two requests refused, the third answered
+    assert tracker.sync() == 0 and proxy.refused == 2
+
+    tracker.log_trial(trial("t-2", "ckd_incidence", 0.6, 20.0), sync=False)
+    tracker.log_trial(trial("t-3", "ckd_incidence", 0.7, 40.0), sync=False)
+    proxy.refusing = 10**6  # a long spell
+    t0 = time.monotonic()
+    assert tracker.sync() == 2
+    assert time.monotonic() - t0 < 30  # 2 retries with backoff: seconds, not MLflow's default minutes
+    assert not (tmp_path / "outbox" / "failed.jsonl").exists()  # busy is not a refusal of the entry
+
+    proxy.refusing = 0
+    assert tracker.sync() == 0 and tracker.set_aside() == []
+    client = MlflowClient(proxy.url)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert {r.data.tags.get("trial_id") for r in runs} >= {"t-1", "t-2", "t-3"}

@@ -36,18 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the search, then print the recommendation per task."""
-    import datetime
 
     from claims_search.commands.recommend import describe
     from claims_search.errors import ClaimsSearchError
     from claims_search.search import SearchRequest, run_search
+    from claims_search.search_state import generated_name
     from claims_search.space import load_space
     from claims_search.tracking import default_tracking_uri
 
     space = load_space(args.space)
     if args.resume and not args.name:
         raise ClaimsSearchError("--resume needs the --name of the search to finish")
-    name = args.name or f"{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    name = args.name or generated_name(space.name)
     uri = args.tracking_uri or default_tracking_uri()
     if os.environ.get(SUPERVISED) != "1":
         return _supervise(args, str(space.path), name, uri)
