@@ -18,6 +18,7 @@ search 59 s, the resume after wiping the head's state 31 s, the failing search 2
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -79,16 +80,92 @@ def nodes(ray_cluster) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def s3_search(ray_cluster, mlflow_server, s3_server, s3_env, prepared, tmp_path_factory):
-    """The search on S3 storage; its head-side state folder is the test's to wipe."""
+    """The search on S3 storage, submitted, and its driver SIGKILLed mid-trial (one trial
+    finished, another past its pretraining but not finished): the job fails; the same job
+    submitted again with --resume finishes the search. Its head-side state folder is the
+    test's to wipe."""
+    import threading
+    import time
+
     from claims_search import storage
 
     data = storage.upload(prepared, s3_server.uri("prepared"))
     state = tmp_path_factory.mktemp("head-state")
     env = {**s3_env, "CLAIMS_SEARCH_STATE_DIR": str(state)}
-    out = submit(ray_cluster, mlflow_server, env, s3_server.uri("runs"),
-                 "--space", SPACE, "--data", data, "--name", NAME)
+    args = ("--space", SPACE, "--data", data, "--name", NAME)
+    first: dict = {}
+    job = threading.Thread(target=lambda: first.update(out=submit(ray_cluster, mlflow_server, env,
+                                                                  s3_server.uri("runs"), *args)))
+    job.start()
+    trials = StoredTrials(s3_server)
+    deadline = time.monotonic() + 900
+    while (interrupted := trials.in_progress()) is None:
+        assert job.is_alive() and time.monotonic() < deadline, first.get("out")
+        time.sleep(0.5)
+    killed = kill_search(NAME)
+    job.join(timeout=300)
+    finished = trials.finals()
+    pretrained = trials.read(interrupted, "train/phases/0/outcome.json")
+    out = submit(ray_cluster, mlflow_server, env, s3_server.uri("runs"), *args, "--resume")
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    return {"out": out, "env": env, "state": state, "data": data}
+    return {"out": out, "first": first["out"], "killed": killed, "env": env, "state": state, "data": data,
+            "finished": finished, "interrupted": interrupted, "pretrained": pretrained, "trials": trials}
+
+
+class StoredTrials:
+    """The search's trial folders on S3, read as the test polls them."""
+
+    def __init__(self, s3_server):
+        from claims_search import storage
+
+        self.fs, self.root = storage.filesystem(s3_server.uri("runs", NAME, "trials"))
+
+    def _files(self):
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
+
+    def read(self, trial: str, rel: str) -> dict:
+        with self.fs.open_input_stream(f"{self.root}/{trial}/{rel}") as f:
+            return json.loads(f.read())
+
+    def finals(self) -> dict[str, object]:
+        """Each finished trial (it wrote final.json) and when its final.json was written."""
+        return {i.path.split("/")[-2]: i.mtime for i in self._files() if i.base_name == "final.json"}
+
+    def in_progress(self) -> str | None:
+        """Once a trial has finished: a trial that has not, whose Ray Train run registered the
+        checkpoint of its finished pretraining (``phase00_done``); else None."""
+        import contextlib
+
+        files = self._files()
+        done = {i.path.split("/")[-2] for i in files if i.base_name == "final.json"}
+        if not done:
+            return None
+        for i in files:
+            if i.base_name == "checkpoint_manager_snapshot.json":
+                trial = i.path[len(self.root) + 1:].split("/")[0]
+                with contextlib.suppress(OSError), self.fs.open_input_stream(i.path) as f:
+                    if b"phase00_done" in f.read() and trial not in done:
+                        return trial
+        return None
+
+
+def kill_search(name: str) -> list[int]:
+    """SIGKILL the job's search processes (its supervisor and the driver it runs), as when the
+    driver's node dies; not the local `submit` that follows the job. Their pids."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        argv = p.info["cmdline"] or []
+        if "claims_search.cli" in argv and "search" in argv and name in argv and "submit" not in argv:
+            procs.append(p)
+    assert procs, f"no search process of {name} found"
+    for p in sorted(procs, key=lambda p: p.pid):  # the supervisor first: no goodbye line from it
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return [p.pid for p in procs]
 
 
 def _children(client, name: str) -> dict[str, list]:
@@ -103,6 +180,25 @@ def test_every_trial_completes_and_the_job_says_so(s3_search):
     out = s3_search["out"].stdout
     assert "succeeded" in out
     assert "3 trial(s) complete, 0 failed, 0 pruned" in out
+
+
+def test_a_driver_killed_mid_trial_fails_the_job_and_resubmitting_it_finishes_the_search(s3_search):
+    """The first job failed (its driver was killed); the resubmitted one did not train the
+    finished trials again, and the interrupted trial continued from its checkpoint on S3."""
+    import optuna
+
+    assert s3_search["first"].returncode != 0 and "succeeded" not in s3_search["first"].stdout
+    trials, interrupted = s3_search["trials"], s3_search["interrupted"]
+    finals = trials.finals()
+    assert len(finals) == 3 and interrupted in finals and interrupted not in s3_search["finished"]
+    assert all(finals[t] == mtime for t, mtime in s3_search["finished"].items())  # not trained again
+    result = trials.read(interrupted, "pretrain/result.json")  # its pretraining did not run again
+    assert (result["val_loss"], result["cost"]["wall_s"]) == (s3_search["pretrained"]["val_loss"],
+                                                              s3_search["pretrained"]["cost"]["wall_s"])
+    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{s3_search['state'] / NAME / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
+    assert all(t.user_attrs.get("orphaned") for t in study.trials if t.state.name != "COMPLETE"), states
 
 
 def test_no_trial_driver_shares_a_node_with_its_train_ranks(s3_search, mlflow_server, nodes):
@@ -158,29 +254,19 @@ def test_resume_after_the_head_lost_its_local_state(s3_search, ray_cluster, mlfl
     import optuna
     from mlflow.tracking import MlflowClient
 
-    before = _finals(s3_server)
+    before = s3_search["trials"].finals()
     shutil.rmtree(s3_search["state"] / NAME)  # a restarted head pod: its disk is gone
     out = submit(ray_cluster, mlflow_server, s3_search["env"], s3_server.uri("runs"),
                  "--space", SPACE, "--data", s3_search["data"], "--name", NAME, "--resume")
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     assert "3 trial(s) complete, 0 failed, 0 pruned" in out.stdout
-    assert _finals(s3_server) == before  # no trial trained (or even reported) again
+    assert s3_search["trials"].finals() == before  # no trial trained (or even reported) again
 
     study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{s3_search['state'] / NAME / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # every earlier trial, none run again
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states  # none run again
     for task, runs in _children(MlflowClient(mlflow_server.url), NAME).items():
         assert len(runs) == 4, task  # no duplicate child runs
-
-
-def _finals(s3_server) -> dict[str, object]:
-    """Each trial's final.json on storage and when it was written."""
-    import pyarrow.fs as pafs
-
-    from claims_search import storage
-
-    fs, root = storage.filesystem(s3_server.uri("runs", NAME, "trials"))
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    return {i.path: i.mtime for i in infos if i.base_name == "final.json"}
 
 
 def test_a_search_in_which_nothing_completes_fails_through_submit(s3_search, ray_cluster, mlflow_server, s3_server):
