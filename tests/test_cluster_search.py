@@ -5,6 +5,10 @@ storage is an S3-compatible server (moto). Submitted the way the README shows: t
 `claims-search submit`, with a relative `--space` path. Tracked by a real `mlflow server` whose
 artifacts live on that S3 server; the MLflow UI is checked in headless Chromium.
 
+The search's driver is SIGKILLed mid-trial (one trial finished, another past its pretraining):
+the job fails, and the same job submitted again with --resume finishes the search without
+training a finished trial again, the interrupted trial continuing from its S3 checkpoint.
+
 Also: resume after the head lost its local state, a search in which nothing completes fails
 through `submit --wait`, the shared-mount case (an NFS-style path seen by every node at the
 same place, with CLAIMS_SEARCH_SHARED_FS=1), and, last because it changes the cluster, a Train
@@ -198,7 +202,12 @@ def test_a_driver_killed_mid_trial_fails_the_job_and_resubmitting_it_finishes_th
     study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{s3_search['state'] / NAME / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
-    assert all(t.user_attrs.get("orphaned") for t in study.trials if t.state.name != "COMPLETE"), states
+    # The rest were never trained: proposed before the kill and never started (orphaned), or a
+    # repeat of a configuration already trained or resuming, told FAIL at once (duplicate).
+    assert all(t.user_attrs.get("orphaned") or t.user_attrs.get("duplicate")
+               for t in study.trials if t.state.name != "COMPLETE"), [(t.state.name, t.user_attrs) for t in study.trials]
+    complete = [t.params for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(a != b for i, a in enumerate(complete) for b in complete[i + 1:]), complete  # no size trained twice
 
 
 def test_no_trial_driver_shares_a_node_with_its_train_ranks(s3_search, mlflow_server, nodes):
