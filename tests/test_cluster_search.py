@@ -9,10 +9,11 @@ The search's driver is SIGKILLed mid-trial (one trial finished, another past its
 the job fails, and the same job submitted again with --resume finishes the search without
 training a finished trial again, the interrupted trial continuing from its S3 checkpoint.
 
-Also: resume after the head lost its local state, a search in which nothing completes fails
-through `submit --wait`, the shared-mount case (an NFS-style path seen by every node at the
-same place, with CLAIMS_SEARCH_SHARED_FS=1), and, last because it changes the cluster, a Train
-worker node lost mid-trial (a third node joins; the trial resumes there from its S3 checkpoint).
+Also: resume after the head lost its local state; two jobs submitted at once, a search in which
+nothing completes (it fails through `submit --follow`) and the shared-mount case (an NFS-style
+path seen by every node at the same place, with CLAIMS_SEARCH_SHARED_FS=1); and, last because
+it changes the cluster, a Train worker node lost mid-trial (a third node joins; the trial
+resumes there from its S3 checkpoint).
 
 Run time on the 2-core development machine (2026-12-02, inside a full `make test`): about 6
 minutes for the module: cluster start-up, upload and the 3-trial S3 search 206 s, the shared-mount
@@ -278,33 +279,56 @@ def test_resume_after_the_head_lost_its_local_state(s3_search, ray_cluster, mlfl
         assert len(runs) == 4, task  # no duplicate child runs
 
 
-def test_a_search_in_which_nothing_completes_fails_through_submit(s3_search, ray_cluster, mlflow_server, s3_server):
-    out = submit(ray_cluster, mlflow_server, s3_search["env"], s3_server.uri("runs"),
-                 "--space", "tests/spaces/failing.yaml", "--data", s3_search["data"], "--name", "failing")
-    assert out.returncode != 0
-    text = out.stdout + out.stderr
-    assert "no Transformer trial completed (0 trial(s) complete, 1 failed, 0 pruned; first failure:" in text
-    assert "batch_tokens (32) must hold one full sequence" in text
-    assert "succeeded" not in text
+def test_two_searches_submitted_at_once_each_end_as_they_should_on_their_own(
+        s3_search, ray_cluster, mlflow_server, s3_server, prepared, nodes, s3_env):
+    """Two jobs submitted in the same moment to one cluster and one MLflow server:
+    - a search on an NFS-style folder, at the same path on every node (here: under the checkout,
+      which every node sees), declared shared with CLAIMS_SEARCH_SHARED_FS=1: it succeeds;
+    - a search on S3 in which nothing completes: it fails through `submit --follow`, with the
+      one line that says so.
+    Each job's outcome is its own, and each experiment holds only its own runs."""
+    import threading
 
-
-def test_a_shared_mount_works_too(ray_cluster, mlflow_server, prepared, nodes, s3_env):
-    """An NFS-style folder, at the same path on every node (here: under the checkout, which every
-    node sees), declared shared with CLAIMS_SEARCH_SHARED_FS=1."""
     from mlflow.tracking import MlflowClient
 
     shared = REPO / "test-artifacts" / "shared-mount"
     shutil.rmtree(shared, ignore_errors=True)
     shutil.copytree(prepared, shared / "prepared")
-    out = submit(ray_cluster, mlflow_server, {"CLAIMS_SEARCH_SHARED_FS": "1"}, str(shared / "runs"),
-                 "--space", "tests/spaces/one_trial.yaml", "--data", str(shared / "prepared"), "--name", "shared-mount")
+    jobs = {
+        "shared-mount": lambda: submit(
+            ray_cluster, mlflow_server, {"CLAIMS_SEARCH_SHARED_FS": "1"}, str(shared / "runs"), "--space",
+            "tests/spaces/one_trial.yaml", "--data", str(shared / "prepared"), "--name", "shared-mount"),
+        "failing": lambda: submit(
+            ray_cluster, mlflow_server, s3_search["env"], s3_server.uri("runs"), "--space", "tests/spaces/failing.yaml",
+            "--data", s3_search["data"], "--name", "failing"),
+    }
+    outs: dict = {}
+    threads = [threading.Thread(target=lambda n=n, f=f: outs.update({n: f()})) for n, f in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=1200)
+
+    out = outs["shared-mount"]
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     assert "1 trial(s) complete, 0 failed, 0 pruned" in out.stdout
-    for children in _children(MlflowClient(mlflow_server.url), "shared-mount").values():
-        for t in (c for c in children if c.data.tags.get("baseline") == "false"):
-            assert t.data.tags["claims_search.driver_node"] != t.data.tags["claims_search.rank_nodes"]
+    client = MlflowClient(mlflow_server.url)
+    for children in _children(client, "shared-mount").values():
+        (t,) = [c for c in children if c.data.tags.get("baseline") == "false"]
+        assert t.data.tags["claims_search.driver_node"] != t.data.tags["claims_search.rank_nodes"]
     assert (shared / "runs" / "shared-mount" / "search.json").exists()  # the state stays on the mount
     shutil.rmtree(shared, ignore_errors=True)
+
+    out = outs["failing"]
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "no Transformer trial completed (0 trial(s) complete, 1 failed, 0 pruned; first failure:" in text
+    assert "batch_tokens (32) must hold one full sequence" in text
+    assert "succeeded" not in text
+    mine = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("shared-mount").experiment_id])}
+    failing = client.get_experiment_by_name("failing")
+    theirs = {r.info.run_id for r in client.search_runs([failing.experiment_id])} if failing else set()
+    assert mine and not mine & theirs
 
 
 @pytest.mark.browser
