@@ -65,10 +65,44 @@ def smoke_search(prepared, tmp_path_factory):
     box = RaySandbox()
     try:
         proc = box.run(search_cmd(prepared, work, "smoke-e2e"))
+        keep_ray_logs(box.root, work / "ray-logs")  # for the privacy scan
     finally:
         box.close()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout + proc.stderr  # what the user sees on the terminal
+
+
+def keep_ray_logs(ray_root: str, dest: Path) -> None:
+    """Copy every file of the Ray sessions' ``logs`` folders under ``ray_root`` (drivers',
+    workers', raylet's, GCS's, dashboard's, the jobs') to ``dest``."""
+    for f in Path(ray_root).rglob("*"):
+        if f.is_file() and not f.is_symlink() and "logs" in f.relative_to(ray_root).parts:
+            target = dest / f.relative_to(ray_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+
+
+# A whole 7-digit number (the fixture's ids), not digits inside a float's expansion (1.6836622170003466).
+_NUMBERS = re.compile(rb"(?<![\d.])(\d{7})(?!\d)")
+
+
+def subject_ids_in(blobs, ids: set[str]) -> list[str]:
+    """Which of ``ids`` occur as whole numbers in any of ``blobs`` (bytes or str): linear in
+    their size, whatever the number of ids."""
+    found = set()
+    for b in blobs:
+        found |= {m.decode() for m in _NUMBERS.findall(b if isinstance(b, bytes) else b.encode())}
+    return sorted(found & ids)
+
+
+def prepared_ids(prepared) -> set[str]:
+    """Every subject id of the prepared data, as text."""
+    import pyarrow.parquet as pq
+
+    ids = {str(i) for i in pq.read_table(Path(prepared) / "subjects.parquet", columns=["subject_id"])
+           .column(0).to_pylist()}
+    assert len(ids) == 2000 and {len(i) for i in ids} == {7}  # conftest: 7-digit ids, no false hits
+    return ids
 
 
 def _client(work):
@@ -194,14 +228,11 @@ def test_frontier_and_recommend_commands_read_the_search_back(smoke_search):
 
 def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, prepared):
     """No subject id of the data appears in any MLflow param, metric name, tag or artifact (the
-    registered models included), in the search's output, or in Ray Tune's result files; the
-    per-patient predictions exist, but only under --storage."""
-    import pyarrow.parquet as pq
-
+    registered models included), in the search's output, in any log file of its Ray instance
+    (driver, workers, raylet, GCS, dashboard), or in Ray Tune's files; the per-patient
+    predictions exist, but only under --storage."""
     work, stdout = smoke_search
-    ids = {str(i) for i in pq.read_table(Path(prepared) / "subjects.parquet", columns=["subject_id"])
-           .column(0).to_pylist()}
-    assert len(ids) == 2000 and min(map(len, ids)) == 7  # conftest: 7-digit ids, no false hits
+    ids = prepared_ids(prepared)
     client = _client(work)
     exp = client.get_experiment_by_name("smoke-e2e")
     texts = [stdout]
@@ -217,15 +248,15 @@ def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, p
         texts.append(json.dumps([r.data.params, r.data.tags, sorted(r.data.metrics)]))
         for path in walk(r.info.run_id):
             assert not path.endswith(".parquet") and "predictions" not in path, path
-            texts.append(Path(client.download_artifacts(r.info.run_id, path)).read_bytes().decode("latin-1"))
+            texts.append(Path(client.download_artifacts(r.info.run_id, path)).read_bytes())
     tune = work / "runs" / "smoke-e2e" / "tune"
     tune_files = [f for f in tune.rglob("*") if f.is_file()]
     assert any(f.name.startswith("experiment_state") for f in tune_files)  # the scan saw Tune's files
-    texts += [f.read_bytes().decode("latin-1") for f in tune_files]
-    # A whole number, not digits inside a float's expansion (1.6836622170003466).
-    pattern = re.compile(r"(?<![\d.])(" + "|".join(sorted(ids)) + r")(?!\d)")
-    hits = sorted({m.group(1) for t in texts for m in pattern.finditer(t)})
-    assert not hits, hits[:5]
+    texts += [f.read_bytes() for f in tune_files]
+    ray_logs = [f for f in (work / "ray-logs").rglob("*") if f.is_file()]
+    assert any(f.name.startswith("raylet") for f in ray_logs) and any(f.name.startswith("worker-") for f in ray_logs)
+    texts += [f.read_bytes() for f in ray_logs]
+    assert not (hits := subject_ids_in(texts, ids)), hits[:5]
     kept = list((work / "runs" / "smoke-e2e").rglob("predictions/tuning.parquet"))
     assert len(kept) >= 3 * len(TASKS)  # every trial's, per task (and the baseline's)
 
