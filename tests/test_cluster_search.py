@@ -331,6 +331,26 @@ def test_two_searches_submitted_at_once_each_end_as_they_should_on_their_own(
     assert mine and not mine & theirs
 
 
+def test_no_subject_id_reaches_the_ray_job_logs_or_the_heads_logs(s3_search, ray_cluster, prepared):
+    """Every job's log as the cluster serves it to anyone with dashboard access (`claims-search
+    logs`; the searches above, the killed one included), and every log file of the head node
+    (GCS, dashboard, job manager), hold no subject id of the data."""
+    from claims_search import jobs
+    from tests.test_search import prepared_ids, subject_ids_in
+
+    ids = prepared_ids(prepared)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ray_cluster.client_env().items():
+            mp.setenv(k, v)
+        client = jobs.connect(ray_cluster.dashboard_url)
+        listed = jobs.list_jobs(client)
+        logs = [jobs.logs(client, j.submission_id) for j in listed if j.submission_id]
+    assert len(logs) >= 2 and any("search private-cluster" in text for text in logs)  # the scan saw the searches
+    head = [f for f in ray_cluster.temp_dirs[0].rglob("*") if f.is_file() and not f.is_symlink() and "logs" in f.parts]
+    assert any(f.name.startswith("gcs_server") for f in head)
+    assert not (hits := subject_ids_in([*logs, *(f.read_bytes() for f in head)], ids)), hits[:5]
+
+
 @pytest.mark.browser
 def test_the_mlflow_ui_shows_the_trials_and_the_frontier_picture(s3_search, mlflow_server, chromium, artifacts_dir):
     from mlflow.tracking import MlflowClient
