@@ -233,7 +233,8 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
 
     from claims_search import meds
     from claims_search.atomic import atomic_dir
-    from claims_search.cache_shards import Workers, encode_shard, read_at, scan_shard, write_at
+    from claims_search.cache_shards import (Workers, encode_shard, read_at, release_memory,
+                                            scan_shard, write_at)
     from claims_search.vocab import Vocab, fit_bins
 
     say = progress or (lambda msg: log.info(msg))
@@ -261,6 +262,7 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
     starts = np.cumsum([0] + [sc.n_events for sc in scans])
     firsts = np.cumsum([0] + [len(sc.subjects) for sc in scans])
     del scans  # their subject ids: 8 bytes a subject, no longer needed
+    release_memory()  # pass 1's samples and the cross-shard checks' arrays, for pass 2
     with atomic_dir(out) as tmp:
         for name in ("tokens.npy", "days.npy"):
             arr = np.lib.format.open_memmap(tmp / name, "w+", np.int32, (report.n_events,))

@@ -4,8 +4,10 @@ Pass 1 (:func:`scan_shard`) checks a shard and samples its train numeric values;
 (:func:`encode_shard`) writes the shard's tokens and days into the cache's arrays and its
 subjects and labels into part files. Whatever a worker returns to the main process is small
 (checks, value samples as float32, token counts), and no worker holds a table of the whole
-dataset. Known leftover (2026-12-02): a worker's heap still creeps up with the number of
-shards it has run ACES on (labels.extract_shard), ~1.2-1.7 GiB per worker at 2.3 M patients.
+dataset. A worker's heap used to creep up with the number of shards it had run ACES on
+(~1.2-1.9 GiB per worker at 2.3 M patients): a reference cycle kept each shard's rows alive
+until Python's next full collection; fixed in labels.extract_shard (2026-12-02), which also
+runs ACES on slices of at most 5,000 subjects.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ class Workers:
         what a pass leaves in a worker's heap is gone before the next pass.
 
         Recycling workers within a pass was tried and dropped (2026-12-02): a fresh pool every 8
-        shards a worker kept the 2.3 M-patient peak at 4.2 GiB (ACES's per-shard extraction
-        alone reaches ~1.9 GiB a worker) and added ~200 CPU-s of restarts; and
-        ``max_tasks_per_child`` hung on Python 3.11."""
+        shards a worker kept the 2.3 M-patient peak at 4.2 GiB and added ~200 CPU-s of
+        restarts; and ``max_tasks_per_child`` hung on Python 3.11. (What grew was a reference
+        cycle in the label extraction, since fixed: see labels.extract_shard.)"""
         if self.n == 1:
             yield from (fn(*a) for a in args)
             return
@@ -155,7 +157,10 @@ def encode_shard(i: int, start: int, first: int, tmp: str, header: int, bins) ->
             "subject_id", "prediction_time", "label", "split", glob_idx, "end",
         ).sort(["subject_idx", "prediction_time"]).write_parquet(
             parts / f"labels{k}-{i:06d}.parquet")
-    return {"counts": pl.DataFrame({"token": uniq, "count": counts.astype(np.int64)})}
+    out = {"counts": pl.DataFrame({"token": uniq, "count": counts.astype(np.int64)})}
+    del df, split, subj, toks, local
+    release_memory()
+    return out
 
 
 def read_rows(path: Path):
@@ -177,10 +182,25 @@ def read_rows(path: Path):
 
 
 def release_memory() -> None:
-    """Hand the memory pyarrow's pool keeps after a shard back to the system."""
+    """Hand the memory pyarrow's pool and the C heap keep after a shard back to the system.
+
+    glibc's ``malloc_trim``: numpy's arrays of a few MiB to 32 MiB come from the heap once
+    glibc's mmap threshold has risen, and freed heap memory otherwise stays in the process.
+    """
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """``malloc_trim(0)`` where the C library is glibc; nothing elsewhere."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def write_at(path: Path, header: int, start: int, values: np.ndarray) -> None:

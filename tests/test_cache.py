@@ -247,7 +247,8 @@ def test_shard_by_shard_cache_equals_a_whole_dataset_computation(tmp_path):
     assert c.subjects["subject_id"].tolist() == subjects["subject_id"].to_list()
     assert c.subjects["offset"].tolist() == np.r_[0, np.cumsum(subjects["len"])[:-1]].tolist()
     for t in [labels.load_task(x) for x in labels.BUILTIN_TASKS]:
-        want = labels.attach_oracle(pl.concat([labels.extract_shard(t, s) for s in ds.shards]),
+        want = labels.attach_oracle(pl.concat([labels.extract_shard(t, s, slice_subjects=None)
+                                               for s in ds.shards]),
                                     root / "oracle" / f"{t.name}.parquet")
         got = pl.from_pandas(c.labels(t.name))
         assert m["tasks"][t.name]["splits"]["train"]["n"] > 0
@@ -265,6 +266,70 @@ def test_shard_by_shard_cache_equals_a_whole_dataset_computation(tmp_path):
         assert got.select(*key, "end").sort(key).equals(ends.sort(key))
         order = got.select("subject_idx", "prediction_time")
         assert order.equals(order.sort(["subject_idx", "prediction_time"]))
+
+
+ANY_EVENT_TASK = (  # rows matching no predicate count here: ACES gets every row of the shard
+    "predicates:\n  checkup: {code: HC//SPECIFIC_CHECKUP}\n"
+    "  ckd: {code: {regex: '^DX//ICD10//N18'}}\n"
+    "trigger: checkup\nwindows:\n"
+    "  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: true,"
+    " index_timestamp: end, has: {_ANY_EVENT: '(20, None)'}}\n"
+    "  target: {start: input.end, end: start + 365d, start_inclusive: false,"
+    " end_inclusive: true, label: ckd}\n")
+
+
+def test_labels_extracted_in_slices_of_subjects_equal_the_whole_shard(tmp_path):
+    """extract_shard runs ACES on slices of a shard's subjects (2026-12-02, to bound its
+    memory); the labels must be those of one run on the whole shard, whatever the slice size."""
+    from claims_search.synth import generate
+
+    root = tmp_path / "meds"
+    generate(root, 300, seed=3, workers=1, shard_size=300)
+    ds = meds.open_dataset(root)
+    shard = max(ds.shards, key=lambda s: pl.read_parquet(s, columns=["subject_id"])
+                ["subject_id"].n_unique())
+    (tmp_path / "any.yaml").write_text(ANY_EVENT_TASK)
+    tasks = [labels.load_task(x) for x in labels.BUILTIN_TASKS]
+    tasks.append(labels.load_task(tmp_path / "any.yaml"))
+    assert labels._rows_outside_predicates_matter(tasks[-1].config)  # the pyarrow path
+    key = ["subject_id", "prediction_time"]
+    for t in tasks:
+        whole = labels.extract_shard(t, shard, slice_subjects=None).sort(key)
+        assert len(whole) > 20 and 0 < whole["boolean_value"].sum() < len(whole)
+        df = pl.read_parquet(shard, columns=["subject_id", "time", "code", "numeric_value"])
+        for n in (1, 7, 50, 10_000):
+            assert labels.extract_shard(t, shard, slice_subjects=n).sort(key).equals(whole)
+            assert labels.extract_shard(t, shard, df, slice_subjects=n).sort(key).equals(whole)
+
+
+def test_label_extraction_leaves_no_table_for_the_garbage_collector(tmp_path):
+    """A reference cycle through ACES's frames kept a shard's rows alive until Python's next
+    full collection, and a worker's memory crept up shard after shard (2026-12-02)."""
+    import gc
+
+    from claims_search.synth import generate
+
+    root = tmp_path / "meds"
+    generate(root, 60, seed=3, workers=1, shard_size=60)
+    shard = meds.open_dataset(root).shards[0]
+    df = pl.read_parquet(shard, columns=["subject_id", "time", "code", "numeric_value"])
+    task = labels.load_task("ckd_incidence")
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        for n in (None, 10):
+            labels.extract_shard(task, shard, df, slice_subjects=n)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage
+                if isinstance(o, (pl.DataFrame, pl.Series)) or type(o).__name__ == "frame"]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was:
+            gc.enable()
+    assert left == []
 
 
 def test_oracle_attached_part_by_part_matches_attach_oracle(tmp_path):
