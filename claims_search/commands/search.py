@@ -36,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the search, then print the recommendation per task."""
-
     from claims_search.commands.recommend import describe
     from claims_search.errors import ClaimsSearchError
     from claims_search.search import SearchRequest, run_search
