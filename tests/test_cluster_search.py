@@ -15,10 +15,10 @@ path seen by every node at the same place, with CLAIMS_SEARCH_SHARED_FS=1); and,
 it changes the cluster, a Train worker node lost mid-trial (a third node joins; the trial
 resumes there from its S3 checkpoint).
 
-Run time on the 2-core development machine (2026-12-02, inside a full `make test`): about 6
-minutes for the module: cluster start-up, upload and the 3-trial S3 search 206 s, the shared-mount
-search 59 s, the resume after wiping the head's state 31 s, the failing search 21 s, the rest
-(registry loads, browser) under a minute.
+Run time inside a full `make test` on a fresh clone (2026-12-02, a 2-core AMD EPYC): the
+cluster start-up, upload, the 3-trial S3 search with its mid-trial kill and resubmission 328 s;
+the two searches submitted at once 119 s; the resume after wiping the head's state 47 s; the
+node loss 158 s; the rest (registry loads, privacy scan, browser) under a minute.
 """
 
 from __future__ import annotations
