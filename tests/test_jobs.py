@@ -16,6 +16,7 @@ import pytest
 
 from claims_search import jobs, storage
 from claims_search.errors import ClaimsSearchError
+from tests.local_http import LocalServer
 
 pytest_plugins = ["tests.cluster_harness"]  # ray_cluster, mlflow_server (registered, not imported)
 REPO = Path(__file__).resolve().parents[1]
@@ -254,7 +255,7 @@ JOB = {"type": "SUBMISSION", "submission_id": "raysubmit_fresh", "job_id": None,
        "metadata": {"experiment": "ckd-v2"}}
 
 
-class RefusingHead:
+class RefusingHead(LocalServer):
     """A real HTTP server on localhost that answers Ray's Jobs API the way a head does (the
     routes and bodies `ray.job_submission.JobSubmissionClient` reads), except that each Jobs API
     route is first refused ``refusals`` times (503 and the words of a head whose job agent is not
@@ -263,12 +264,10 @@ class RefusingHead:
 
     def __init__(self, refusals: int):
         import collections
-        import http.server
-        import threading
 
         import ray
 
-        head, self.refusals, self.seen = self, refusals, collections.Counter()
+        self.refusals, self.seen = refusals, collections.Counter()
         answers = {
             "GET /api/version": {"version": "4", "ray_version": ray.__version__, "ray_commit": "?",
                                  "session_name": "fresh"},
@@ -278,35 +277,18 @@ class RefusingHead:
             "POST /api/jobs/raysubmit_fresh/stop": {"stopped": True},
         }
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self):
-                route = f"{self.command} {self.path.split('?')[0]}"
-                head.seen[route] += 1
-                if route not in answers:
-                    job = self.path.split("/")[3]
-                    code, body = 404, f"Job {job} does not exist"  # what Ray says, not refused first
-                elif route != "GET /api/version" and head.seen[route] <= head.refusals:
-                    code, body = 503, AGENT_NOT_READY
-                else:
-                    code, body = 200, json.dumps(answers[route])
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json" if code == 200 else "text/plain")
-                self.send_header("Content-Length", str(len(body.encode())))
-                self.end_headers()
-                self.wfile.write(body.encode())
+        def answer(method: str, path: str, headers: dict, body: bytes):
+            route = f"{method} {path.split('?')[0]}"
+            self.seen[route] += 1
+            if route not in answers:
+                code, text = 404, f"Job {path.split('/')[3]} does not exist"  # what Ray says, not refused first
+            elif route != "GET /api/version" and self.seen[route] <= self.refusals:
+                code, text = 503, AGENT_NOT_READY
+            else:
+                code, text = 200, json.dumps(answers[route])
+            return code, {"Content-Type": "application/json" if code == 200 else "text/plain"}, text.encode()
 
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):  # quiet
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(answer)
 
 
 def claims_search(*argv: str) -> int:

@@ -13,6 +13,7 @@ import pytest
 from claims_search import cli
 from claims_search.search_state import SearchState
 from claims_search.tracking import MAX_ATTEMPTS, Tracker
+from tests.local_http import LocalServer
 from tests.test_tracking import trial
 
 
@@ -63,55 +64,31 @@ def test_sync_of_an_unknown_search_is_one_line(tmp_path, capsys):
     assert code == 2 and "no search named 'nope' there" in err and len(err.strip().splitlines()) == 1
 
 
-class RefusingProxy:
+class RefusingProxy(LocalServer):
     """A real HTTP proxy in front of a real `mlflow server`, as a load balancer in front of an
     overloaded or restarting tracking server: it answers the next ``refusing`` requests whose
     path holds ``only`` with 503 (``/health`` always passes) and forwards the rest. ``refused``
     counts the refusals."""
 
     def __init__(self, upstream: str, only: str = "/api/"):
-        import http.server
-        import threading
         import urllib.error
         import urllib.request
 
-        proxy, self.refusing, self.refused = self, 0, 0
+        self.refusing, self.refused = 0, 0
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if proxy.refusing and only in self.path:
-                    proxy.refusing -= 1
-                    proxy.refused += 1
-                    code, headers, out = 503, {"Content-Type": "text/plain"}, b"Service Unavailable"
-                else:
-                    req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command,
-                                                 headers={k: v for k, v in self.headers.items()})
-                    try:
-                        with urllib.request.urlopen(req, timeout=30) as r:
-                            code, headers, out = r.status, dict(r.headers), r.read()
-                    except urllib.error.HTTPError as e:
-                        code, headers, out = e.code, dict(e.headers), e.read()
-                self.send_response(code)
-                for k, v in headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+        def answer(method: str, path: str, headers: dict, body: bytes):
+            if self.refusing and only in path:
+                self.refusing -= 1
+                self.refused += 1
+                return 503, {"Content-Type": "text/plain"}, b"Service Unavailable"
+            req = urllib.request.Request(upstream + path, data=body or None, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, dict(r.headers), r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, dict(e.headers), e.read()
 
-            do_GET = do_POST = do_PATCH = do_DELETE = _answer
-
-            def log_message(self, *args):  # quiet
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(answer)
 
 
 @pytest.fixture
