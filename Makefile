@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 # Machines without CUDA get the CPU wheel of torch; a looser request pulls a multi-GB CUDA build.
 CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
 DEMO_DIR ?= demo
+# The suite on this many pytest-xdist workers: Ray tests leave cores idle while they wait on
+# processes and servers, so two workers on 2 cores finish well before one. Whole modules go to
+# a worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install browser bench clean
 
@@ -27,7 +31,7 @@ demo: $(STAMP)
 	$(PY) -m claims_search.demo --dir $(DEMO_DIR)
 
 test: $(STAMP) browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	@echo "benchmarks live in bench/; see docs/benchmarks.md for each command"

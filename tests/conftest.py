@@ -16,6 +16,48 @@ pytest_plugins = ["tests.cluster_harness"]  # real multi-node Ray, mlflow server
 
 from claims_search.cli import main as cli
 
+# `make test` runs the suite on pytest-xdist workers. Session fixtures that start servers (a
+# multi-node Ray cluster, MLflow, S3, Chromium) would start once per worker, and two copies of
+# the cluster tests would kill each other's searches: every module using one runs on one worker.
+SHARED_SERVERS = {"ray_cluster", "mlflow_server", "s3_server", "chromium"}
+SERVER_MODULES = {"tests/test_browser.py", "tests/test_cluster_search.py", "tests/test_jobs.py",
+                  "tests/test_outbox.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Check ``SERVER_MODULES`` against the fixtures the modules use, then order the modules by
+    expected length, longest first (the server modules, then modules with Ray or slow tests,
+    then the rest), so that no long module starts last on a worker. A module's tests keep their
+    order."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(_module(item), []).append(item)
+    using = {m for m, its in modules.items() if any(SHARED_SERVERS & set(i.fixturenames) for i in its)}
+    if using - SERVER_MODULES:
+        raise pytest.UsageError(f"tests/conftest.py: add {sorted(using - SERVER_MODULES)} to SERVER_MODULES "
+                                f"(they use {sorted(SHARED_SERVERS)})")
+    heavy = {m for m, its in modules.items()
+             if any(i.get_closest_marker("slow") or i.get_closest_marker("ray") for i in its)}
+    items.sort(key=lambda i: 0 if _module(i) in SERVER_MODULES else 1 if _module(i) in heavy else 2)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown to a run without it
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules to a worker (their module fixtures run once), and the server modules all to
+    one. (xdist's own ``--dist loadgroup`` marks do not reach its scheduler under pytest 9.2.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "servers" if module in SERVER_MODULES else module
+
+    return ByModule(config, log)
+
+
+def _module(item) -> str:
+    return item.nodeid.split("::")[0]
+
 
 @pytest.fixture
 def ray_local():

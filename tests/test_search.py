@@ -21,6 +21,7 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 TASKS = ["ckd_incidence", "antihypertensive_start"]
+RESUMABLE = Path(__file__).parent / "spaces" / "resumable.yaml"
 
 
 def _kill_ray_under(tmp_root: str) -> None:
@@ -264,7 +265,8 @@ def test_nothing_patient_level_reaches_mlflow_logs_or_tune_files(smoke_search, p
 def test_resume_finishes_a_search_ray_died_under_mid_trial_without_rerunning_finished_trials(prepared, tmp_path):
     """Ray goes away mid-trial (SIGKILL to every process of the search's Ray instance, not to
     the search's own process) once one trial has finished and another has checkpointed its
-    pretraining but not finished. The driver dies with Ray; the user gets one line saying so
+    pretraining but not its fine-tuning (tests/spaces/resumable.yaml: one task, a long
+    fine-tuning, so that the kill lands inside it). The driver dies with Ray; the user gets one line saying so
     and the command that finishes the search, not only a raylet dump. That `search --resume`
     finishes the search: the finished trial is not trained again, the interrupted one continues
     from its checkpoint (its pretraining is not run again), the Optuna study ends with the three
@@ -282,7 +284,7 @@ def test_resume_finishes_a_search_ray_died_under_mid_trial_without_rerunning_fin
     trials = search / "trials"
     try:
         outbox = search / "outbox" / "outbox.jsonl"
-        proc = box.start(search_cmd(prepared, tmp_path, "resumable"), tmp_path / "first.log")
+        proc = box.start(search_cmd(prepared, tmp_path, "resumable", RESUMABLE), tmp_path / "first.log")
 
         def finished_trials():
             if not outbox.exists():
@@ -294,19 +296,19 @@ def test_resume_finishes_a_search_ray_died_under_mid_trial_without_rerunning_fin
             return {p.parent.name for p in trials.glob("*/final.json")}
 
         def in_progress():
-            """A trial that has not finished (no final.json) and whose Ray Train run registered a
-            checkpoint of a finished phase (``phaseNN_done``: the pretraining, phase 0, is done),
-            once another trial has finished; else None."""
+            """A trial that has not finished (no final.json) and whose Ray Train run registered
+            the checkpoint of its finished pretraining (``phase00_done``) but not of its
+            fine-tuning (``phase01_done``), once another trial has finished; else None."""
             done = finished_on_disk()
             if not done:
                 return None
             for snap in trials.glob("*/train/ray/checkpoint_manager_snapshot.json"):
                 trial = snap.relative_to(trials).parts[0]
                 try:
-                    pretrained = re.search(r"phase\d\d_done", snap.read_text())
+                    text = snap.read_text()
                 except OSError:
                     continue
-                if pretrained and trial not in done and not (trials / trial / "final.json").exists():
+                if "phase00_done" in text and "phase01_done" not in text and trial not in done and not (trials / trial / "final.json").exists():
                     return trial
             return None
 
@@ -330,10 +332,10 @@ def test_resume_finishes_a_search_ray_died_under_mid_trial_without_rerunning_fin
         # Its pretraining's outcome, on storage (the Ray Train run's folder goes once it finishes).
         pretrained = json.loads((trials / interrupted / "train" / "phases" / "0" / "outcome.json").read_text())
 
-        again = box.run(search_cmd(prepared, tmp_path, "resumable", "smoke", "--resume"))
+        again = box.run(search_cmd(prepared, tmp_path, "resumable", RESUMABLE, "--resume"))
         print(json.dumps({"killed_at_s": killed, "resumed_s": time.monotonic() - t0 - killed}), file=sys.stderr)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-        assert all(has_verdict(t, again.stdout) for t in TASKS), again.stdout[-3000:]
+        assert has_verdict("ckd_incidence", again.stdout), again.stdout[-3000:]
         # Finished trials were not trained again; the search still has three trials in all.
         for t, mtime in done.items():
             assert (trials / t / "pretrain" / "result.json").stat().st_mtime == mtime
@@ -365,4 +367,4 @@ def test_resume_finishes_a_search_ray_died_under_mid_trial_without_rerunning_fin
         for r in client.search_runs([exp.experiment_id], max_results=500)
         if r.data.tags.get("claims_search.role") == "trial")
     assert set(children.values()) == {1}, children
-    assert sorted(children) == sorted((task, t) for task in TASKS for t in [*finished_trials(), "baseline-lightgbm"])
+    assert sorted(children) == sorted(("ckd_incidence", t) for t in finished_trials())
