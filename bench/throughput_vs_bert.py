@@ -6,8 +6,11 @@
 Same machine, same run, same patients: steps draw patients until ``--batch-tokens`` real
 tokens, mask 15 % of their events, and train four models:
 
-- ``packed``: claims_search's encoder + masked-code head, patients packed several per row
-  with a block-diagonal mask, logits only at masked positions;
+- ``packed``: claims_search's encoder + masked-code head as training feeds it
+  (``batches.grouped_batches``): length-grouped batches, each packed first-fit-decreasing into rows
+  as long as its longest patient with a block-diagonal mask, logits only at masked positions;
+- ``rows513``: the same model on ungrouped steps packed into rows of max_len + 1 (what
+  training did before length grouping);
 - ``padded``: the same model, one patient per row padded to the batch's longest
   (isolates what packing buys);
 - ``bert``: Hugging Face ``BertForMaskedLM`` (built from ``BertConfig``, no network, SDPA
@@ -19,11 +22,12 @@ tokens, mask 15 % of their events, and train four models:
   longest first, and cut into batches of at most ``--batch-tokens`` real tokens (the same
   budget as every other variant), each padded to its own longest patient only.
 
-``packed``, ``padded`` and ``bert`` train on the same ``--steps`` steps (the first of the
-mega-batch). ``grouped`` trains on ``--steps`` of the mega-batch's length-sorted batches,
-picked evenly across the sorted order (short, middle and long buckets alike), so that its
-timed tokens have the mega-batch's length mix; with ``--steps`` equal to ``--mega-batch``
-every variant trains on exactly the same patients. Throughput = real tokens / seconds.
+``rows513``, ``padded`` and ``bert`` train on the same ``--steps`` steps (the first of the
+mega-batch). ``packed`` and ``grouped`` train on the same ``--steps`` of the mega-batch's
+length-sorted batches, picked evenly across the sorted order (short, middle and long buckets
+alike), so that their timed tokens have the mega-batch's length mix; with ``--steps`` equal to
+``--mega-batch`` every variant trains on exactly the same patients. Throughput = real tokens /
+seconds.
 
 Each of ``--repeats`` repeats trains every timed batch once; steps are interleaved across the
 variants (packed, padded, bert, grouped, packed, ...) so that noise from other processes hits
@@ -52,11 +56,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from claims_search.batches import make_sequence, mask_sequence, pack  # noqa: E402
+from claims_search.batches import make_sequence, mask_sequence, own_rows, pack  # noqa: E402
 from claims_search.model import pretraining_model  # noqa: E402
 from claims_search.sizes import REFERENCE_VOCAB, ModelSize  # noqa: E402
 
-KINDS = ("packed", "padded", "bert", "grouped")
+KINDS = ("packed", "rows513", "padded", "bert", "grouped")
 SMOKE = dict(sizes="32x1", steps=1, batch_tokens=600, max_len=128, repeats=1, mega_batch=10)
 QUICK = dict(sizes="32x1,64x2", steps=1, batch_tokens=1024, max_len=128, repeats=3, mega_batch=20)
 
@@ -147,8 +151,10 @@ def train_step(kind, model, opt, seqs, row_len: int) -> tuple[float, float]:
     t0, c0 = time.perf_counter(), time.process_time()
     if kind in ("bert", "grouped"):
         loss = model(**bert_inputs(seqs)).loss
-    elif kind == "packed":
-        loss, _ = model(pack(seqs, row_len=row_len))  # rows of max_len + 1, as in training
+    elif kind == "packed":  # as training packs a length-grouped batch
+        loss, _ = model(pack(seqs, row_len=own_rows(seqs, row_len)))
+    elif kind == "rows513":
+        loss, _ = model(pack(seqs, row_len=row_len))  # rows of max_len + 1
     else:  # padded: one patient per row
         loss, _ = model(padded(seqs))
     loss.backward()
@@ -179,8 +185,9 @@ def padded(seqs):
 def real_fraction(kind: str, batches, row_len: int) -> float:
     """Real tokens / positions the model computes on, over ``batches``."""
     real = sum(len(s) for seqs in batches for s in seqs)
-    if kind == "packed":
-        positions = sum(int(np.prod(pack(seqs, row_len=row_len).tokens.shape)) for seqs in batches)
+    if kind in ("packed", "rows513"):
+        rows = (lambda seqs: own_rows(seqs, row_len)) if kind == "packed" else (lambda seqs: row_len)
+        positions = sum(int(np.prod(pack(seqs, row_len=rows(seqs)).tokens.shape)) for seqs in batches)
     elif kind == "padded":
         positions = sum(len(seqs) * (-(-max(len(s) for s in seqs) // 8) * 8) for seqs in batches)
     else:
@@ -202,7 +209,7 @@ def parse_args(argv=None):
     p.add_argument("--mega-batch", type=int, default=50,
                    help="steps per length-grouping mega-batch (transformers' Trainer: 50)")
     p.add_argument("--variants", default=",".join(KINDS),
-                   help="subset of packed,padded,bert,grouped (packed is always run: ratios are to it)")
+                   help="subset of packed,rows513,padded,bert,grouped (packed is always run: ratios are to it)")
     p.add_argument("--cache", help="take patient lengths from this prepared cache's train split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write every figure (per repeat) to this JSON file")
@@ -227,9 +234,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
     steps = make_steps(args, rng, max(args.steps, args.mega_batch))  # steps[0]: warm-up
-    timed = {k: steps[1: 1 + args.steps] for k in ("packed", "padded", "bert")}
+    timed = {k: steps[1: 1 + args.steps] for k in ("rows513", "padded", "bert")}
     groups = length_grouped(steps[1: 1 + max(args.steps, args.mega_batch)], args.batch_tokens)
-    timed["grouped"] = groups if len(groups) <= args.steps else evenly(groups, args.steps)
+    timed["grouped"] = timed["packed"] = groups if len(groups) <= args.steps else evenly(groups, args.steps)
     row_len = args.max_len + 1
     real = {k: sum(len(s) for seqs in b for s in seqs) for k, b in timed.items()}
     fraction = {k: real_fraction(k, timed[k], row_len) for k in args.kinds}
@@ -238,7 +245,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "settings": {k: getattr(args, k) for k in ("sizes", "steps", "repeats", "batch_tokens",
                                                      "max_len", "mega_batch", "seed", "cache")},
-        "variants": args.kinds, "patients_per_step": float(np.mean([len(s) for s in timed["packed"]])),
+        "variants": args.kinds, "patients_per_step": float(np.mean([len(s) for s in steps[1: 1 + args.steps]])),
         "real_tokens_per_repeat": {k: real[k] for k in args.kinds},
         "real_fraction": fraction,
         "grouped_megabatch": {"patients": sum(len(b) for b in groups), "batches": len(groups),
@@ -254,7 +261,8 @@ def main(argv=None) -> int:
              f"{report['grouped_megabatch']['real_fraction']:.0%}, {len(groups)} batches)"
              if "grouped" in args.kinds else ""))
     others = [k for k in args.kinds if k != "packed"]
-    header = {"packed": "packed tok/s", "padded": "padded tok/s", "bert": "BERT padded tok/s",
+    header = {"packed": "packed tok/s", "rows513": "ungrouped rows tok/s", "padded": "padded tok/s",
+              "bert": "BERT padded tok/s",
               "grouped": "BERT grouped tok/s"}
     rows = []
     for spec in args.sizes.split(","):

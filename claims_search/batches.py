@@ -1,9 +1,11 @@
 """Packed batches from a tokenized cache: masked-code pretraining crops and task samples.
 
 Packing: a batch holds at most ``batch_tokens`` real tokens; its sequences ([CLS] + at most
-``max_len`` events each) are placed first-fit-decreasing into rows of ``max_len + 1``
-positions, several patients per row. ``Batch.seq`` gives each position's sequence (-1 for
-padding) and the model turns it into a block-diagonal attention mask.
+``max_len`` events each) are placed first-fit-decreasing into rows, several patients per row
+where they fit. ``Batch.seq`` gives each position's sequence (-1 for padding) and the model
+turns it into a block-diagonal attention mask. Batches are grouped by length (a window of
+batches' worth of sequences sorted, then cut at the budget), and a batch's rows are as long as
+its longest sequence: attention costs T² per row, so short patients do not pay for long rows.
 
 Masking recipe (BERT, Devlin et al. 2019): each event token is chosen with probability
 ``mask_prob`` (at least one per sequence, never [CLS]); a chosen token becomes [MASK] 80 % of
@@ -192,18 +194,54 @@ def pack(sequences: list[Sequence], row_len: int) -> Batch:
     return batch
 
 
-def _budgeted(sequences: Iterator[Sequence], batch_tokens: int, row_len: int) -> Iterator[Batch]:
-    # Greedy: fill a batch until the next sequence would cross the real-token budget.
-    buffer: list[Sequence] = []
+# Sequences sorted by length at a time, in batches' worth (transformers' Trainer sorts
+# `group_by_length` mega-batches of 50 batches).
+GROUP_WINDOW = 50
+
+
+def grouped_batches(sequences: Iterator[Sequence], batch_tokens: int, row_len: int,
+              rng: np.random.Generator | None = None) -> Iterator[Batch]:
+    """Batches of at most ``batch_tokens`` real tokens, grouped by length.
+
+    ``GROUP_WINDOW`` batches' worth of sequences at a time are sorted longest first, cut greedily
+    at the budget, and each batch is packed into rows as long as its own longest sequence
+    (rounded up to 8), not ``row_len``: attention costs T² per row, so a batch of 40-event
+    patients pays for rows of 40, not of max_len + 1. ``rng`` shuffles each window's batches
+    (training); without it they come longest first (evaluation: predictions carry their
+    sample index). Within a batch, sequences keep the stream's order.
+    """
+    window: list[Sequence] = []
     used = 0
     for s in sequences:
-        if buffer and used + len(s) > batch_tokens:
-            yield pack(buffer, row_len)
-            buffer, used = [], 0
-        buffer.append(s)
+        window.append(s)
         used += len(s)
-    if buffer:
-        yield pack(buffer, row_len)
+        if used >= GROUP_WINDOW * batch_tokens:
+            yield from _grouped(window, batch_tokens, row_len, rng)
+            window, used = [], 0
+    if window:
+        yield from _grouped(window, batch_tokens, row_len, rng)
+
+
+def _grouped(window: list[Sequence], batch_tokens: int, row_len: int,
+             rng: np.random.Generator | None) -> Iterator[Batch]:
+    cuts: list[list[int]] = []
+    used = 0
+    for i in sorted(range(len(window)), key=lambda i: -len(window[i])):  # stable
+        if cuts and used + len(window[i]) <= batch_tokens:
+            cuts[-1].append(i)
+            used += len(window[i])
+        else:
+            cuts.append([i])
+            used = len(window[i])
+    for c in range(len(cuts)) if rng is None else rng.permutation(len(cuts)):
+        members = [window[i] for i in sorted(cuts[c])]  # in the stream's order within a batch
+        yield pack(members, own_rows(members, row_len))
+
+
+def own_rows(sequences: list[Sequence], row_len: int) -> int:
+    """The row length of a length-grouped batch: its longest sequence rounded up to 8, at most
+    ``row_len``."""
+    return min(row_len, -(-max(len(s) for s in sequences) // 8) * 8)
 
 
 def _check(cache, batch_tokens: int, max_len: int | None) -> int:
@@ -259,7 +297,7 @@ def pretrain_batches(
             s = make_sequence(tokens, days, int(births[i]), int(days[-1]))
             yield mask_sequence(s, rng, mask_prob, cache.vocab_size)
 
-    return _budgeted(sequences(), batch_tokens, max_len + 1)
+    return grouped_batches(sequences(), batch_tokens, max_len + 1, np.random.default_rng([seed, epoch, rank, 2]))
 
 
 def task_batches(
@@ -302,7 +340,8 @@ def task_batches(
             s.label, s.sample_index = float(values[k]), int(k)
             yield s
 
-    return _budgeted(sequences(), batch_tokens, max_len + 1)
+    grouping = np.random.default_rng([seed, epoch, rank, 2]) if shuffle else None
+    return grouped_batches(sequences(), batch_tokens, max_len + 1, grouping)
 
 
 def labelled_rows(labels, n_patients: int | None, seed: int) -> np.ndarray:

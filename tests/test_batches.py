@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from claims_search.batches import (CLS, IGNORE, MASK, make_sequence, mask_sequence, pack,
-                                   pretrain_batches, task_batches)
+from claims_search.batches import (CLS, IGNORE, MASK, grouped_batches, make_sequence, mask_sequence,
+                                   pack, pretrain_batches, task_batches)
 from claims_search.cache import FORMAT_VERSION, Cache
 from claims_search.errors import ClaimsSearchError
 
@@ -171,6 +171,20 @@ def test_pretrain_batches_are_deterministic_and_shard_disjointly(cache):
     assert len(shards[0]) == len(shards[1]) == 1 and shards[0] != shards[1]
 
 
+def test_batches_are_grouped_by_length_with_rows_as_long_as_their_longest_patient():
+    """Like transformers' `group_by_length`: sorted by length, cut at the real-token budget (40
+    here), each batch packed into rows as long as its longest sequence rounded up to 8, not
+    row_len (65); a batch keeps the stream's order."""
+    lengths = [5, 31, 3, 28, 4, 30, 6]
+    stream = [make_sequence(np.full(n - 1, 4), np.arange(n - 1), 0, n) for n in lengths]  # [CLS] + n - 1
+    batches = list(grouped_batches(iter(stream), batch_tokens=40, row_len=65))
+    lengths_in = lambda b: b.seq[b.seq >= 0].bincount().tolist()  # noqa: E731  (in sequence order)
+    assert [(lengths_in(b), b.tokens.shape[1]) for b in batches] == [
+        ([31], 32), ([30], 32), ([5, 28, 6], 32), ([3, 4], 8)]  # 5 came before 28 and 6 in the stream
+    shuffled = grouped_batches(iter(stream), batch_tokens=40, row_len=65, rng=np.random.default_rng(0))
+    assert sorted(b.n_tokens for b in shuffled) == sorted(b.n_tokens for b in batches)
+
+
 def test_task_batches_end_at_the_prediction_time_with_labels_and_sample_index(cache):
     labels = cache.labels("ckd_incidence", "train")
     (batch,) = task_batches(cache, "ckd_incidence", "train", batch_tokens=64, max_len=16)
@@ -187,7 +201,7 @@ def test_task_batches_end_at_the_prediction_time_with_labels_and_sample_index(ca
 def test_task_batches_shuffle_only_when_asked(cache):
     order = lambda **kw: [i for b in task_batches(cache, "ckd_incidence", "train", batch_tokens=6,  # noqa: E731
                                                   max_len=5, **kw) for i in b.sample_index.tolist()]
-    assert order() == [0, 1, 2]
+    assert order() == order() and sorted(order()) == [0, 1, 2]  # the same every time
     assert sorted(order(shuffle=True, seed=4)) == [0, 1, 2]
 
 

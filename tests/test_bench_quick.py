@@ -31,13 +31,15 @@ def test_throughput_quick_reports_every_variant_and_ratio_spreads(tmp_path):
                "--json", str(out))
     assert "BERT grouped tok/s" in text and "packed / BERT padded" in text and "packed / BERT grouped" in text
     report = json.loads(out.read_text())
-    assert report["variants"] == ["packed", "padded", "bert", "grouped"]
+    assert report["variants"] == ["packed", "rows513", "padded", "bert", "grouped"]
     assert report["settings"]["repeats"] == 2 and report["settings"]["max_len"] == 128  # --quick's
     # length grouping pads far less than one-patient-per-row padding
     assert report["real_fraction"]["grouped"] > report["real_fraction"]["bert"]
+    # ... and so do our rows, as long as each grouped batch's longest patient (rounded up to 8)
+    assert report["real_fraction"]["packed"] > report["real_fraction"]["bert"]
     (size,) = report["sizes"]
     assert size["size"] == "32x1" and all(len(v) == 2 for v in size["seconds"].values())
-    for kind in ("padded", "bert", "grouped"):
+    for kind in ("rows513", "padded", "bert", "grouped"):
         for ratios in (size["ratio"], size["cpu_ratio"]):  # wall-time and CPU-time ratios
             assert ratios[kind]["min"] <= ratios[kind]["median"] <= ratios[kind]["max"]
 
