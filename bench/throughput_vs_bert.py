@@ -206,6 +206,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="times each variant trains its timed batches")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--dropout", type=float, default=0.1,
+                   help="dropout of every variant (embeddings, residual branches, attention probabilities)")
     p.add_argument("--mega-batch", type=int, default=50,
                    help="steps per length-grouping mega-batch (transformers' Trainer: 50)")
     p.add_argument("--variants", default=",".join(KINDS),
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "settings": {k: getattr(args, k) for k in ("sizes", "steps", "repeats", "batch_tokens",
-                                                     "max_len", "mega_batch", "seed", "cache")},
+                                                     "max_len", "mega_batch", "dropout", "seed", "cache")},
         "variants": args.kinds, "patients_per_step": float(np.mean([len(s) for s in steps[1: 1 + args.steps]])),
         "real_tokens_per_repeat": {k: real[k] for k in args.kinds},
         "real_fraction": fraction,
@@ -254,7 +256,7 @@ def main(argv=None) -> int:
     }
     print(f"# {report['machine']}, torch {torch.__version__}, {report['threads']} threads; "
           f"{args.repeats} repeats x {args.steps} steps of <= {args.batch_tokens} real tokens, "
-          f"max_len {args.max_len}, vocab {REFERENCE_VOCAB}")
+          f"max_len {args.max_len}, vocab {REFERENCE_VOCAB}, dropout {args.dropout}")
     print(f"# patients/step {report['patients_per_step']:.0f}; real / computed positions: "
           + ", ".join(f"{k} {fraction[k]:.0%}" for k in args.kinds)
           + (f" (grouped: whole mega-batch of {args.mega_batch} steps "
@@ -267,7 +269,7 @@ def main(argv=None) -> int:
     rows = []
     for spec in args.sizes.split(","):
         w, d = (int(x) for x in spec.split("x"))
-        size = ModelSize(width=w, depth=d, heads=max(1, w // 32), max_len=args.max_len)
+        size = ModelSize(width=w, depth=d, heads=max(1, w // 32), max_len=args.max_len, dropout=args.dropout)
         built = {k: build(k, size) for k in args.kinds}
         load_before = os.getloadavg()
         for k in args.kinds:  # warm-up, untimed
