@@ -4,7 +4,7 @@
         [--variants packed,padded,bert,grouped] [--json out.json] [--quick | --smoke]
 
 Same machine, same run, same patients: steps draw patients until ``--batch-tokens`` real
-tokens, mask 15 % of their events, and train four models:
+tokens, mask 15 % of their events, and train five models:
 
 - ``packed``: claims_search's encoder + masked-code head as training feeds it
   (``batches.grouped_batches``): length-grouped batches, each packed first-fit-decreasing into rows
@@ -264,8 +264,7 @@ def main(argv=None) -> int:
              if "grouped" in args.kinds else ""))
     others = [k for k in args.kinds if k != "packed"]
     header = {"packed": "packed tok/s", "rows513": "ungrouped rows tok/s", "padded": "padded tok/s",
-              "bert": "BERT padded tok/s",
-              "grouped": "BERT grouped tok/s"}
+              "bert": "BERT padded tok/s", "grouped": "BERT grouped tok/s"}
     rows = []
     for spec in args.sizes.split(","):
         w, d = (int(x) for x in spec.split("x"))
