@@ -94,10 +94,13 @@ def test_one_fit_on_two_workers_resumes_a_failed_fine_tuning_without_pretraining
                                  checkpoint_every=2, ray_options={"fail_at": (1, 4), "max_failures": 1})
     pre, fts = done.pretrain, done.finetunes
     assert len(done.rank_nodes) == 2  # where every rank ran
-    assert "the last worker group started at phase 1, step 4" in caplog.text
-    assert (pre.resumed_from_step, pre.steps) == (0, 4)
+    # It restarted inside the fine-tuning, from its checkpoint at step 4, or at step 2 when the
+    # workers died before Ray Train's controller had collected the step-4 report (Ray's race,
+    # seen once in a fresh-clone run): either way not from step 0, and not in the pretraining.
     ft = fts[TASK]
-    assert (ft.resumed_from_step, ft.steps) == (4, 6)
+    assert ft.resumed_from_step in (2, 4) and ft.steps == 6
+    assert f"the last worker group started at phase 1, step {ft.resumed_from_step}" in caplog.text
+    assert (pre.resumed_from_step, pre.steps) == (0, 4)
 
     # The same outputs as separate calls, nothing left behind.
     assert _files(tmp_path) == _files(out)

@@ -23,7 +23,9 @@ def test_two_workers_give_the_same_result_format_and_resume_after_a_failure(rece
     assert on_ray.metrics.keys() == local.metrics.keys()
     assert list(on_ray.metrics["tuning"]) == list(local.metrics["tuning"])
     assert on_ray.metrics["tuning"]["n"] == local.metrics["tuning"]["n"] == 40
-    assert (on_ray.resumed_from_step, on_ray.steps) == (4, 6)
+    # From the step-4 checkpoint, or the step-2 one when the workers died before Ray Train's
+    # controller collected the step-4 report (Ray's race): a resume either way, not a restart.
+    assert on_ray.resumed_from_step in (2, 4) and on_ray.steps == 6
 
     # Cost across workers: device-seconds = wall x 2; tokens summed over both ranks, including
     # the segment before the failure (each rank reads its own budget of tokens per step).
