@@ -2,6 +2,7 @@
 
     nice -n 19 .venv/bin/python bench/scaling_study.py [--out runs/bench-scaling] [--patients 40000]
         [--labelled 2000,20000] [--max-minutes 55] [--report docs/scaling_study.md]
+        [--sizes w16d2h2,...] [--tasks ...] [--pretrain-steps 1000] [--finetune-steps 300] [--max-len 128]
     .venv/bin/python bench/scaling_study.py --quick --out /tmp/scaling-quick   # minutes: the pipeline
 
 Every unit of work is cached under ``--out`` and skipped when a rerun finds it, so a full study
@@ -101,6 +102,14 @@ def data(out: Path, patients: int, seed: int) -> Path:
         tasks = [a for f in sorted(TASKS_DIR.glob("*.yaml")) for a in ("--task", f.stem)]
         cli("prepare", "--meds", str(meds), "--out", str(prepared), "--max-len", str(MAX_LEN), *tasks)
     return prepared
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Cached units are reused only under the settings that made them: a folder holds one study."""
+    f = out / "settings.json"
+    if f.exists() and json.loads(f.read_text()) != settings:
+        sys.exit(f"scaling_study: {out} holds a study run with other settings ({f}); use another --out")
+    write_json(f, settings)
 
 
 # ---------------------------------------------------------------- 2-4. units of work
@@ -354,20 +363,29 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", default=None, help="markdown report to write (plots beside it)")
     p.add_argument("--sizes", default=None, help="only these ladder sizes, e.g. w16d2h2,w64d4h4 (default: all)")
+    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN["steps"], help="steps of every pretraining")
+    p.add_argument("--finetune-steps", type=int, default=FINETUNE["steps"], help="steps of every fine-tuning")
+    p.add_argument("--max-len", type=int, default=MAX_LEN, help="events per sequence (the cache's crop)")
     p.add_argument("--quick", action="store_true", help="the pipeline in minutes: tiny data, 2 sizes, 20 steps")
     args = p.parse_args(argv)
     import torch
 
+    global MAX_LEN
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out, MAX_LEN = Path(args.out), args.max_len
     ladder, labelled = LADDER, tuple(int(x) for x in args.labelled.split(","))
     if args.sizes:
         ladder = tuple(z for z in LADDER if name_of(z) in args.sizes.split(","))
     pre_kw, ft_kw, patients = dict(PRETRAIN), dict(FINETUNE), args.patients
+    # Warm-up stays a tenth of the steps, as in PRETRAIN / FINETUNE.
+    pre_kw.update(steps=args.pretrain_steps, warmup=args.pretrain_steps // 10)
+    ft_kw.update(steps=args.finetune_steps, warmup=args.finetune_steps // 10)
     if args.quick:
         ladder, labelled, patients = QUICK_LADDER, QUICK["labelled"], QUICK["patients"]
         pre_kw.update(steps=QUICK["pretrain_steps"], warmup=2)
         ft_kw.update(steps=QUICK["finetune_steps"], warmup=2, best_step=False)
+    check_settings(out, {"patients": patients, "seed": args.seed, "max_len": MAX_LEN, "pretrain": pre_kw,
+                         "finetune": ft_kw})
     cache = data(out, patients, args.seed)
     tasks = sorted(json.loads((cache / "manifest.json").read_text())["tasks"])
     if args.tasks or args.quick:

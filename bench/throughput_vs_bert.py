@@ -137,7 +137,7 @@ def build(kind: str, size: ModelSize):
         config = BertConfig(vocab_size=REFERENCE_VOCAB, hidden_size=size.width,
                             num_hidden_layers=size.depth, num_attention_heads=size.heads,
                             intermediate_size=size.ff_dim, hidden_dropout_prob=size.dropout,
-                            attention_probs_dropout_prob=size.dropout,
+                            attention_probs_dropout_prob=size.attn_dropout,
                             max_position_embeddings=size.max_len + 8, attn_implementation="sdpa")
         model = BertForMaskedLM(config)
     else:
@@ -207,7 +207,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--dropout", type=float, default=0.1,
-                   help="dropout of every variant (embeddings, residual branches, attention probabilities)")
+                   help="dropout of every variant on embeddings and residual branches (BERT's hidden dropout)")
+    p.add_argument("--attn-dropout", type=float, default=0.0,
+                   help="dropout of every variant on the attention probabilities (ours: 0 by default; "
+                        "BERT's default is 0.1)")
     p.add_argument("--mega-batch", type=int, default=50,
                    help="steps per length-grouping mega-batch (transformers' Trainer: 50)")
     p.add_argument("--variants", default=",".join(KINDS),
@@ -246,7 +249,8 @@ def main(argv=None) -> int:
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "settings": {k: getattr(args, k) for k in ("sizes", "steps", "repeats", "batch_tokens",
-                                                     "max_len", "mega_batch", "dropout", "seed", "cache")},
+                                                     "max_len", "mega_batch", "dropout", "attn_dropout", "seed",
+                                                     "cache")},
         "variants": args.kinds, "patients_per_step": float(np.mean([len(s) for s in steps[1: 1 + args.steps]])),
         "real_tokens_per_repeat": {k: real[k] for k in args.kinds},
         "real_fraction": fraction,
@@ -256,7 +260,8 @@ def main(argv=None) -> int:
     }
     print(f"# {report['machine']}, torch {torch.__version__}, {report['threads']} threads; "
           f"{args.repeats} repeats x {args.steps} steps of <= {args.batch_tokens} real tokens, "
-          f"max_len {args.max_len}, vocab {REFERENCE_VOCAB}, dropout {args.dropout}")
+          f"max_len {args.max_len}, vocab {REFERENCE_VOCAB}, dropout {args.dropout}, "
+          f"attention dropout {args.attn_dropout}")
     print(f"# patients/step {report['patients_per_step']:.0f}; real / computed positions: "
           + ", ".join(f"{k} {fraction[k]:.0%}" for k in args.kinds)
           + (f" (grouped: whole mega-batch of {args.mega_batch} steps "
@@ -268,7 +273,8 @@ def main(argv=None) -> int:
     rows = []
     for spec in args.sizes.split(","):
         w, d = (int(x) for x in spec.split("x"))
-        size = ModelSize(width=w, depth=d, heads=max(1, w // 32), max_len=args.max_len, dropout=args.dropout)
+        size = ModelSize(width=w, depth=d, heads=max(1, w // 32), max_len=args.max_len, dropout=args.dropout,
+                         attn_dropout=args.attn_dropout)
         built = {k: build(k, size) for k in args.kinds}
         load_before = os.getloadavg()
         for k in args.kinds:  # warm-up, untimed

@@ -27,7 +27,7 @@ class Block(nn.Module):
         super().__init__()
         w = size.width
         self.heads = size.heads
-        self.dropout = size.dropout
+        self.attn_dropout = size.attn_dropout
         self.ln1 = nn.LayerNorm(w)
         self.qkv = nn.Linear(w, 3 * w)
         self.proj = nn.Linear(w, w)
@@ -43,7 +43,7 @@ class Block(nn.Module):
         k = k.view(B, T, self.heads, W // self.heads).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.heads, W // self.heads).transpose(1, 2)  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, W)  # (B, T, W)
         x = x + self.drop(self.proj(y))

@@ -84,6 +84,7 @@ class DimsModel(_Strict):
     depth: NumParam
     ff_ratio: NumParam = 4.0
     dropout: NumParam = 0.1
+    attn_dropout: NumParam = 0.0
     max_len: NumParam = 512
 
     @field_validator("*", mode="after")
@@ -112,6 +113,7 @@ class PresetModel(_Strict):
 
     presets: list[str] = Field(min_length=1)
     dropout: NumParam | None = None
+    attn_dropout: NumParam | None = None
     max_len: NumParam | None = None
 
 
@@ -228,9 +230,10 @@ class Space(_Strict):
         out: list[tuple[str, Any]] = []
         if isinstance(m, PresetModel):
             out.append(("model.preset", list(m.presets)))
-            out += [(f"model.{k}", v) for k in ("dropout", "max_len") if (v := getattr(m, k)) is not None]
+            out += [(f"model.{k}", v) for k in ("dropout", "attn_dropout", "max_len")
+                    if (v := getattr(m, k)) is not None]
         else:
-            for k in ("head_dim", "width", "heads", "depth", "ff_ratio", "dropout", "max_len"):
+            for k in ("head_dim", "width", "heads", "depth", "ff_ratio", "dropout", "attn_dropout", "max_len"):
                 if (v := getattr(m, k)) is not None:
                     out.append((f"model.{k}", v))
         out += [(f"pretrain.{k}", v) for k, v in self.training.pretrain.items()]

@@ -33,6 +33,7 @@ def test_throughput_quick_reports_every_variant_and_ratio_spreads(tmp_path):
     report = json.loads(out.read_text())
     assert report["variants"] == ["packed", "rows513", "padded", "bert", "grouped"]
     assert report["settings"]["repeats"] == 2 and report["settings"]["max_len"] == 128  # --quick's
+    assert report["settings"]["attn_dropout"] == 0.0  # claims-search's default, given to BERT too
     # length grouping pads far less than one-patient-per-row padding
     assert report["real_fraction"]["grouped"] > report["real_fraction"]["bert"]
     # ... and so do our rows, as long as each grouped batch's longest patient (rounded up to 8)
@@ -68,3 +69,19 @@ def test_mtd_yardstick_runs_meds_torch_data(tmp_path):
         "--work", str(tmp_path / "work"), "--json", str(out))
     report = json.loads(out.read_text())
     assert report["outputs"]["mtd"]["tensor_files"] > 0
+
+
+def test_attn_dropout_quick_pairs_both_settings_by_seed(tmp_path):
+    def table(text: str) -> list[str]:  # synth and prepare print above it
+        lines = text.strip().splitlines()
+        return lines[next(i for i, line in enumerate(lines) if line.startswith("| figure")):]
+
+    header, rule, *rows = table(run("attn_dropout.py", "--quick", "--out", str(tmp_path / "attn")))
+    assert "attn 0, seed 0" in header and "attn 0.1, seed 0" in header and "attn 0.1 − 0" in header
+    names = [r.split("|")[1].strip() for r in rows]
+    assert "pretraining val loss" in names and "ckd_incidence auroc" in names
+    assert "antihypertensive_start auprc" in names
+    assert all(r.count("|") == rule.count("|") and "–" not in r.split("|")[2] for r in rows)
+    # a rerun trains nothing: the units are cached
+    again = run("attn_dropout.py", "--quick", "--out", str(tmp_path / "attn"), "--report-only")
+    assert table(again) == [header, rule, *rows]

@@ -95,3 +95,16 @@ def test_a_batch_of_whole_rows_runs_without_a_mask(encoder):
     masked = pack([s], row_len=8)
     masked.unpacked = False  # force the block-diagonal path
     torch.testing.assert_close(encoder(batch), encoder(masked), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_dropout_is_its_own_setting_and_off_by_default():
+    batch = pack([sequence("A"), sequence("B")], row_len=32)
+
+    def twice(size):  # two training-mode passes; equal only when no dropout is drawn
+        torch.manual_seed(0)
+        model = ClaimsEncoder(size, VOCAB).train()
+        return model(batch), model(batch)
+
+    torch.testing.assert_close(*twice(ModelSize(width=32, depth=2, heads=4, max_len=24, dropout=0.0)))
+    first, second = twice(ModelSize(width=32, depth=2, heads=4, max_len=24, dropout=0.0, attn_dropout=0.5))
+    assert not torch.allclose(first, second)
