@@ -352,6 +352,7 @@ def machine() -> str:
 
 
 def main(argv=None) -> int:
+    global MAX_LEN  # the cache's crop, read by data(), model_of() and non_embedding()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench-scaling")
     p.add_argument("--patients", type=int, default=40000)
@@ -370,7 +371,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    global MAX_LEN
     torch.set_num_threads(args.threads)
     out, MAX_LEN = Path(args.out), args.max_len
     ladder, labelled = LADDER, tuple(int(x) for x in args.labelled.split(","))
