@@ -2,7 +2,8 @@
 
     nice -n 19 .venv/bin/python bench/scaling_study.py [--out runs/bench-scaling] [--patients 40000]
         [--labelled 2000,20000] [--max-minutes 55] [--report docs/scaling_study.md]
-        [--sizes w16d2h2,...] [--tasks ...] [--pretrain-steps 1000] [--finetune-steps 300] [--max-len 128]
+        [--sizes w16d2h2,...] [--tasks ...] [--pretrain-steps 1000] [--finetune-steps 300] [--finetune-lr 3e-3]
+        [--max-len 128]
     .venv/bin/python bench/scaling_study.py --quick --out /tmp/scaling-quick   # minutes: the pipeline
 
 Every unit of work is cached under ``--out`` and skipped when a rerun finds it, so a full study
@@ -366,6 +367,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default=None, help="only these ladder sizes, e.g. w16d2h2,w64d4h4 (default: all)")
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN["steps"], help="steps of every pretraining")
     p.add_argument("--finetune-steps", type=int, default=FINETUNE["steps"], help="steps of every fine-tuning")
+    p.add_argument("--finetune-lr", type=float, default=FINETUNE["lr"], help="peak rate of every fine-tuning")
     p.add_argument("--max-len", type=int, default=MAX_LEN, help="events per sequence (the cache's crop)")
     p.add_argument("--quick", action="store_true", help="the pipeline in minutes: tiny data, 2 sizes, 20 steps")
     args = p.parse_args(argv)
@@ -379,7 +381,7 @@ def main(argv=None) -> int:
     pre_kw, ft_kw, patients = dict(PRETRAIN), dict(FINETUNE), args.patients
     # Warm-up stays a tenth of the steps, as in PRETRAIN / FINETUNE.
     pre_kw.update(steps=args.pretrain_steps, warmup=args.pretrain_steps // 10)
-    ft_kw.update(steps=args.finetune_steps, warmup=args.finetune_steps // 10)
+    ft_kw.update(steps=args.finetune_steps, warmup=args.finetune_steps // 10, lr=args.finetune_lr)
     if args.quick:
         ladder, labelled, patients = QUICK_LADDER, QUICK["labelled"], QUICK["patients"]
         pre_kw.update(steps=QUICK["pretrain_steps"], warmup=2)
