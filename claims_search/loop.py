@@ -81,6 +81,9 @@ class FinetuneSettings(_Settings):
     # ``eval_every`` steps (0: ten times per run); the tuning split stays clean for selection.
     best_step: bool = True
     eval_every: int = 0
+    # Stop once that AUPRC has not beaten its best for this many evaluations in a row (0: run
+    # every step). With few labels the best step comes early, and the rest is paid for nothing.
+    patience: int = 0
     # Fine-tune on a random subset of this many train patients (None: all): learning curves, and
     # the few-labels regime where pretraining pays (bench/scaling_study.py).
     train_patients: int | None = None
@@ -91,6 +94,10 @@ class FinetuneSettings(_Settings):
             raise ClaimsSearchError(f"FinetuneSettings: pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.eval_every < 0:
             raise ClaimsSearchError(f"FinetuneSettings: eval_every must be >= 0, got {self.eval_every}")
+        if self.patience < 0:
+            raise ClaimsSearchError(f"FinetuneSettings: patience must be >= 0, got {self.patience}")
+        if self.patience and not self.best_step:
+            raise ClaimsSearchError("FinetuneSettings: patience needs best_step (it stops on the best-step evaluations)")
         if self.train_patients is not None and self.train_patients < 1:
             raise ClaimsSearchError(f"FinetuneSettings: train_patients must be >= 1, got {self.train_patients}")
 
@@ -121,7 +128,9 @@ class TrainLoop:
     the epoch up to where it stopped. ``n_devices`` is the DDP world size (for device-seconds).
     ``on_report(step, {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"})`` runs every
     ``settings.log_every`` steps and at the last step; ``on_checkpoint(state_dict)`` every
-    ``checkpoint_every`` steps (0 = never) and at the last step.
+    ``checkpoint_every`` steps (0 = never) and at the last step. ``on_step(step)`` runs after
+    every optimiser step; when it returns True the run ends there (early stopping), and that
+    step is the last (``stopped``).
     """
 
     def __init__(
@@ -151,6 +160,7 @@ class TrainLoop:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.stopped = False  # ended early by on_step
         self._previous = Cost()  # cost of earlier segments of a resumed run
         n_params = sum(p.numel() for p in inner.encoder.parameters())
         self.meter = CostMeter(n_params, self.device, n_devices)
@@ -176,13 +186,20 @@ class TrainLoop:
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def run(self) -> Cost:
-        """Train until ``settings.steps``; returns the cost of the whole run (resumed segments
-        included; tokens summed over DDP workers)."""
+        """Train until ``settings.steps`` or until ``on_step`` stops it; returns the cost of the
+        whole run (resumed segments included; tokens summed over DDP workers)."""
         s = self.settings
         self.model.train()
         window_loss, window_n, window_start, window_tokens = 0.0, 0, time.perf_counter(), 0
+
+        def flush(grad_norm) -> None:  # report the steps since the last report
+            nonlocal window_loss, window_n, window_start, window_tokens
+            elapsed = time.perf_counter() - window_start
+            self._report(float(window_loss) / window_n, float(grad_norm), window_tokens / max(elapsed, 1e-9))
+            window_loss, window_n, window_start, window_tokens = 0.0, 0, time.perf_counter(), 0
+
         with self.meter:
-            while self.step < s.steps:
+            while self.step < s.steps and not self.stopped:
                 seen_any = False
                 for i, batch in enumerate(self.batches(self.epoch)):
                     seen_any = True
@@ -195,16 +212,15 @@ class TrainLoop:
                     window_n += 1
                     window_tokens += batch.n_tokens
                     if self.step % s.log_every == 0 or self.step == s.steps:
-                        elapsed = time.perf_counter() - window_start
-                        self._report(float(window_loss) / window_n, float(grad_norm),
-                                     window_tokens / max(elapsed, 1e-9))
-                        window_loss, window_n, window_start, window_tokens = 0.0, 0, time.perf_counter(), 0
-                    if self.on_step:
-                        self.on_step(self.step)
+                        flush(grad_norm)
+                    self.stopped = bool(self.on_step(self.step)) if self.on_step else False
+                    if self.stopped and window_n:  # an early last step reports its window too
+                        flush(grad_norm)
+                    last = self.stopped or self.step == s.steps
                     every = self.checkpoint_every
-                    if self.on_checkpoint and ((every and self.step % every == 0) or self.step == s.steps):
+                    if self.on_checkpoint and ((every and self.step % every == 0) or last):
                         self.on_checkpoint(self.state_dict())
-                    if self.step >= s.steps:
+                    if last:
                         break
                 else:
                     if not seen_any:
@@ -261,6 +277,7 @@ class TrainLoop:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "stopped": self.stopped,
             "rng": rng,
             "settings": self.settings.to_dict(),
             "cost": (self._previous + self.meter.cost).to_dict(),
@@ -274,6 +291,7 @@ class TrainLoop:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.stopped = bool(state.get("stopped", False))
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)

@@ -281,7 +281,8 @@ def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path,
                      pretrain_cost: Cost | None) -> FinetuneResult:
     cost = Cost.from_dict(outcome["cost"])
     result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
-              "best_step": outcome.get("best_step", outcome["step"]), "metrics": outcome["metrics"], "cost": cost.to_dict(),
+              "best_step": outcome.get("best_step", outcome["step"]),
+              "carve_out_auprc": outcome.get("carve_out_auprc", []), "metrics": outcome["metrics"], "cost": cost.to_dict(),
               "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers}
     preds = outcome.get("predictions") or {}
     _finish(out_dir, state_file, meta, result, preds)

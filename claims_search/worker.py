@@ -104,9 +104,12 @@ def execute(
             state["best"] = best.state()  # a restarted worker keeps the best step found so far
         on_checkpoint(state)
 
+    on_step = best.observe if best is not None else None
+    if job["kind"] == "finetune" and settings.patience and world_size > 1:
+        on_step = _shared_stop(on_step, settings, device)  # every rank stops where rank 0 does
     trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size, on_report=on_report,
                              on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every,
-                             on_step=best.observe if best is not None else None)
+                             on_step=on_step)
     if state is not None:
         trainer.load_state_dict(state)
     resumed_from = trainer.step
@@ -117,6 +120,7 @@ def execute(
     if best is not None and best.model is not None:
         bare.load_state_dict(best.model)  # evaluated, and kept as the checkpoint, at its best step
         out["best_step"] = best.step
+        out["carve_out_auprc"] = best.curve  # [[step, AUPRC], ...]: when patience would have stopped
         out["_best_model"] = best.model  # not JSON: the driver puts it in the final state
     started = time.perf_counter()
     if job["kind"] == "pretrain":
@@ -130,9 +134,31 @@ def execute(
     return out
 
 
+def _eval_step(step: int, settings) -> bool:
+    return step % settings.eval_interval == 0 or step == settings.steps
+
+
+def _shared_stop(observe, settings, device) -> Callable[[int], bool]:
+    """``on_step`` for every DDP rank: rank 0 (the one with ``observe``) decides at each
+    evaluation step and the others hear it (a broadcast at the same steps on every rank)."""
+    import torch
+
+    def on_step(step: int) -> bool:
+        stop = bool(observe(step)) if observe is not None else False
+        if not _eval_step(step, settings):
+            return stop
+        flag = torch.tensor([int(stop)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    return on_step
+
+
 class BestStep:
     """Rank 0's record of the best fine-tuning step: AUPRC on the carve-out of train (never the
-    tuning split) every ``settings.eval_interval`` steps and at the last; ties keep the earlier."""
+    tuning split) every ``settings.eval_interval`` steps and at the last; ties keep the earlier.
+    :meth:`observe` returns True once ``settings.patience`` evaluations in a row did not beat
+    the best (early stopping; never when patience is 0)."""
 
     def __init__(self, model, cache, task: str, rows, size: ModelSize, settings, saved: dict | None = None):
         self.model_ref, self.cache, self.task, self.rows = model, cache, task, rows
@@ -143,10 +169,11 @@ class BestStep:
         self.enabled = both
         saved = saved or {}
         self.step, self.score, self.model = saved.get("step", 0), saved.get("score", float("-inf")), saved.get("model")
+        self.curve = saved.get("curve", [])  # [[step, AUPRC], ...]
 
-    def observe(self, step: int) -> None:
-        if not self.enabled or (step % self.settings.eval_interval and step != self.settings.steps):
-            return
+    def observe(self, step: int) -> bool:
+        if not self.enabled or not _eval_step(step, self.settings):
+            return False
         from sklearn.metrics import average_precision_score
 
         from claims_search import batches as B
@@ -156,12 +183,15 @@ class BestStep:
             self.cache, self.task, "train", batch_tokens=self.settings.batch_tokens, max_len=self.size.max_len,
             rows=self.rows))
         score = float(average_precision_score(self.y[index], prob))
+        self.curve.append([step, score])
         if score > self.score:
             self.step, self.score = step, score
             self.model = {k: v.detach().cpu().clone() for k, v in self.model_ref.state_dict().items()}
+        since_best = sum(1 for s, _ in self.curve if s > self.step)
+        return bool(self.settings.patience) and since_best >= self.settings.patience
 
     def state(self) -> dict:
-        return {"step": self.step, "score": self.score, "model": self.model}
+        return {"step": self.step, "score": self.score, "model": self.model, "curve": self.curve}
 
 
 def evaluate_splits(model, cache, task: str, splits: Sequence[str], size: ModelSize, settings,

@@ -119,6 +119,21 @@ def test_finetuning_beats_chance_and_predicts_in_sample_order(cache):
     assert cost.flops <= cost.tokens * SIZE.flops_per_token(cache.vocab_size, 32)
 
 
+def test_on_step_can_end_the_run_early_and_a_resumed_run_stays_ended(cache):
+    settings = PretrainSettings(lr=1e-3, batch_tokens=120, steps=10, warmup=2, log_every=4)
+    reports, saved = [], {}
+    torch.manual_seed(0)
+    loop = TrainLoop(pretraining_model(SIZE, cache.vocab_size), pretrain_stream(cache, settings), settings,
+                     on_report=lambda step, m: reports.append(step), on_step=lambda step: step == 6,
+                     on_checkpoint=lambda state: saved.setdefault(state["step"], copy.deepcopy(state)))
+    cost = loop.run()
+    assert loop.step == 6 and loop.stopped and cost.tokens > 0
+    assert reports == [4, 6] and sorted(saved) == [6]  # the early last step reports and checkpoints
+    again = TrainLoop(pretraining_model(SIZE, cache.vocab_size), pretrain_stream(cache, settings), settings)
+    again.load_state_dict(saved[6])
+    assert again.run().tokens == cost.tokens and again.step == 6  # nothing more to train
+
+
 def test_cost_of_pretraining_plus_finetuning():
     pre = Cost(wall_s=10, device_s=20, tokens=100, flops=1e9, n_params=5, peak_mem_bytes=7,
                device="NVIDIA H100", n_devices=2)
@@ -151,3 +166,7 @@ def test_bad_settings_are_refused_before_training():
         PretrainSettings(mask_prob=0.0)
     with pytest.raises(ClaimsSearchError, match="pool"):
         FinetuneSettings(pool="max")
+    with pytest.raises(ClaimsSearchError, match="patience must be >= 0"):
+        FinetuneSettings(patience=-1)
+    with pytest.raises(ClaimsSearchError, match="patience needs best_step"):
+        FinetuneSettings(patience=2, best_step=False)

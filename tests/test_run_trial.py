@@ -132,6 +132,34 @@ def test_fine_tuning_keeps_its_best_step_judged_on_train_patients_only(recency_c
     assert 1 <= saved["best_step"] <= saved["step"] == FT.steps
 
 
+# A rate too small to move float32 weights: the carve-out AUPRC never beats its first value.
+STILL = FinetuneSettings(steps=12, warmup=1, batch_tokens=1024, log_every=2, lr=1e-12, eval_every=1, patience=2)
+
+
+def _stops_after_patience(saved: dict) -> None:
+    assert saved["best_step"] == 1 and saved["step"] == 3  # evaluations at 1 (best), 2, 3: stop
+    assert [s for s, _ in saved["carve_out_auprc"]] == [1, 2, 3]
+
+
+def test_fine_tuning_stops_after_patience_evaluations_without_a_better_one(recency_cache, separate, tmp_path):
+    ft = finetune(recency_cache, TASK, "debug", STILL, tmp_path / "ft", init_checkpoint=separate[1].checkpoint,
+                  n_boot=50)
+    _stops_after_patience(json.loads((tmp_path / "ft" / "result.json").read_text()))
+    assert ft.steps == 3 and ft.metrics["tuning"]["n"] == 40  # scored as usual, at its best step
+    # The curve of the run without patience: each step's AUPRC, the stopped run's a prefix of it.
+    full = json.loads((separate[0] / f"finetune-{TASK}" / "result.json").read_text())["carve_out_auprc"]
+    assert [s for s, _ in full] == list(range(FT.eval_interval, FT.steps + 1, FT.eval_interval))
+
+
+@pytest.mark.ray
+def test_on_two_workers_every_rank_stops_where_rank_0_decides(recency_cache, separate, tmp_path, ray_local):
+    ft = finetune(recency_cache, TASK, "debug", STILL, tmp_path / "ft", init_checkpoint=separate[1].checkpoint,
+                  n_boot=50, workers=2)
+    saved = json.loads((tmp_path / "ft" / "result.json").read_text())
+    _stops_after_patience(saved)
+    assert saved["workers"] == 2 and ft.cost.n_devices == 2
+
+
 def test_a_worker_killed_by_ray_s_memory_monitor_is_named_with_the_node_s_use():
     from claims_search.trial import failure_reason
 

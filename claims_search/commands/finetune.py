@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser)
     parser.add_argument("--pool", choices=("cls", "mean"), default="cls",
                         help="sequence summary fed to the head: the [CLS] token or the mean of all tokens")
+    parser.add_argument("--patience", type=int, default=0, metavar="N",
+                        help="stop once N evaluations in a row (ten per run) did not beat the best "
+                             "step's AUPRC on the train carve-out; 0: run every step")
     parser.add_argument("--held-out", action="store_true", help="also evaluate on the held-out split")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap replicates (patients resampled) for the 95 %% intervals")
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     size = size_from_args(args, required=args.from_scratch)
     settings = FinetuneSettings(lr=args.lr, batch_tokens=args.batch_tokens, steps=args.steps,
                                 warmup=min(args.warmup, args.steps), seed=args.seed,
-                                log_every=args.log_every, pool=args.pool, from_scratch=args.from_scratch)
+                                log_every=args.log_every, pool=args.pool, from_scratch=args.from_scratch,
+                                patience=args.patience)
     splits = ("tuning", "held_out") if args.held_out else ("tuning",)
     with StepProgress(args.steps, f"finetune {args.task}") as bar:
         result = finetune(args.data, args.task, size, settings, args.out, init_checkpoint=args.init,
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
                           use_gpu=args.gpu, resume=not args.restart,
                           checkpoint_every=args.checkpoint_every,
                           on_report=bar if args.workers is None else None)
-    print(f"fine-tuned {args.task} for {result.steps} steps "
+    stopped = f" (stopped early: --patience {args.patience})" if result.steps < args.steps else ""
+    print(f"fine-tuned {args.task} for {result.steps} steps{stopped} "
           f"({'from scratch' if result.pretrain_cost is None else 'from ' + args.init})")
     print(format_metrics(result.metrics))
     print(format_cost(result.cost))
