@@ -17,7 +17,13 @@ from the picks so far. Strategies:
 - ``random``: sizes in a random order;
 - ``ascend``: cheapest first, but stop growing once, for every task, the fitted saturating curve
   ``m(N) = a - b N^-c`` (on the sizes so far, at least 3) predicts a gain below ``--delta`` at
-  the next size, or the paired rule finds the newest size no better than the one before it.
+  the next size, or the paired rule finds the newest size no better than the one before it;
+- ``ascend+patience``: ascend's sizes, each fine-tuning charged only up to where ``--patience``
+  evaluations without a better carve-out AUPRC would have ended it (``FinetuneSettings.patience``),
+  read from the curve each unit kept (``carve_out_auprc`` in its ``result.json``). Where the full
+  run's best step came after that stop, the stopped run's model would differ: the report counts
+  those units (their metrics here are the full run's, so a nonzero count makes that column an
+  approximation).
 
 Per task: the compute spent until the strategy's recommendation equals the grid's and stays so
 (over ``--seeds`` seeds; median reported), as a fraction of the grid's compute, and the
@@ -39,22 +45,40 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scaling_study as S  # noqa: E402
 
-STRATEGIES = ("grid", "default", "random", "ascend")
+STRATEGIES = ("grid", "default", "random", "ascend", "ascend+patience")
 
 
-def load(study: Path, metric: str):
-    """(sizes, cost per size, {(task, n): {size: (metric, record inputs)}}) from the study."""
+def patience_stop(curve: list, steps: int, patience: int) -> int:
+    """The step where ``patience`` evaluations without a better score end a run whose carve-out
+    curve is ``curve`` ([[step, AUPRC], ...]); ``steps`` if never (or no curve was kept)."""
+    best, since = float("-inf"), 0
+    for step, score in curve:
+        best, since = (score, 0) if score > best else (best, since + 1)
+        if patience and since >= patience:
+            return int(step)
+    return steps
+
+
+def load(study: Path, metric: str, patience: int = 0):
+    """(sizes, cost per size, {(task, n): {size: (metric, record inputs)}}, cost per size with
+    ``patience``, units whose model patience would change) from the study."""
     from claims_search import predictions as P
 
     meta = json.loads((study / "report.json").read_text())
     tables = meta["tables"]
     sizes = [r["size"] for r in tables[0]["rows"] if "pre" in r]
-    cost = {}
+    cost, cost_p, changed = {}, {}, []
     for s in sizes:  # one trial = pretraining once + fine-tuning on every task and labelled size
         pre = json.loads((study / "pretrain" / s / "summary.json").read_text())["cost"]["flops"]
-        ft = sum(json.loads(f.read_text())["cost"]["flops"]
-                 for f in (study / "finetune" / s).glob("*/n*-pre/summary.json"))
-        cost[s] = pre + ft
+        cost[s] = cost_p[s] = pre
+        for f in sorted((study / "finetune" / s).glob("*/n*-pre/summary.json")):
+            flops = json.loads(f.read_text())["cost"]["flops"]
+            run = json.loads((f.parent / "run" / "result.json").read_text())
+            stop = patience_stop(run.get("carve_out_auprc", []), run["step"], patience)
+            cost[s] += flops
+            cost_p[s] += flops * stop / run["step"]  # every step holds the same token budget
+            if run.get("best_step", 0) > stop:
+                changed.append(str(f.parent.relative_to(study / "finetune")))
     per_task = {}
     for t in tables:
         rows = {r["size"]: r for r in t["rows"] if "pre" in r}
@@ -63,7 +87,7 @@ def load(study: Path, metric: str):
         frames = {s: P.read(json.loads((study / "finetune" / s / t["task"] / f"n{t['n_labelled']}-pre" /
                                         "summary.json").read_text())["predictions"]["tuning"]) for s in sizes}
         per_task[(t["task"], t["n_labelled"])] = {"rows": rows, "frames": frames, "grid": t["recommended"]}
-    return sizes, cost, per_task
+    return sizes, cost, per_task, cost_p, changed
 
 
 def recommend_from(picks: list[str], task: str, data: dict, metric: str) -> str | None:
@@ -116,7 +140,7 @@ def order(strategy: str, sizes: list[str], cost: dict, per_task: dict, metric: s
             else:
                 study.tell(trial, values)
         return picked
-    if strategy == "ascend":
+    if strategy in ("ascend", "ascend+patience"):
         picked = []
         for s in sizes:
             picked.append(s)
@@ -171,19 +195,27 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--metric", default="auprc", choices=("auprc", "auroc"))
     p.add_argument("--delta", type=float, default=0.005, help="ascend: smallest gain worth another size")
+    p.add_argument("--patience", type=int, default=3, help="ascend+patience: evaluations without a better one")
     p.add_argument("--report", default=None)
     args = p.parse_args(argv)
     study = Path(args.study)
-    sizes, cost, per_task = load(study, args.metric)
-    grid_compute = sum(cost.values())
-    results = {s: [replay(s, sizes, cost, per_task, args.metric, seed, args.delta)
+    sizes, cost, per_task, cost_p, changed = load(study, args.metric, args.patience)
+    grid_compute = sum(cost.values())  # the grid trains every step of every size, as the study did
+    results = {s: [replay(s, sizes, cost_p if s == "ascend+patience" else cost, per_task, args.metric, seed,
+                          args.delta)
                    for seed in (range(args.seeds) if s in ("default", "random") else [0])] for s in STRATEGIES}
+    n_units = sum(1 for s in sizes for _ in (study / "finetune" / s).glob("*/n*-pre/summary.json"))
     lines = [f"Replayed on `{study}` ({len(sizes)} sizes; grid compute {grid_compute:.2e} FLOPs); "
              f"`{' '.join(['python bench/search_efficiency.py', *(argv if argv is not None else sys.argv[1:])])}`; "
              f"{datetime.date.today().isoformat()}; {S.machine()}.", "",
              "Each cell: median compute until the strategy's answer equals the grid's and stays so, as a share "
              "of the grid's compute (runs that got there / runs); then the median compute the strategy spent "
-             "before it stopped (grid, default and random train every size; ascend stops itself).", "",
+             "before it stopped (grid, default and random train every size; ascend stops itself).",
+             f"ascend+patience charges each fine-tuning up to where `--patience {args.patience}` would have ended "
+             f"it: {sum(cost_p.values()) / grid_compute:.0%} of the grid's compute for every size; "
+             f"{len(changed)} of {n_units} fine-tunings would have stopped before their best step "
+             + ("(none: its models are the full runs')." if not changed else
+                "(their metrics here are the full runs': an approximation): " + ", ".join(changed) + "."), "",
              "| task | " + " | ".join(STRATEGIES) + " |", "|---|" + "---|" * len(STRATEGIES)]
     summary = {}
     for key in sorted(f"{t}/n{n}" for t, n in per_task):
@@ -199,7 +231,8 @@ def main(argv=None) -> int:
                          + f" ({len(hits)}/{len(vals)}); stops at {spent:.0%}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     S.write_json(study / "search_efficiency.json", {"summary": summary, "results": results, "sizes": sizes,
-                                                    "cost": cost})
+                                                    "cost": cost, "cost_patience": cost_p,
+                                                    "patience": args.patience, "changed_by_patience": changed})
     if args.report:
         report = Path(args.report)
         report.write_text("\n".join(lines) + "\n")
@@ -221,7 +254,8 @@ def _plot(results: dict, per_task: dict, path: Path) -> None:
             for i, r in enumerate(results[s]):
                 xs, ys = zip(*r["tasks"][key]["curve"])
                 ax.step(xs, ys, where="post", alpha=0.6, label=s if i == 0 else None,
-                        color={"grid": "k", "default": "tab:blue", "random": "tab:orange", "ascend": "tab:green"}[s])
+                        color={"grid": "k", "default": "tab:blue", "random": "tab:orange", "ascend": "tab:green",
+                               "ascend+patience": "tab:red"}[s])
         ax.set_title(key, fontsize=8)
         ax.set_xlabel("cumulative compute (FLOPs)", fontsize=7)
     axes[0][0].set_ylabel("frontier hypervolume")

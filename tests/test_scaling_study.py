@@ -55,8 +55,18 @@ def test_quick_study_writes_every_table_and_a_rerun_trains_nothing(tmp_path):
     summary = json.loads((out / "search_efficiency.json").read_text())["summary"]
     assert set(summary) == {"antihypertensive_start/n300", "complexity_k3/n300"}
     for strategies in summary.values():
-        assert set(strategies) == {"grid", "default", "random", "ascend"}
+        assert set(strategies) == {"grid", "default", "random", "ascend", "ascend+patience"}
         assert strategies["grid"]["runs"] == 1 and strategies["random"]["runs"] == 2
         assert strategies["grid"]["hits"] == 1  # the grid always reaches its own answer
         assert all(0 < s["median_spent_share"] <= 1 for s in strategies.values())
     assert (report.parent / "eff_hv.png").stat().st_size > 1000
+
+
+def test_patience_stop_is_where_a_run_would_have_ended_without_a_better_evaluation():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from search_efficiency import patience_stop
+
+    curve = [[120, 0.50], [240, 0.55], [360, 0.55], [480, 0.54], [600, 0.60]]  # a tie is not better
+    assert patience_stop(curve, 1200, 2) == 480
+    assert patience_stop(curve, 1200, 3) == 1200  # the best at 600 came first: the run goes on
+    assert patience_stop(curve, 1200, 0) == patience_stop([], 1200, 2) == 1200  # off, or no curve kept
