@@ -129,7 +129,8 @@ class Deadline:
         return False
 
 
-def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadline: Deadline) -> None:
+def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadline: Deadline,
+          scratch: bool = True) -> None:
     """Run every unit not yet done, cheapest size first, until the deadline."""
     from claims_search.baseline import baseline
     from claims_search.loop import FinetuneSettings, PretrainSettings
@@ -162,7 +163,7 @@ def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadli
         pres[size] = json.loads(pre_done.read_text())
     # From scratch only with the fewest labels, where pretraining should matter (a cut that keeps
     # the study's compute down).
-    order = [(n, "pre") for n in labelled[:1]] + [(labelled[0], "scratch")] + [(n, "pre") for n in labelled[1:]]
+    order = [(n, "pre") for n in labelled[:1]] + [(labelled[0], "scratch")] * scratch + [(n, "pre") for n in labelled[1:]]
     for n, init in order:
         for size in ladder:
             if init == "pre" and size not in pres:
@@ -202,8 +203,22 @@ def saturating_fit(params: list[float], values: list[float]):
     return lambda n: float(coef[0] - coef[1] * (n / 1e4) ** (-coef[2]))
 
 
-def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str) -> dict:
-    """Everything the report says about one task at one labelled-set size."""
+def pick_rate(outs: list[Path], unit: str, metric: str) -> tuple[Path | None, list[Path]]:
+    """The fine-tuning ``unit`` (``<size>/<task>/n<N>-<init>``) at the rate with the best
+    *tuning* metric among the studies ``outs`` (same data and pretraining, another rate each),
+    and every study's copy of it (all of them were paid for). The held-out split plays no part."""
+    found = [o / "finetune" / unit / "summary.json" for o in outs if (o / "finetune" / unit / "summary.json").exists()]
+    score = lambda f: json.loads(f.read_text())["metrics"]["tuning"][metric]  # noqa: E731
+    return (max(found, key=score) if found else None), found
+
+
+def rate_of(summary_file: Path) -> float:
+    return json.loads((summary_file.parents[4] / "settings.json").read_text())["finetune"]["lr"]
+
+
+def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str, rates_from: tuple = ()) -> dict:
+    """Everything the report says about one task at one labelled-set size (each fine-tuning at
+    its best rate on tuning when ``rates_from`` names studies at other rates)."""
     from claims_search import predictions as P
     from claims_search.frontier import TrialRecord
     from claims_search.recommend import recommend
@@ -215,15 +230,17 @@ def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str) -
         pre_f = out / "pretrain" / name_of(size) / "summary.json"
         row = {"size": name_of(size), "non_embedding": non_embedding(size)}
         for init in ("pre", "scratch"):
-            f = out / "finetune" / name_of(size) / task / f"n{n}-{init}" / "summary.json"
-            if not f.exists() or (init == "pre" and not pre_f.exists()):
+            f, tried = pick_rate([out, *rates_from], f"{name_of(size)}/{task}/n{n}-{init}", metric)
+            if f is None or (init == "pre" and not pre_f.exists()):
                 continue
             s = json.loads(f.read_text())
+            spent = [json.loads(t.read_text())["cost"] for t in tried]  # every rate tried was paid for
             pre_cost = json.loads(pre_f.read_text())["cost"] if init == "pre" else {"flops": 0.0, "device_s": 0.0}
             # FLOPs rank the sizes: device-seconds on a shared 2-core machine are noisy (both reported).
-            cost = s["cost"]["flops"] + pre_cost["flops"]
+            cost = sum(c["flops"] for c in spent) + pre_cost["flops"]
             row[init] = {"tuning": s["metrics"]["tuning"], "held_out": s["metrics"]["held_out"], "cost": cost,
-                         "device_s": s["cost"]["device_s"] + pre_cost["device_s"]}
+                         "device_s": sum(c["device_s"] for c in spent) + pre_cost["device_s"],
+                         "lr": rate_of(f), "unit": str(f.parent), "tried": [str(t.parent) for t in tried]}
             if init == "pre":
                 t = s["metrics"]["tuning"]
                 records.append(TrialRecord(trial_id=name_of(size), task=task, status="complete",
@@ -266,14 +283,16 @@ def markdown(tables: list[dict], metric: str, meta: dict) -> str:
                   + f"; recommended (paired rule on tuning): **{t['recommended'] or 'n/a'}**"
                   + (" (underpowered)" if t["underpowered"] else ""), "",
                   f"| size | non-emb. params | tuning {metric} (pretrained) | held-out (pretrained) | "
-                  f"held-out (from scratch) | training FLOPs (pretrained) | device-s (pretrained) |",
-                  "|---|---:|---|---|---|---:|---:|"]
+                  f"held-out (from scratch) | fine-tuning rate (pretrained) | training FLOPs (pretrained) | "
+                  f"device-s (pretrained) |",
+                  "|---|---:|---|---|---|---:|---:|---:|"]
         for r in t["rows"]:
             pre, scr = r.get("pre"), r.get("scratch")
             lines.append(f"| {r['size']} | {r['non_embedding']:,} | {fmt(pre['tuning'], metric) if pre else '-'} | "
                          f"{fmt(pre['held_out'], metric) if pre else '-'} | {fmt(scr['held_out'], metric) if scr else '-'} | "
+                         f"{pre.get('lr', 0):g}{' (of ' + str(len(pre['tried'])) + ')' if len(pre.get('tried', [])) > 1 else ''} | "
                          f"{pre['cost']:.2e} | {pre['device_s']:.0f} |" if pre else
-                         f"| {r['size']} | {r['non_embedding']:,} | - | - | - | - | - |")
+                         f"| {r['size']} | {r['non_embedding']:,} | - | - | - | - | - | - |")
         if t["fit"]:
             lines += ["", "Saturating fit on the " + str(FIT_ON) + " smallest sizes, held-out: "
                       + "; ".join(f"{f['size']} predicted {f['predicted']:.3f}, measured {f['measured']:.3f}"
@@ -369,6 +388,10 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-steps", type=int, default=FINETUNE["steps"], help="steps of every fine-tuning")
     p.add_argument("--finetune-lr", type=float, default=FINETUNE["lr"], help="peak rate of every fine-tuning")
     p.add_argument("--max-len", type=int, default=MAX_LEN, help="events per sequence (the cache's crop)")
+    p.add_argument("--rates-from", default=None, metavar="DIR,...",
+                   help="studies of the same data and pretraining at other fine-tuning rates: each unit is "
+                        "reported at its best rate on tuning, charged for every rate tried")
+    p.add_argument("--no-scratch", action="store_true", help="no from-scratch units (e.g. a second fine-tuning rate)")
     p.add_argument("--quick", action="store_true", help="the pipeline in minutes: tiny data, 2 sizes, 20 steps")
     args = p.parse_args(argv)
     import torch
@@ -394,10 +417,11 @@ def main(argv=None) -> int:
         tasks = [t for t in tasks if t in (args.tasks.split(",") if args.tasks else QUICK["tasks"])]
     deadline = Deadline(args.max_minutes)
     started = time.perf_counter()
-    units(cache, out, ladder, tasks, labelled, pre_kw, ft_kw, deadline)
+    units(cache, out, ladder, tasks, labelled, pre_kw, ft_kw, deadline, scratch=not args.no_scratch)
     log(f"this piece: {time.perf_counter() - started:.0f} s; "
         + (f"{deadline.left} unit(s) left: run the same command again" if deadline.left else "every unit done"))
-    tables = [task_table(out, cache, t, n, ladder, args.metric) for t in tasks for n in labelled]
+    rates_from = tuple(Path(d) for d in args.rates_from.split(",")) if args.rates_from else ()
+    tables = [task_table(out, cache, t, n, ladder, args.metric, rates_from) for t in tasks for n in labelled]
     meta = {"command": " ".join(["python bench/scaling_study.py", *(argv if argv is not None else sys.argv[1:])]),
             "date": datetime.date.today().isoformat(), "machine": machine(), "units_left": deadline.left}
     write_json(out / "report.json", {"meta": meta, "tables": tables})

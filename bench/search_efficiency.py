@@ -59,6 +59,13 @@ def patience_stop(curve: list, steps: int, patience: int) -> int:
     return steps
 
 
+def units_of(study: Path, table: dict, row: dict) -> tuple[Path, list[Path]]:
+    """A report row's pretrained fine-tuning unit (at its chosen rate) and every unit tried for
+    it; reports written before rates could be chosen name none: the study's own unit."""
+    own = study / "finetune" / row["size"] / table["task"] / f"n{table['n_labelled']}-pre"
+    return Path(row["pre"].get("unit", own)), [Path(u) for u in row["pre"].get("tried", [own])]
+
+
 def load(study: Path, metric: str, patience: int = 0):
     """(sizes, cost per size, {(task, n): {size: (metric, record inputs)}}, cost per size with
     ``patience``, units whose model patience would change) from the study."""
@@ -68,24 +75,25 @@ def load(study: Path, metric: str, patience: int = 0):
     tables = meta["tables"]
     sizes = [r["size"] for r in tables[0]["rows"] if "pre" in r]
     cost, cost_p, changed = {}, {}, []
-    for s in sizes:  # one trial = pretraining once + fine-tuning on every task and labelled size
+    for s in sizes:  # one trial = pretraining once + fine-tuning on every task and labelled size (every rate tried)
         pre = json.loads((study / "pretrain" / s / "summary.json").read_text())["cost"]["flops"]
         cost[s] = cost_p[s] = pre
-        for f in sorted((study / "finetune" / s).glob("*/n*-pre/summary.json")):
-            flops = json.loads(f.read_text())["cost"]["flops"]
-            run = json.loads((f.parent / "run" / "result.json").read_text())
-            stop = patience_stop(run.get("carve_out_auprc", []), run["step"], patience)
-            cost[s] += flops
-            cost_p[s] += flops * stop / run["step"]  # every step holds the same token budget
-            if run.get("best_step", 0) > stop:
-                changed.append(str(f.parent.relative_to(study / "finetune")))
+        for t in tables:
+            for d in (u for r in t["rows"] if r["size"] == s and "pre" in r for u in units_of(study, t, r)[1]):
+                flops = json.loads((d / "summary.json").read_text())["cost"]["flops"]
+                run = json.loads((d / "run" / "result.json").read_text())
+                stop = patience_stop(run.get("carve_out_auprc", []), run["step"], patience)
+                cost[s] += flops
+                cost_p[s] += flops * stop / run["step"]  # every step holds the same token budget
+                if run.get("best_step", 0) > stop:
+                    changed.append(f"{d.parents[3].name}/{'/'.join(d.parts[-3:])}")
     per_task = {}
     for t in tables:
         rows = {r["size"]: r for r in t["rows"] if "pre" in r}
         if set(rows) != set(sizes):
             continue
-        frames = {s: P.read(json.loads((study / "finetune" / s / t["task"] / f"n{t['n_labelled']}-pre" /
-                                        "summary.json").read_text())["predictions"]["tuning"]) for s in sizes}
+        frames = {s: P.read(json.loads((units_of(study, t, rows[s])[0] / "summary.json").read_text())
+                            ["predictions"]["tuning"]) for s in sizes}
         per_task[(t["task"], t["n_labelled"])] = {"rows": rows, "frames": frames, "grid": t["recommended"]}
     return sizes, cost, per_task, cost_p, changed
 
@@ -204,7 +212,8 @@ def main(argv=None) -> int:
     results = {s: [replay(s, sizes, cost_p if s == "ascend+patience" else cost, per_task, args.metric, seed,
                           args.delta)
                    for seed in (range(args.seeds) if s in ("default", "random") else [0])] for s in STRATEGIES}
-    n_units = sum(1 for s in sizes for _ in (study / "finetune" / s).glob("*/n*-pre/summary.json"))
+    n_units = sum(len(r["pre"].get("tried", [1])) for t in json.loads((study / "report.json").read_text())["tables"]
+                  for r in t["rows"] if "pre" in r)
     lines = [f"Replayed on `{study}` ({len(sizes)} sizes; grid compute {grid_compute:.2e} FLOPs); "
              f"`{' '.join(['python bench/search_efficiency.py', *(argv if argv is not None else sys.argv[1:])])}`; "
              f"{datetime.date.today().isoformat()}; {S.machine()}.", "",
