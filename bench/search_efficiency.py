@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from claims_search import worker
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scaling_study as S  # noqa: E402
 
@@ -49,14 +51,11 @@ STRATEGIES = ("grid", "default", "random", "ascend", "ascend+patience")
 
 
 def patience_stop(curve: list, steps: int, patience: int) -> int:
-    """The step where ``patience`` evaluations without a better score end a run whose carve-out
-    curve is ``curve`` ([[step, AUPRC], ...]); ``steps`` if never (or no curve was kept)."""
-    best, since = float("-inf"), 0
-    for step, score in curve:
-        best, since = (score, 0) if score > best else (best, since + 1)
-        if patience and since >= patience:
-            return int(step)
-    return steps
+    """The step where the product's early stopping (``worker.patience_stop``) would have ended a
+    run of ``steps`` steps whose carve-out curve is ``curve``; ``steps`` if never (or no curve
+    was kept)."""
+    stop = worker.patience_stop(curve, patience)
+    return steps if stop is None else stop
 
 
 def units_of(study: Path, table: dict, row: dict) -> tuple[Path, list[Path]]:
@@ -110,7 +109,7 @@ def recommend_from(picks: list[str], task: str, data: dict, metric: str) -> str 
                                    n_params=r["non_embedding"], metric=m[metric], metric_low=m[f"{metric}_low"],
                                    metric_high=m[f"{metric}_high"], cost=r["pre"]["cost"], pretrain_cost=None,
                                    finetune_cost=None))
-    rec = recommend(records, task, {s: data["frames"][s] for s in picks}, metric=metric, n_boot=500, seed=0)
+    rec = recommend(records, task, {s: data["frames"][s] for s in picks}, metric=metric, n_boot=S.RULE_BOOT, seed=0)
     return rec.record.trial_id if rec else None
 
 
@@ -166,6 +165,16 @@ def _saturated(picked: list[str], data: dict, metric: str, delta: float, task: s
     if f is not None and f(next_x) - ys[-1] < delta:
         return True
     return recommend_from(picked, task, data, metric) != picked[-1]
+
+
+def floor_share(data: dict, cost: dict, metric: str) -> float:
+    """Compute of the grid's answer and the best size on tuning (ties: the cheaper): the least a
+    strategy must train to reach the grid's answer, since the paired rule compares the two;
+    inf when the grid gave none."""
+    if data["grid"] is None:
+        return float("inf")
+    best = max(data["rows"], key=lambda s: (data["rows"][s]["pre"]["tuning"][metric], -cost[s]))
+    return sum(cost[s] for s in {data["grid"], best})
 
 
 def hypervolume(points: list[tuple[float, float]], max_cost: float) -> float:
@@ -225,15 +234,21 @@ def main(argv=None) -> int:
              f"{len(changed)} of {n_units} fine-tunings would have stopped before their best step "
              + ("(none: its models are the full runs')." if not changed else
                 "(their metrics here are the full runs': an approximation): " + ", ".join(changed) + "."), "",
-             "| task | " + " | ".join(STRATEGIES) + " |", "|---|" + "---|" * len(STRATEGIES)]
+             "floor: the compute of the sizes any strategy must train to give the grid's answer under the "
+             "paired rule (the answer itself and the best size on tuning, trained fully), as a share of the "
+             "grid's; where it is above 30 %, so is every strategy that trains fully.", "",
+             "| task | floor | " + " | ".join(STRATEGIES) + " |", "|---|---|" + "---|" * len(STRATEGIES)]
     summary = {}
-    for key in sorted(f"{t}/n{n}" for t, n in per_task):
-        cells = []
+    for (task, n), data in sorted(per_task.items()):
+        key = f"{task}/n{n}"
+        floor = floor_share(data, cost, args.metric) / grid_compute
+        summary[key] = {"floor_share": floor}
+        cells = [f"{floor:.0%}" if np.isfinite(floor) else "-"]
         for s in STRATEGIES:
             vals = [r["tasks"][key]["compute_to_grid"] for r in results[s]]
             hits = [v for v in vals if v is not None]
             med = float(np.median([v if v is not None else np.inf for v in vals]))
-            summary.setdefault(key, {})[s] = {"median_share": med / grid_compute, "hits": len(hits), "runs": len(vals)}
+            summary[key][s] = {"median_share": med / grid_compute, "hits": len(hits), "runs": len(vals)}
             spent = float(np.median([r["compute"] for r in results[s]])) / grid_compute
             summary[key][s]["median_spent_share"] = spent
             cells.append((f"{med / grid_compute:.0%}" if np.isfinite(med) else "never")

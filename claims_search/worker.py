@@ -154,6 +154,18 @@ def _shared_stop(observe, settings, device) -> Callable[[int], bool]:
     return on_step
 
 
+def patience_stop(curve: Sequence, patience: int) -> int | None:
+    """The step at which a fine-tuning whose carve-out curve is ``curve`` ([[step, AUPRC], ...],
+    in step order) ends under early stopping: the evaluation that makes ``patience`` in a row
+    without a better score (ties are not better). None if it never does, or ``patience`` is 0."""
+    best, since = float("-inf"), 0
+    for step, score in curve:
+        best, since = (score, 0) if score > best else (best, since + 1)
+        if patience and since >= patience:
+            return int(step)
+    return None
+
+
 class BestStep:
     """Rank 0's record of the best fine-tuning step: AUPRC on the carve-out of train (never the
     tuning split) every ``settings.eval_interval`` steps and at the last; ties keep the earlier.
@@ -187,8 +199,7 @@ class BestStep:
         if score > self.score:
             self.step, self.score = step, score
             self.model = {k: v.detach().cpu().clone() for k, v in self.model_ref.state_dict().items()}
-        since_best = sum(1 for s, _ in self.curve if s > self.step)
-        return bool(self.settings.patience) and since_best >= self.settings.patience
+        return patience_stop(self.curve, self.settings.patience) is not None
 
     def state(self) -> dict:
         return {"step": self.step, "score": self.score, "model": self.model, "curve": self.curve}

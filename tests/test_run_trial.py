@@ -136,6 +136,15 @@ def test_fine_tuning_keeps_its_best_step_judged_on_train_patients_only(recency_c
 STILL = FinetuneSettings(steps=12, warmup=1, batch_tokens=1024, log_every=2, lr=1e-12, eval_every=1, patience=2)
 
 
+def test_patience_counts_evaluations_since_the_best_and_a_tie_is_not_better():
+    from claims_search.worker import patience_stop
+
+    curve = [[120, 0.30], [240, 0.35], [360, 0.35], [480, 0.34], [600, 0.36], [720, 0.33]]
+    assert patience_stop(curve, 2) == 480  # 360 ties the best at 240, 480 is below it
+    assert patience_stop(curve, 3) is None  # 600 beat the best before a third evaluation
+    assert patience_stop(curve, 0) is None and patience_stop([], 2) is None  # off; no evaluation yet
+
+
 def _stops_after_patience(saved: dict) -> None:
     assert saved["best_step"] == 1 and saved["step"] == 3  # evaluations at 1 (best), 2, 3: stop
     assert [s for s, _ in saved["carve_out_auprc"]] == [1, 2, 3]

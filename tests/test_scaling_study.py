@@ -55,7 +55,11 @@ def test_quick_study_writes_every_table_and_a_rerun_trains_nothing(tmp_path):
     summary = json.loads((out / "search_efficiency.json").read_text())["summary"]
     assert set(summary) == {"antihypertensive_start/n300", "complexity_k3/n300"}
     for strategies in summary.values():
+        floor = strategies.pop("floor_share")  # what the answer and the best size cost to train
         assert set(strategies) == {"grid", "default", "random", "ascend", "ascend+patience"}
+        assert 0 < floor <= 1
+        # every strategy that trains fully gets there no cheaper than the floor
+        assert all(v["median_share"] >= floor for k, v in strategies.items() if v["hits"] and k != "ascend+patience")
         assert strategies["grid"]["runs"] == 1 and strategies["random"]["runs"] == 2
         assert strategies["grid"]["hits"] == 1  # the grid always reaches its own answer
         assert all(0 < s["median_spent_share"] <= 1 for s in strategies.values())
