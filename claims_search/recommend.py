@@ -118,7 +118,9 @@ class Recommendation:
     least ``min_gain_per_doubling`` per doubling of cost, the fallback for trials without
     predictions; ``"mixed"``: some of each); neither when underpowered. ``saved`` and
     ``saved_factor`` compare ``record`` against the most expensive Transformer on the frontier
-    (``largest``).
+    (``largest``). ``agreement``: the share of ``agreement_seeds`` bootstrap seeds (this one
+    and the next ones) whose patient draws lead to the same ``record``; None when it was not
+    asked for or the best has no paired predictions (an answer on a knife-edge reads below 1).
     """
 
     task: str
@@ -146,6 +148,8 @@ class Recommendation:
     still_improving: bool = False
     trend_rule: str = "gain"
     min_gain_per_doubling: float = 0.005
+    agreement: float | None = None
+    agreement_seeds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Aggregate summary for `recommend --json` and the tracking artifacts."""
@@ -190,6 +194,8 @@ class Recommendation:
             "baseline_indistinguishable": self.baseline_indistinguishable,
             "baseline_comparison": cmp(self.baseline_comparison),
             "n_complete": self.n_complete,
+            "agreement": self.agreement,
+            "agreement_seeds": self.agreement_seeds,
         }
 
 
@@ -211,6 +217,7 @@ def recommend(
     min_gain_per_doubling: float = 0.005,
     n_boot: int = 1000,
     seed: int = 0,
+    stability_seeds: int = 0,
 ) -> Recommendation | None:
     """Recommend a size (or the baseline) for ``task``; None if no Transformer completed.
 
@@ -219,8 +226,9 @@ def recommend(
     trials without them are judged by the unpaired fallback. ``metric`` names what
     ``record.metric`` measures (``"auprc"``/``"auroc"``): the paired bootstrap recomputes it.
     ``margin`` selects the non-inferiority rule, ``tolerance`` the fallback's bar; ``n_boot``
-    and ``seed`` fix the bootstrap (one set of patient draws per task). See the module
-    docstring for the rules.
+    and ``seed`` fix the bootstrap (one set of patient draws per task). ``stability_seeds``
+    more seeds (``seed + 1`` ...) decide again, each on its own draws: the share that agrees
+    is ``agreement``. See the module docstring for the rules.
     """
     if isinstance(predictions, (int, float)):  # recommend(records, task, 0.01) of old callers
         raise TypeError("recommend(): tolerance is keyword-only; the third argument is predictions")
@@ -233,9 +241,21 @@ def recommend(
     best = min(models, key=lambda r: (-r.metric, *_order(r)))  # highest metric, then cheapest
     baselines = [r for r in records if r.usable and r.is_baseline]
     baseline = max(baselines, key=lambda r: (r.metric, str(r.trial_id))) if baselines else None
-    judge = _Judge(best, models + ([baseline] if baseline else []), predictions, metric=metric, margin=margin,
-                   tolerance=tolerance, min_gain=min_gain_per_doubling, n_boot=n_boot, seed=seed)
+    judged = models + ([baseline] if baseline else [])
+    if stability_seeds:  # every judge reads the same predictions: load them once
+        predictions = {str(r.trial_id): _frame(r, predictions) for r in judged}
+
+    def judge_at(s: int) -> _Judge:
+        return _Judge(best, judged, predictions, metric=metric, margin=margin, tolerance=tolerance,
+                      min_gain=min_gain_per_doubling, n_boot=n_boot, seed=s)
+
+    judge = judge_at(seed)
     d = _decide(best, models, baseline, judge, margin)
+    agreement = None
+    if stability_seeds and judge.paired(best):
+        again = [_decide(best, models, baseline, judge_at(seed + i), margin).record
+                 for i in range(1, stability_seeds + 1)]
+        agreement = (1 + sum(r.trial_id == d.record.trial_id for r in again)) / (1 + stability_seeds)
     front = pareto_front(records, task)
     largest = max([r for r in front if not r.is_baseline] or [best], key=lambda r: (r.cost, str(r.trial_id)))
     sized = not d.reason  # an underpowered split makes no claim about size
@@ -253,6 +273,7 @@ def recommend(
         underpowered=bool(d.reason), reason=d.reason,
         still_improving=sized and still_improving(models, min_gain_per_doubling, better=judge.better),
         trend_rule=_trend_rule([judge.paired(r) for r in models]), min_gain_per_doubling=min_gain_per_doubling,
+        agreement=agreement, agreement_seeds=1 + stability_seeds if agreement is not None else 0,
     )
 
 

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 class SummarySettings:
     """How to summarize: the space's ``metric`` and ``cost`` names and its ``recommend``
     settings (``margin``, ``tolerance``, ``reference``, ``min_gain_per_doubling``), plus the
-    paired bootstrap's ``n_boot`` and ``seed``."""
+    paired bootstrap's ``n_boot`` and ``seed``, and how many more seeds decide again to say how
+    stable the answer is (``stability_seeds``: ``Recommendation.agreement``)."""
 
     metric: str = "auprc"
     cost: str = "device_seconds"
@@ -37,6 +38,7 @@ class SummarySettings:
     min_gain_per_doubling: float = 0.005
     n_boot: int = 1000
     seed: int = 0
+    stability_seeds: int = 4
 
     @classmethod
     def from_space(cls, space: Any) -> "SummarySettings":
@@ -142,7 +144,7 @@ def _summarize_task(records: list[TrialRecord], task: str, settings: SummarySett
     rec = recommend(
         records, task, predictions, metric=settings.metric, margin=settings.margin,
         tolerance=settings.tolerance, min_gain_per_doubling=settings.min_gain_per_doubling,
-        n_boot=settings.n_boot, seed=settings.seed,
+        n_boot=settings.n_boot, seed=settings.seed, stability_seeds=settings.stability_seeds,
     )
     front = pareto_front(records, task)
     ref = tuple(settings.reference) if settings.reference else default_reference(records, task)

@@ -430,6 +430,8 @@ class Tracker:
                     "recommended_cost": rec["recommended"]["cost"],
                     "compute_saved": rec["compute_saved"],
                     "compute_saved_factor": rec["compute_saved_factor"],
+                    # the share of bootstrap seeds that agree with the recommendation (None: not judged)
+                    "recommendation_agreement": rec.get("agreement"),
                 }
             )
         client.log_batch(

@@ -91,7 +91,10 @@ GOOD_BASELINE = IMPROVING[:3] + [lightgbm("lgbm_good", HT, 0.6322, 0.585, 0.688)
 
 
 def printed(records, task, **kw):
-    """The lines `claims-search recommend` prints for ``task``."""
+    """The lines `claims-search recommend` prints for ``task`` (with its bootstrap seeds)."""
+    from claims_search.summary import SummarySettings
+
+    kw.setdefault("stability_seeds", SummarySettings().stability_seeds)
     rec = recommend(records, task, predictions, **kw)
     return rec, describe(rec, "auprc", "device_seconds")
 

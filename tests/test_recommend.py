@@ -152,6 +152,22 @@ def test_a_margin_asks_for_non_inferiority_within_it():
     assert recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.05).record.trial_id == "A"
 
 
+def test_an_answer_on_a_knife_edge_says_how_many_bootstrap_seeds_agree_with_it():
+    # A - B's upper end is 0.086 with seed 0 and 0.089-0.093 with seeds 1-4: at margin 0.1 every
+    # seed lets B qualify; at 0.09 seeds 0, 1 and 4 do and seeds 2 and 3 keep A.
+    clear = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.1, stability_seeds=4)
+    assert clear.record.trial_id == "B" and (clear.agreement, clear.agreement_seeds) == (1.0, 5)
+    assert "  the same answer under 5 of 5 bootstrap seeds" in describe(clear, "auroc", "device_seconds")
+    edge = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.09, stability_seeds=4)
+    assert edge.record.trial_id == "B" and edge.agreement == pytest.approx(0.6)
+    assert edge.to_dict()["agreement"] == pytest.approx(0.6)
+    assert any("3 of 5 bootstrap seeds: the answer is on a knife-edge" in line
+               for line in describe(edge, "auroc", "device_seconds"))
+    # Not asked for, or nothing paired to redraw: no claim.
+    assert recommend([A, B], "ckd_incidence", PAIRED, metric="auroc").agreement is None
+    assert recommend([A, B], "ckd_incidence", metric="auroc", stability_seeds=4).agreement is None
+
+
 def test_intervals_wider_than_twice_the_margin_are_underpowered_and_keep_the_best():
     # The interval of A - B is 0.0718 wide: at margin 0.03 it cannot separate "as good" from
     # "0.03 worse" (0.0718 > 2 x 0.03).

@@ -165,9 +165,18 @@ def _no_cheaper(rec) -> list[str]:
     return [f"  no cheaper size qualifies under the {closest.rule} rule (>= {rec.threshold:.4f}); closest {size}"]
 
 
+def _agreement_line(rec) -> list[str]:
+    """How many bootstrap seeds give the same answer; a warning word when not all do."""
+    if rec.agreement is None:
+        return []
+    same = round(rec.agreement * rec.agreement_seeds)
+    note = "" if same == rec.agreement_seeds else ": the answer is on a knife-edge; more tuning patients would settle it"
+    return [f"  the same answer under {same} of {rec.agreement_seeds} bootstrap seeds{note}"]
+
+
 def describe(rec, metric: str, cost: str) -> list[str]:
     """Human-readable lines for one task's Recommendation (see docs/search.md for examples)."""
-    return [*_headline(rec, metric, cost), *_saves_line(rec, cost), *_trend_lines(rec),
+    return [*_headline(rec, metric, cost), *_agreement_line(rec), *_saves_line(rec, cost), *_trend_lines(rec),
             *_baseline_line(rec, metric), *_fallback_note(rec)]
 
 
