@@ -54,6 +54,7 @@ MAX_LEN = 128
 # Bootstrap replicates of the paired rule, here and in search_efficiency's replay: the same
 # draws, so the replayed grid reproduces the report's answer.
 RULE_BOOT = 1000
+STABILITY_SEEDS = 4  # more bootstrap seeds that decide again: how stable each answer is
 # Measured on 8,000 patients (docs/benchmarks.md, "The demo"): mean pooling and a 3e-3
 # fine-tuning rate learn in a few hundred steps on 2 cores. The same settings for every size:
 # the rate is not re-tuned per size (a limitation the report states).
@@ -258,7 +259,8 @@ def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str, r
         rows.append(row)
     base_f = out / "lightgbm" / task / f"n{n}" / "summary.json"
     base = json.loads(base_f.read_text()) if base_f.exists() else None
-    rec = recommend(records, task, frames, metric=metric, n_boot=RULE_BOOT, seed=0) if records else None
+    rec = (recommend(records, task, frames, metric=metric, n_boot=RULE_BOOT, seed=0, stability_seeds=STABILITY_SEEDS)
+           if records else None)
     done = [r for r in rows if "pre" in r]
     fit = None
     if len(done) > FIT_ON:
@@ -270,7 +272,7 @@ def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str, r
     return {"task": task, "n_labelled": n, "rows": rows, "oracle": oracle,
             "lightgbm": base and {k: base[k] for k in ("metrics", "cost")},
             "recommended": rec and rec.record.trial_id, "rule": rec and rec.rule,
-            "underpowered": rec and rec.underpowered, "fit": fit,
+            "underpowered": rec and rec.underpowered, "agreement": rec and rec.agreement, "fit": fit,
             "complete": len(done) == len(ladder) and base is not None}
 
 
@@ -310,7 +312,8 @@ def markdown(tables: list[dict], metric: str, meta: dict) -> str:
 def summary(tables: list[dict], metric: str) -> list[str]:
     """One row per task and labelled size: the recommendation beside the largest size and LightGBM."""
     lines = ["| task | labelled | recommended | its non-emb. params | its held-out | largest's held-out | "
-             "LightGBM held-out | oracle held-out |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "LightGBM held-out | oracle held-out | bootstrap seeds agreeing |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for t in tables:
         rows = {r["size"]: r for r in t["rows"] if "pre" in r}
         rec, largest = rows.get(t["recommended"]), (list(rows.values()) or [None])[-1]
@@ -319,8 +322,13 @@ def summary(tables: list[dict], metric: str) -> list[str]:
                      f"{rec['pre']['held_out'][metric] if rec else float('nan'):.3f} | "
                      f"{largest['pre']['held_out'][metric] if largest else float('nan'):.3f} | "
                      + (f"{t['lightgbm']['metrics']['held_out'][metric]:.3f}" if t["lightgbm"] else "-")
-                     + f" | {t['oracle']['held_out'][metric]:.3f} |")
+                     + f" | {t['oracle']['held_out'][metric]:.3f} | {agreeing(t.get('agreement'))} |")
     return lines
+
+
+def agreeing(agreement: float | None) -> str:
+    """``"4 of 5"``: bootstrap seeds that give the reported answer; ``"-"`` if not judged."""
+    return "-" if agreement is None else f"{round(agreement * (1 + STABILITY_SEEDS))} of {1 + STABILITY_SEEDS}"
 
 
 def plot_k(tables: list[dict], path: Path) -> None:

@@ -167,14 +167,10 @@ def _saturated(picked: list[str], data: dict, metric: str, delta: float, task: s
     return recommend_from(picked, task, data, metric) != picked[-1]
 
 
-def floor_share(data: dict, cost: dict, metric: str) -> float:
-    """Compute of the grid's answer and the best size on tuning (ties: the cheaper): the least a
-    strategy must train to reach the grid's answer, since the paired rule compares the two;
-    inf when the grid gave none."""
-    if data["grid"] is None:
-        return float("inf")
-    best = max(data["rows"], key=lambda s: (data["rows"][s]["pre"]["tuning"][metric], -cost[s]))
-    return sum(cost[s] for s in {data["grid"], best})
+def floor_share(data: dict, cost: dict) -> float:
+    """Compute of the grid's answer, trained fully: the least any strategy spends before it can
+    recommend that size (it must have trained it); inf when the grid gave none."""
+    return cost[data["grid"]] if data["grid"] is not None else float("inf")
 
 
 def hypervolume(points: list[tuple[float, float]], max_cost: float) -> float:
@@ -234,14 +230,14 @@ def main(argv=None) -> int:
              f"{len(changed)} of {n_units} fine-tunings would have stopped before their best step "
              + ("(none: its models are the full runs')." if not changed else
                 "(their metrics here are the full runs': an approximation): " + ", ".join(changed) + "."), "",
-             "floor: the compute of the sizes any strategy must train to give the grid's answer under the "
-             "paired rule (the answer itself and the best size on tuning, trained fully), as a share of the "
-             "grid's; where it is above 30 %, so is every strategy that trains fully.", "",
+             "floor: the compute of the grid's answer, trained fully (pretraining and its fine-tunings), as a "
+             "share of the grid's: no strategy that trains fully can recommend that size for less; where it "
+             "is above 30 %, neither can any of them.", "",
              "| task | floor | " + " | ".join(STRATEGIES) + " |", "|---|---|" + "---|" * len(STRATEGIES)]
     summary = {}
     for (task, n), data in sorted(per_task.items()):
         key = f"{task}/n{n}"
-        floor = floor_share(data, cost, args.metric) / grid_compute
+        floor = floor_share(data, cost) / grid_compute
         summary[key] = {"floor_share": floor}
         cells = [f"{floor:.0%}" if np.isfinite(floor) else "-"]
         for s in STRATEGIES:

@@ -65,6 +65,15 @@ def test_quick_study_writes_every_table_and_a_rerun_trains_nothing(tmp_path):
         assert all(0 < s["median_spent_share"] <= 1 for s in strategies.values())
     assert (report.parent / "eff_hv.png").stat().st_size > 1000
 
+    crop = subprocess.run([sys.executable, str(ROOT / "bench" / "crop_check.py"), "--study", str(out),
+                           "--report", str(report.with_name("crop.md"))], capture_output=True, text=True, timeout=300)
+    assert crop.returncode == 0, crop.stderr[-3000:]
+    for t, c in zip(tables, json.loads((out / "crop_check.json").read_text())):
+        # every held-out sample is on one side of the crop, and the three models are scored on both
+        assert c["fits"]["n"] + c["cut"]["n"] == t["lightgbm"]["metrics"]["held_out"]["n"]
+        assert {"oracle", "lightgbm", "recommended"} <= set(c["fits"])
+    assert "| task | labelled | longer: samples (positives) |" in report.with_name("crop.md").read_text()
+
 
 def test_patience_stop_is_where_a_run_would_have_ended_without_a_better_evaluation():
     sys.path.insert(0, str(ROOT / "bench"))
