@@ -14,22 +14,23 @@ from claims_search import demo
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _study_rows() -> dict[tuple[str, int], tuple[str, int]]:
-    """(task, labelled) -> (recommended size, its non-embedding parameters) from the committed
-    report of the size-ladder study."""
+def _study_rows() -> dict[tuple[str, int], tuple[str, int, str]]:
+    """(task, labelled) -> (recommended size, its non-embedding parameters, bootstrap seeds
+    agreeing) from the committed report of the size-ladder study."""
     rows = {}
     for line in (ROOT / "docs" / "scaling_study.md").read_text().splitlines():
-        m = re.match(r"\| (\w+) \| ([\d,]+) \| (w\d+d\d+h\d+) \| ([\d,]+) \|", line)
+        m = re.match(r"\| (\w+) \| ([\d,]+) \| (w\d+d\d+h\d+) \| ([\d,]+) \|.* \| (\d of \d) \|$", line)
         if m:
-            rows[(m[1], int(m[2].replace(",", "")))] = (m[3], int(m[4].replace(",", "")))
+            rows[(m[1], int(m[2].replace(",", "")))] = (m[3], int(m[4].replace(",", "")), m[5])
     return rows
 
 
 def test_the_demo_tells_what_the_benchmark_found():
     rows = _study_rows()
     for task, (_, size, params) in demo.FOUND.items():
-        assert rows[(task, demo.FOUND_LABELLED)] == (size, params), task
-    largest = max((p, s) for s, p in rows.values())[1]
+        assert rows[(task, demo.FOUND_LABELLED)][:2] == (size, params), task
+    assert rows[("antihypertensive_start", demo.FEW_LABELLED)][2] != "5 of 5"  # "changed with the seed"
+    largest = max((p, s) for s, p, _ in rows.values())[1]
     assert demo.FOUND_LARGEST == largest
     # The study's two shapes: the medication task smaller than the largest, the disease task the largest.
     assert demo.FOUND["antihypertensive_start"][1] != largest == demo.FOUND["ckd_incidence"][1]
