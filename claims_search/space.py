@@ -185,9 +185,12 @@ class Reference(_Strict):
 class RecommendSettings(_Strict):
     """``margin``: non-inferiority margin δ of the paired rule (the upper 95 % bound of best −
     candidate below δ); null = indistinguishable (that interval contains 0). ``tolerance``:
-    the unpaired fallback for records without predictions (null = the best's interval)."""
+    the unpaired fallback for records without predictions (null = the best's interval).
+    ``stability_seeds``: more bootstrap seeds that decide again, to say how stable the answer is
+    (0 = not asked; each costs one more paired bootstrap of every trial)."""
 
     margin: float | None = Field(default=None, ge=0, lt=1)
+    stability_seeds: int = Field(default=4, ge=0, le=100)
     tolerance: float | None = Field(default=None, ge=0, lt=1)
     min_gain_per_doubling: float = Field(default=0.005, ge=0)
     reference: Reference | None = None

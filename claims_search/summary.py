@@ -51,6 +51,7 @@ class SummarySettings:
             tolerance=rec.tolerance,
             reference=(ref.metric, ref.cost) if ref else None,
             min_gain_per_doubling=rec.min_gain_per_doubling,
+            stability_seeds=getattr(rec, "stability_seeds", 4),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +60,7 @@ class SummarySettings:
             "tolerance": self.tolerance, "margin": self.margin,
             "min_gain_per_doubling": self.min_gain_per_doubling,
             "reference": list(self.reference) if self.reference else None,
+            "stability_seeds": self.stability_seeds,
         }
 
 

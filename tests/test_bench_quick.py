@@ -5,6 +5,7 @@ The figures themselves live in docs/benchmarks.md; timing belongs to bench/, not
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,10 @@ def test_attn_dropout_quick_pairs_both_settings_by_seed(tmp_path):
     # a rerun trains nothing: the units are cached
     again = run("attn_dropout.py", "--quick", "--out", str(tmp_path / "attn"), "--report-only")
     assert table(again) == [header, rule, *rows]
+
+
+def test_recommend_time_quick_times_the_rule_with_and_without_more_seeds():
+    text = run("recommend_time.py", "--quick")
+    assert text.startswith("5 trials, 500 tuning samples;")
+    assert re.search(r"stability_seeds=0: [\d.]+ s \(recommended t\d, agreement None\)", text)
+    assert re.search(r"stability_seeds=4: [\d.]+ s \(recommended t\d, agreement [01]\.\d+\)", text)

@@ -260,6 +260,14 @@ def test_recommend_command_refuses_a_margin_outside_0_1_in_one_line(flag, value,
     assert err == f"claims-search recommend: error: {flag} must be in [0, 1), got {float(value)}"
 
 
+def test_recommend_command_refuses_negative_stability_seeds_in_one_line(capsys):
+    from claims_search import cli
+
+    assert cli.main(["recommend", "--experiment", "any", "--stability-seeds", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "claims-search recommend: error: --stability-seeds must be in 0..100, got -1"
+
+
 def test_an_underpowered_split_still_shows_a_baseline_that_is_clearly_better():
     # LightGBM ranks every positive first (AUROC 1.0): better than A beyond doubt, even on a
     # split too small to separate the Transformer sizes at margin 0.03.

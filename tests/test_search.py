@@ -221,6 +221,12 @@ def test_frontier_and_recommend_commands_read_the_search_back(smoke_search):
     data = json.loads(rec.stdout)
     assert sorted(data) == sorted(TASKS)
     assert all(d["recommended"]["cost"] > 0 for d in data.values())
+    # The search published its 4 more bootstrap seeds; 0 turns the stability check off.
+    assert all(d["agreement_seeds"] == 5 for d in data.values() if d["agreement"] is not None)
+    off = subprocess.run([sys.executable, "-m", "claims_search.cli", "recommend", "--experiment", "smoke-e2e",
+                          "--tracking-uri", uri, "--json", "--stability-seeds", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert off.returncode == 0 and all(d["agreement"] is None for d in json.loads(off.stdout).values())
     fr = subprocess.run([sys.executable, "-m", "claims_search.cli", "frontier", "--experiment", "smoke-e2e",
                          "--tracking-uri", uri], capture_output=True, text=True, timeout=300)
     assert fr.returncode == 0, fr.stderr

@@ -104,6 +104,8 @@ BAD = {
     "scalar without lambda": (mutate(objective={"kind": "scalar"}), "objective: a scalar objective needs lambda"),
     "grid over a range": (mutate(sampler="grid"), "the grid sampler needs choices"),
     "unknown preset": (mutate(model={"presets": ["huge"]}), "model.presets: unknown preset 'huge'"),
+    "negative stability seeds": (mutate(recommend={"stability_seeds": -1}),
+                                 "recommend.stability_seeds: Input should be greater than or equal to 0"),
     "unknown training key": (mutate(training={"pretrain": {"learning_rate": 1.0e-3}}), "training.pretrain.learning_rate: unknown key"),
     "settings that can't train": (
         mutate(training={"pretrain": {"steps": [5, 500], "warmup": 100}}),

@@ -81,7 +81,8 @@ def test_publish_records_what_it_is_handed(records, tmp_path):
     recs = tracker.publish(summaries, sync=False)
     assert recs["ckd_incidence"].record.trial_id == "small"  # within margin 0.1 of the best
     entries = {e["key"]: e["payload"] for e in tracker.pending()}
-    assert entries["settings"] == {"tolerance": None, "margin": 0.1, "min_gain_per_doubling": 0.005, "reference": None}
+    assert entries["settings"] == {"tolerance": None, "margin": 0.1, "min_gain_per_doubling": 0.005, "reference": None,
+                                   "stability_seeds": 4}
     s = entries["summary/ckd_incidence"]
     assert (s["recommended"], s["rule"], s["choice"], s["underpowered"]) == ("small", "paired", "transformer", False)
     assert s["difference"]["trial_id"] == "small" and s["difference"]["high"] < 0.1

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float,
                         help="for trials without predictions: metric a cheaper model may lose (0 <= X < 1; "
                         "default: the best's bootstrap interval)")
+    parser.add_argument("--stability-seeds", type=int, metavar="N",
+                        help="more bootstrap seeds that decide again, to say how stable each answer is "
+                        "(0 = off; each costs one more bootstrap; default: the search's, else 4)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
 
@@ -197,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
             check_margin(getattr(args, name), f"--{name}")
         except ValueError as e:
             raise ClaimsSearchError(str(e)) from None
+    if args.stability_seeds is not None and not 0 <= args.stability_seeds <= 100:
+        raise ClaimsSearchError(f"--stability-seeds must be in 0..100, got {args.stability_seeds}")
     uri = args.tracking_uri or default_tracking_uri()
     records = load_records(uri, args.experiment)
     got = load_settings(uri, args.experiment)
@@ -205,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         margin=args.margin if args.margin is not None else got.get("margin"),
         tolerance=args.tolerance if args.tolerance is not None else got.get("tolerance"),
         min_gain_per_doubling=got.get("min_gain_per_doubling", 0.005),
+        stability_seeds=(args.stability_seeds if args.stability_seeds is not None
+                         else int(got.get("stability_seeds", SummarySettings.stability_seeds))),
     )
     out = {task: s.recommendation for task, s in summarize(records, None, settings).items()}
     if args.json:
