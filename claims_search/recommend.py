@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 # point of AUPRC/AUROC. Only used to decide whether the tuning split is underpowered.
 RESOLUTION = 0.01
 
+# The most bootstrap seeds the stability check may add (each is one more paired bootstrap).
+MAX_STABILITY_SEEDS = 100
+
 # trial_id -> per-sample predictions, or a function record -> predictions (None = none).
 Predictions = Union[Mapping[str, Any], Callable[[TrialRecord], Any], None]
 
@@ -151,6 +154,11 @@ class Recommendation:
     agreement: float | None = None
     agreement_seeds: int = 0
 
+    @property
+    def agreeing_seeds(self) -> int:
+        """How many of ``agreement_seeds`` seeds gave ``record`` (0 when not judged)."""
+        return round((self.agreement or 0.0) * self.agreement_seeds)
+
     def to_dict(self) -> dict[str, Any]:
         """Aggregate summary for `recommend --json` and the tracking artifacts."""
 
@@ -203,6 +211,13 @@ def check_margin(value: float | None, name: str = "margin") -> float | None:
     """``value`` if it is None or in [0, 1), else ValueError (a metric difference is below 1)."""
     if value is not None and not 0.0 <= value < 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def check_stability_seeds(value: int | None, name: str = "stability_seeds") -> int | None:
+    """``value`` if it is None or in 0..MAX_STABILITY_SEEDS, else ValueError."""
+    if value is not None and not 0 <= value <= MAX_STABILITY_SEEDS:
+        raise ValueError(f"{name} must be in 0..{MAX_STABILITY_SEEDS}, got {value}")
     return value
 
 

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from claims_search.errors import ClaimsSearchError
+from claims_search.recommend import MAX_STABILITY_SEEDS
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -190,7 +191,7 @@ class RecommendSettings(_Strict):
     (0 = not asked; each costs one more paired bootstrap of every trial)."""
 
     margin: float | None = Field(default=None, ge=0, lt=1)
-    stability_seeds: int = Field(default=4, ge=0, le=100)
+    stability_seeds: int = Field(default=4, ge=0, le=MAX_STABILITY_SEEDS)
     tolerance: float | None = Field(default=None, ge=0, lt=1)
     min_gain_per_doubling: float = Field(default=0.005, ge=0)
     reference: Reference | None = None

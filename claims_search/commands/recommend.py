@@ -172,7 +172,7 @@ def _agreement_line(rec) -> list[str]:
     """How many bootstrap seeds give the same answer; a warning word when not all do."""
     if rec.agreement is None:
         return []
-    same = round(rec.agreement * rec.agreement_seeds)
+    same = rec.agreeing_seeds
     note = "" if same == rec.agreement_seeds else ": the answer is on a knife-edge; more tuning patients would settle it"
     return [f"  the same answer under {same} of {rec.agreement_seeds} bootstrap seeds{note}"]
 
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from claims_search.errors import ClaimsSearchError
-    from claims_search.recommend import check_margin
+    from claims_search.recommend import check_margin, check_stability_seeds
     from claims_search.summary import SummarySettings, summarize
     from claims_search.tracking import default_tracking_uri, load_records, load_settings
 
@@ -200,8 +200,10 @@ def run(args: argparse.Namespace) -> int:
             check_margin(getattr(args, name), f"--{name}")
         except ValueError as e:
             raise ClaimsSearchError(str(e)) from None
-    if args.stability_seeds is not None and not 0 <= args.stability_seeds <= 100:
-        raise ClaimsSearchError(f"--stability-seeds must be in 0..100, got {args.stability_seeds}")
+    try:
+        check_stability_seeds(args.stability_seeds, "--stability-seeds")
+    except ValueError as e:
+        raise ClaimsSearchError(str(e)) from None
     uri = args.tracking_uri or default_tracking_uri()
     records = load_records(uri, args.experiment)
     got = load_settings(uri, args.experiment)
