@@ -55,7 +55,7 @@ def test_quick_study_writes_every_table_and_a_rerun_trains_nothing(tmp_path):
     summary = json.loads((out / "search_efficiency.json").read_text())["summary"]
     assert set(summary) == {"antihypertensive_start/n300", "complexity_k3/n300"}
     for strategies in summary.values():
-        floor = strategies.pop("floor_share")  # what the answer and the best size cost to train
+        floor = strategies.pop("floor_share")  # what training the grid's answer costs
         assert set(strategies) == {"grid", "default", "random", "ascend", "ascend+patience"}
         assert 0 < floor <= 1
         # every strategy that trains fully gets there no cheaper than the floor
