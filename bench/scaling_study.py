@@ -227,11 +227,15 @@ def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str, r
     """Everything the report says about one task at one labelled-set size (each fine-tuning at
     its best rate on tuning when ``rates_from`` names studies at other rates)."""
     from claims_search import predictions as P
+    import polars as pl
+
     from claims_search.frontier import TrialRecord
+    from claims_search.labels import oracle_scores
     from claims_search.recommend import recommend
 
-    manifest = json.loads((cache / "manifest.json").read_text())
-    oracle = manifest["tasks"][task]["oracle"]["splits"]
+    # Scored from the cache's labels, not read from its manifest: a cache prepared before the
+    # AUPRC over tied probabilities (labels.oracle_scores) holds the lower, tie-blind figure.
+    oracle = oracle_scores(pl.read_parquet(cache / "labels" / f"{task}.parquet"))["splits"]
     rows, records, frames = [], [], {}
     for size in ladder:
         pre_f = out / "pretrain" / name_of(size) / "summary.json"

@@ -487,12 +487,17 @@ def attach_oracle(labels: pl.DataFrame, oracle_path: Path) -> pl.DataFrame:
 
 
 def oracle_scores(labels: pl.DataFrame) -> dict | None:
-    """AUROC/AUPRC of ``true_prob`` against the labels, overall and per split (sklearn).
+    """AUROC/AUPRC of ``true_prob`` against the labels, overall and per split: scikit-learn's
+    AUROC (ties count half) and the AUPRC in expectation over the order of tied probabilities
+    (:func:`claims_search.metrics.expected_average_precision`: a true probability with few values,
+    like the medication task's, is otherwise under-rated as a ceiling).
 
     Only rows with a known ``true_prob`` count; None when there are none. A split with one
     class only gets null scores.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import roc_auc_score
+
+    from claims_search.metrics import expected_average_precision
 
     known = labels.filter(pl.col("true_prob").is_not_null())
     if len(known) == 0:
@@ -505,7 +510,7 @@ def oracle_scores(labels: pl.DataFrame) -> dict | None:
             return {"auroc": None, "auprc": None, "n": len(df)}
         return {
             "auroc": float(roc_auc_score(y, p)),
-            "auprc": float(average_precision_score(y, p)),
+            "auprc": expected_average_precision(y, p),
             "n": len(df),
         }
 

@@ -143,3 +143,37 @@ def test_paired_bootstrap_refuses_what_it_cannot_compare():
         paired_bootstrap([0, 1], [0.1, 0.2], [0.1, float("nan")], [1, 2])
     with pytest.raises(ValueError, match="metric"):
         paired_bootstrap([0, 1], [0.1, 0.2], [0.1, 0.2], [1, 2], metric="f1")
+
+
+# ---- average precision over tied scores ------------------------------------------------------
+from claims_search.metrics import expected_average_precision  # noqa: E402
+
+
+def test_expected_average_precision_is_scikit_learn_s_when_no_scores_tie():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(1)
+    y, p = rng.random(400) < 0.2, rng.random(400)
+    assert expected_average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+
+
+def test_a_two_valued_score_gets_the_average_over_orders_of_its_ties_not_the_block_end():
+    # One tie block: 1 positive among 2 samples. Either order is equally likely, so the
+    # positive's precision is 1 or 1/2: 0.75 on average. scikit-learn scores the block at its
+    # end (1/2), below both orders' mean: a ceiling with ties would read lower than its models.
+    from sklearn.metrics import average_precision_score
+
+    y, p = np.array([True, False]), np.array([0.9, 0.9])
+    assert average_precision_score(y, p) == pytest.approx(0.5)
+    assert expected_average_precision(y, p) == pytest.approx(0.75)
+
+
+def test_expected_average_precision_matches_random_tie_breaking_on_average():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(2)
+    y = rng.random(300) < 0.3
+    p = np.where(y, rng.choice([0.9, 0.5, 0.1], 300, p=[0.5, 0.3, 0.2]), rng.choice([0.9, 0.5, 0.1], 300, p=[0.1, 0.3, 0.6]))
+    orders = [average_precision_score(y, p + rng.random(300) * 1e-9) for _ in range(3000)]
+    assert expected_average_precision(y, p) == pytest.approx(np.mean(orders), abs=3 * np.std(orders) / np.sqrt(3000) + 1e-4)
+    assert expected_average_precision(y, p) > average_precision_score(y, p)

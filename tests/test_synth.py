@@ -159,9 +159,28 @@ def test_same_seed_same_bytes_whatever_the_number_of_workers(tmp_path):
     assert a["data/train/00000.parquet"] != c["data/train/00000.parquet"]
 
 
+def _summary_with_tie_blind_auprc(root: Path) -> bytes:
+    """oracle/summary.json as written before the oracle's AUPRC averaged over tied
+    probabilities (2026-12-03): each ``oracle_auprc`` scikit-learn's, from the oracle files."""
+    from sklearn.metrics import average_precision_score
+
+    summary = json.loads((root / "oracle" / "summary.json").read_text())
+    splits = pq.read_table(root / "metadata" / "subject_splits.parquet").to_pydict()
+    split_of = dict(zip(splits["subject_id"], splits["split"]))
+    for task, m in summary["tasks"].items():
+        o = pq.read_table(root / "oracle" / f"{task}.parquet").to_pydict()
+        label, prob = np.array(o["label"]), np.array(o["probability"])
+        split = np.array([split_of[s] for s in o["subject_id"]])
+        for part, keep in [(m, np.ones(len(label), bool))] + [(m["splits"][s], split == s) for s in m["splits"]]:
+            if part["oracle_auprc"] is not None:
+                part["oracle_auprc"] = round(float(average_precision_score(label[keep], prob[keep])), 4)
+    return (json.dumps(summary, indent=2) + "\n").encode()
+
+
 def _content_hash(root: Path) -> str:
     """sha256 of every output file's decoded content (Parquet as column values, so a new
-    pyarrow writing other bytes keeps the hash); dataset.json is left out (it holds versions)."""
+    pyarrow writing other bytes keeps the hash); dataset.json is left out (it holds versions),
+    and the oracle summary is hashed with the AUPRC it had then."""
     import hashlib
 
     h = hashlib.sha256()
@@ -169,6 +188,9 @@ def _content_hash(root: Path) -> str:
         if not p.is_file() or p.name == "dataset.json":
             continue
         h.update(str(p.relative_to(root)).encode() + b"\0")
+        if p.relative_to(root) == Path("oracle/summary.json"):
+            h.update(_summary_with_tie_blind_auprc(root))
+            continue
         if p.suffix != ".parquet":
             h.update(p.read_bytes())
             continue

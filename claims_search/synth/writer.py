@@ -114,14 +114,16 @@ def _check_args(out_dir: Path, patients: int, seed: int, workers: int, shard_siz
 
 
 def _metrics(label: np.ndarray, prob: np.ndarray) -> dict:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import roc_auc_score
+
+    from claims_search.metrics import expected_average_precision
 
     out = {"samples": int(label.size), "positives": int(label.sum()),
            "prevalence": round(float(label.mean()), 4) if label.size else None,
            "oracle_auroc": None, "oracle_auprc": None}
     if 0 < label.sum() < label.size:
         out["oracle_auroc"] = round(float(roc_auc_score(label, prob)), 4)
-        out["oracle_auprc"] = round(float(average_precision_score(label, prob)), 4)
+        out["oracle_auprc"] = round(expected_average_precision(label, prob), 4)  # ties: see there
     return out
 
 
