@@ -3,8 +3,12 @@
     nice -n 19 .venv/bin/python bench/scaling_study.py [--out runs/bench-scaling] [--patients 40000]
         [--labelled 2000,20000] [--max-minutes 55] [--report docs/scaling_study.md]
         [--sizes w16d2h2,...] [--tasks ...] [--pretrain-steps 1000] [--finetune-steps 300] [--finetune-lr 3e-3]
-        [--max-len 128]
+        [--max-len 128] [--batch-tokens 4096] [--gpu]
     .venv/bin/python bench/scaling_study.py --quick --out /tmp/scaling-quick   # minutes: the pipeline
+
+``--gpu`` trains every unit on the CUDA device (LightGBM and the report stay on the CPU), in a
+study folder of its own; with ``--batch-tokens`` and the step counts it is the same study at the
+scale that targets 2 and 3 need (docs/benchmarks.md, "The next measurement").
 
 Every unit of work is cached under ``--out`` and skipped when a rerun finds it, so a full study
 runs as pieces of at most ``--max-minutes`` each (the run stops starting units after that and
@@ -134,8 +138,9 @@ class Deadline:
 
 
 def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadline: Deadline,
-          scratch: bool = True) -> None:
-    """Run every unit not yet done, cheapest size first, until the deadline."""
+          scratch: bool = True, gpu: bool = False) -> None:
+    """Run every unit not yet done, cheapest size first, until the deadline (on the CUDA device
+    with ``gpu``; LightGBM stays on the CPU)."""
     from claims_search.baseline import baseline
     from claims_search.loop import FinetuneSettings, PretrainSettings
     from claims_search.training import finetune, pretrain
@@ -161,7 +166,7 @@ def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadli
             if deadline.expired():
                 continue
             log(f"pretrain {name_of(size)} ({pre_kw['steps']} steps)")
-            r = pretrain(cache, model_of(size), PretrainSettings(**pre_kw), pre_done.parent / "run")
+            r = pretrain(cache, model_of(size), PretrainSettings(**pre_kw), pre_done.parent / "run", use_gpu=gpu)
             write_json(pre_done, {"val_loss": r.val_loss, "cost": r.cost.to_dict(),
                                   "checkpoint": str(r.checkpoint)})
         pres[size] = json.loads(pre_done.read_text())
@@ -183,7 +188,7 @@ def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadli
                 settings = FinetuneSettings(**ft_kw, train_patients=n, from_scratch=init == "scratch")
                 r = finetune(cache, task, model_of(size), settings, done.parent / "run",
                              init_checkpoint=pres[size]["checkpoint"] if init == "pre" else None,
-                             eval_splits=("tuning", "held_out"), n_boot=200)
+                             eval_splits=("tuning", "held_out"), n_boot=200, use_gpu=gpu)
                 write_json(done, {"metrics": r.metrics, "cost": r.cost.to_dict(),
                                   "predictions": {s: str(p) for s, p in r.predictions.items()}})
 
@@ -410,10 +415,15 @@ def main(argv=None) -> int:
                    help="studies of the same data and pretraining at other fine-tuning rates: each unit is "
                         "reported at its best rate on tuning, charged for every rate tried")
     p.add_argument("--no-scratch", action="store_true", help="no from-scratch units (e.g. a second fine-tuning rate)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help=f"tokens per step of every pretraining and fine-tuning (default {PRETRAIN['batch_tokens']})")
+    p.add_argument("--gpu", action="store_true", help="train on the CUDA device (a study of its own: other settings)")
     p.add_argument("--quick", action="store_true", help="the pipeline in minutes: tiny data, 2 sizes, 20 steps")
     args = p.parse_args(argv)
     import torch
 
+    if args.gpu and not torch.cuda.is_available():
+        sys.exit("scaling_study: --gpu: no CUDA device is visible to torch")
     torch.set_num_threads(args.threads)
     out, MAX_LEN = Path(args.out), args.max_len
     ladder, labelled = LADDER, tuple(int(x) for x in args.labelled.split(","))
@@ -423,19 +433,24 @@ def main(argv=None) -> int:
     # Warm-up stays a tenth of the steps, as in PRETRAIN / FINETUNE.
     pre_kw.update(steps=args.pretrain_steps, warmup=args.pretrain_steps // 10)
     ft_kw.update(steps=args.finetune_steps, warmup=args.finetune_steps // 10, lr=args.finetune_lr)
+    if args.batch_tokens:
+        pre_kw.update(batch_tokens=args.batch_tokens)
+        ft_kw.update(batch_tokens=args.batch_tokens)
     if args.quick:
         ladder, labelled, patients = QUICK_LADDER, QUICK["labelled"], QUICK["patients"]
         pre_kw.update(steps=QUICK["pretrain_steps"], warmup=2)
         ft_kw.update(steps=QUICK["finetune_steps"], warmup=2, best_step=False)
-    check_settings(out, {"patients": patients, "seed": args.seed, "max_len": MAX_LEN, "pretrain": pre_kw,
-                         "finetune": ft_kw})
+    settings = {"patients": patients, "seed": args.seed, "max_len": MAX_LEN, "pretrain": pre_kw, "finetune": ft_kw}
+    if args.gpu:  # only then: the CPU studies' settings.json stay valid
+        settings["device"] = "cuda"
+    check_settings(out, settings)
     cache = data(out, patients, args.seed)
     tasks = sorted(json.loads((cache / "manifest.json").read_text())["tasks"])
     if args.tasks or args.quick:
         tasks = [t for t in tasks if t in (args.tasks.split(",") if args.tasks else QUICK["tasks"])]
     deadline = Deadline(args.max_minutes)
     started = time.perf_counter()
-    units(cache, out, ladder, tasks, labelled, pre_kw, ft_kw, deadline, scratch=not args.no_scratch)
+    units(cache, out, ladder, tasks, labelled, pre_kw, ft_kw, deadline, scratch=not args.no_scratch, gpu=args.gpu)
     log(f"this piece: {time.perf_counter() - started:.0f} s; "
         + (f"{deadline.left} unit(s) left: run the same command again" if deadline.left else "every unit done"))
     rates_from = tuple(Path(d) for d in args.rates_from.split(",")) if args.rates_from else ()

@@ -83,3 +83,13 @@ def test_patience_stop_is_where_a_run_would_have_ended_without_a_better_evaluati
     assert patience_stop(curve, 1200, 2) == 480
     assert patience_stop(curve, 1200, 3) == 1200  # the best at 600 came first: the run goes on
     assert patience_stop(curve, 1200, 0) == patience_stop([], 1200, 2) == 1200  # off, or no curve kept
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpu_study_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "study"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling_study.py"), "--gpu", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == ["scaling_study: --gpu: no CUDA device is visible to torch"]
+    assert not out.exists()
