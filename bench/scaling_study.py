@@ -231,9 +231,9 @@ def rate_of(summary_file: Path) -> float:
 def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str, rates_from: tuple = ()) -> dict:
     """Everything the report says about one task at one labelled-set size (each fine-tuning at
     its best rate on tuning when ``rates_from`` names studies at other rates)."""
-    from claims_search import predictions as P
     import polars as pl
 
+    from claims_search import predictions as P
     from claims_search.frontier import TrialRecord
     from claims_search.labels import oracle_scores
     from claims_search.recommend import recommend

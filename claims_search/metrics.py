@@ -5,6 +5,9 @@ The interval resamples *patients*, not samples: a patient with several predictio
 (one per checkup) is drawn as a unit, because their samples are correlated and a per-sample
 bootstrap would give intervals that are too narrow. A patient drawn k times is the same as
 giving each of their samples weight k, so each replicate is one weighted scikit-learn call.
+
+The generator's oracle, whose true probability may take only a few values, is scored with
+:func:`expected_average_precision` instead (AUPRC averaged over the order of its ties).
 """
 
 from __future__ import annotations
@@ -237,6 +240,6 @@ def expected_average_precision(labels: Sequence[bool] | np.ndarray, scores: Sequ
     above = np.concatenate([[0], np.cumsum(pos)[:-1]])  # positives above each block
     b = block
     r = np.arange(len(xs)) - start[b] + 1  # (n,) place within the block, from 1
-    hits = above[b] + 1 + (r - 1) * (pos[b] - 1) / np.maximum(size[b] - 1, 1)
-    per_place = pos[b] / size[b] * hits / (start[b] + r)  # a positive's expected precision there
+    hits = above[b] + 1 + (r - 1) * (pos[b] - 1) / np.maximum(size[b] - 1, 1)  # positives at or above
+    per_place = pos[b] / size[b] * hits / (start[b] + r)  # (chance a positive is there) x its precision
     return float(per_place.sum() / y.sum())
