@@ -60,12 +60,13 @@ def main(argv=None) -> int:
                    help="split at this many events instead of the study's crop (e.g. a study at another crop)")
     args = p.parse_args(argv)
     study = Path(args.study)
-    max_len = args.split_at or json.loads((study / "settings.json").read_text())["max_len"]
+    crop = json.loads((study / "settings.json").read_text())["max_len"]
+    max_len = args.split_at or crop
     cache = Cache.open(study / "prepared")
     lines = [f"`python bench/crop_check.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
              f"{datetime.date.today().isoformat()}; {S.machine()}. Held-out AUROC on the samples whose history at prediction time has at most "
              f"{max_len} events and on the longer ones (fits / cut); the study's crop: "
-             f"{json.loads((study / 'settings.json').read_text())['max_len']} events.", "",
+             f"{crop} events.", "",
              "| task | labelled | longer: samples (positives) | oracle | LightGBM | recommended |",
              "|---|---:|---|---|---|---|"]
     result = []
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         if base.exists():
             preds["lightgbm"] = P.read(json.loads(base.read_text())["predictions"]["held_out"])
         if rec:
-            unit = Path(rec["pre"].get("unit", study / "finetune" / rec["size"] / t["task"] / f"n{t['n_labelled']}-pre"))
+            unit = S.units_of(study, t, rec)[0]
             preds["recommended"] = P.read(json.loads((unit / "summary.json").read_text())["predictions"]["held_out"])
         s = by_crop(held, preds, max_len)
         result.append({"task": t["task"], "n_labelled": t["n_labelled"], "recommended": t["recommended"], **s})

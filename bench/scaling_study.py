@@ -224,6 +224,13 @@ def pick_rate(outs: list[Path], unit: str, metric: str) -> tuple[Path | None, li
     return (max(found, key=score) if found else None), found
 
 
+def units_of(study: Path, table: dict, row: dict) -> tuple[Path, list[Path]]:
+    """A report row's pretrained fine-tuning unit (at its chosen rate) and every unit tried for
+    it; reports written before rates could be chosen name none: the study's own unit."""
+    own = study / "finetune" / row["size"] / table["task"] / f"n{table['n_labelled']}-pre"
+    return Path(row["pre"].get("unit", own)), [Path(u) for u in row["pre"].get("tried", [own])]
+
+
 def rate_of(summary_file: Path) -> float:
     return json.loads((summary_file.parents[4] / "settings.json").read_text())["finetune"]["lr"]
 
@@ -281,7 +288,8 @@ def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str, r
     return {"task": task, "n_labelled": n, "rows": rows, "oracle": oracle,
             "lightgbm": base and {k: base[k] for k in ("metrics", "cost")},
             "recommended": rec and rec.record.trial_id, "rule": rec and rec.rule,
-            "underpowered": rec and rec.underpowered, "agreement": rec and rec.agreement, "fit": fit,
+            "underpowered": rec and rec.underpowered, "agreement": rec and rec.agreement,
+            "agreeing_seeds": rec and rec.agreeing_seeds, "agreement_seeds": rec and rec.agreement_seeds, "fit": fit,
             "complete": len(done) == len(ladder) and base is not None}
 
 
@@ -331,13 +339,13 @@ def summary(tables: list[dict], metric: str) -> list[str]:
                      f"{rec['pre']['held_out'][metric] if rec else float('nan'):.3f} | "
                      f"{largest['pre']['held_out'][metric] if largest else float('nan'):.3f} | "
                      + (f"{t['lightgbm']['metrics']['held_out'][metric]:.3f}" if t["lightgbm"] else "-")
-                     + f" | {t['oracle']['held_out'][metric]:.3f} | {agreeing(t.get('agreement'))} |")
+                     + f" | {t['oracle']['held_out'][metric]:.3f} | {agreeing(t)} |")
     return lines
 
 
-def agreeing(agreement: float | None) -> str:
+def agreeing(table: dict) -> str:
     """``"4 of 5"``: bootstrap seeds that give the reported answer; ``"-"`` if not judged."""
-    return "-" if agreement is None else f"{round(agreement * (1 + STABILITY_SEEDS))} of {1 + STABILITY_SEEDS}"
+    return f"{table['agreeing_seeds']} of {table['agreement_seeds']}" if table.get("agreement_seeds") else "-"
 
 
 def plot_k(tables: list[dict], path: Path) -> None:

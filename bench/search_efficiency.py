@@ -58,13 +58,6 @@ def patience_stop(curve: list, steps: int, patience: int) -> int:
     return steps if stop is None else stop
 
 
-def units_of(study: Path, table: dict, row: dict) -> tuple[Path, list[Path]]:
-    """A report row's pretrained fine-tuning unit (at its chosen rate) and every unit tried for
-    it; reports written before rates could be chosen name none: the study's own unit."""
-    own = study / "finetune" / row["size"] / table["task"] / f"n{table['n_labelled']}-pre"
-    return Path(row["pre"].get("unit", own)), [Path(u) for u in row["pre"].get("tried", [own])]
-
-
 def load(study: Path, metric: str, patience: int = 0):
     """(sizes, cost per size, {(task, n): {size: (metric, record inputs)}}, cost per size with
     ``patience``, units whose model patience would change) from the study."""
@@ -78,7 +71,7 @@ def load(study: Path, metric: str, patience: int = 0):
         pre = json.loads((study / "pretrain" / s / "summary.json").read_text())["cost"]["flops"]
         cost[s] = cost_p[s] = pre
         for t in tables:
-            for d in (u for r in t["rows"] if r["size"] == s and "pre" in r for u in units_of(study, t, r)[1]):
+            for d in (u for r in t["rows"] if r["size"] == s and "pre" in r for u in S.units_of(study, t, r)[1]):
                 flops = json.loads((d / "summary.json").read_text())["cost"]["flops"]
                 run = json.loads((d / "run" / "result.json").read_text())
                 stop = patience_stop(run.get("carve_out_auprc", []), run["step"], patience)
@@ -91,7 +84,7 @@ def load(study: Path, metric: str, patience: int = 0):
         rows = {r["size"]: r for r in t["rows"] if "pre" in r}
         if set(rows) != set(sizes):
             continue
-        frames = {s: P.read(json.loads((units_of(study, t, rows[s])[0] / "summary.json").read_text())
+        frames = {s: P.read(json.loads((S.units_of(study, t, rows[s])[0] / "summary.json").read_text())
                             ["predictions"]["tuning"]) for s in sizes}
         per_task[(t["task"], t["n_labelled"])] = {"rows": rows, "frames": frames, "grid": t["recommended"]}
     return sizes, cost, per_task, cost_p, changed

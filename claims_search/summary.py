@@ -47,11 +47,10 @@ class SummarySettings:
         ref = rec.reference
         return cls(
             metric=space.metric, cost=space.cost,
-            margin=getattr(rec, "margin", None),  # `recommend.margin`: absent from older spaces
-            tolerance=rec.tolerance,
+            margin=rec.margin, tolerance=rec.tolerance,
             reference=(ref.metric, ref.cost) if ref else None,
             min_gain_per_doubling=rec.min_gain_per_doubling,
-            stability_seeds=getattr(rec, "stability_seeds", 4),
+            stability_seeds=rec.stability_seeds,
         )
 
     def to_dict(self) -> dict[str, Any]:
