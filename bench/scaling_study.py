@@ -27,7 +27,7 @@ says how many are left; run the same command again to continue):
 5. Report: per task and labelled size, each size's tuning and held-out metric with 95 %
    intervals against non-embedding parameters and cost, the oracle ceiling, LightGBM, the
    from-scratch models, the size the paired rule (``recommend.recommend`` with per-patient
-   tuning predictions) recommends, and a saturating fit ``m(N) = a - b N^-c`` on the smaller
+   tuning predictions, no margin) recommends, and a saturating fit ``m(N) = a - b N^-c`` on the smaller
    sizes judged on how well it predicts the larger ones. Written to ``--report`` (markdown,
    plus ``<report stem>_*.png``) and ``--out/report.json``.
 
@@ -60,8 +60,10 @@ MAX_LEN = 128
 RULE_BOOT = 1000
 STABILITY_SEEDS = 4  # more bootstrap seeds that decide again: how stable each answer is
 # Measured on 8,000 patients (docs/benchmarks.md, "The demo"): mean pooling and a 3e-3
-# fine-tuning rate learn in a few hundred steps on 2 cores. The same settings for every size:
-# the rate is not re-tuned per size (a limitation the report states).
+# fine-tuning rate learn in a few hundred steps on 2 cores. One run uses one rate for every size;
+# --rates-from adds other runs' rates, and the report takes each unit at its best on tuning, so
+# sizes fine-tuned at more rates than others are favoured: the report marks them "(of k)" and
+# says so.
 PRETRAIN = dict(lr=1e-3, batch_tokens=4096, steps=1000, warmup=100)
 FINETUNE = dict(lr=3e-3, batch_tokens=4096, steps=300, warmup=30, pool="mean")
 QUICK = dict(patients=2000, labelled=(300,), pretrain_steps=20, finetune_steps=20,
@@ -299,13 +301,16 @@ def fmt(m: dict, metric: str) -> str:
 
 def markdown(tables: list[dict], metric: str, meta: dict) -> str:
     lines = [f"Command: `{meta['command']}`; {meta['date']}; {meta['machine']}; "
-             f"{'complete' if all(t['complete'] for t in tables) else 'PARTIAL (units left: run again)'}.", ""]
+             f"{'complete' if all(t['complete'] for t in tables) else 'PARTIAL (units left: run again)'}.", "",
+             "Fine-tuning rate: a rate marked \"(of k)\" is the best of k rates on the tuning split; a size "
+             "without the mark had one rate. Where both appear in one table the rate was searched unevenly, "
+             "which favours the marked sizes (in their tuning metric, and so in the paired rule's verdict).", ""]
     for t in tables:
         o = t["oracle"]["held_out"]
         lines += [f"**{t['task']}, {t['n_labelled']:,} labelled patients** — oracle held-out "
                   f"{metric.upper()} {o[metric]:.3f}; LightGBM "
                   + (fmt(t["lightgbm"]["metrics"]["held_out"], metric) if t["lightgbm"] else "n/a")
-                  + f"; recommended (paired rule on tuning): **{t['recommended'] or 'n/a'}**"
+                  + f"; recommended (paired rule on tuning, no margin): **{t['recommended'] or 'n/a'}**"
                   + (" (underpowered)" if t["underpowered"] else ""), "",
                   f"| size | non-emb. params | tuning {metric} (pretrained) | held-out (pretrained) | "
                   f"held-out (from scratch) | fine-tuning rate (pretrained) | training FLOPs (pretrained) | "
@@ -329,7 +334,7 @@ def markdown(tables: list[dict], metric: str, meta: dict) -> str:
 def summary(tables: list[dict], metric: str) -> list[str]:
     """One row per task and labelled size: the recommendation beside the largest size and LightGBM."""
     lines = ["| task | labelled | recommended | its non-emb. params | its held-out | largest's held-out | "
-             "LightGBM held-out | oracle held-out | bootstrap seeds agreeing |",
+             "LightGBM held-out | oracle held-out | bootstrap-seed stability (the same predictions resampled) |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for t in tables:
         rows = {r["size"]: r for r in t["rows"] if "pre" in r}
@@ -340,11 +345,18 @@ def summary(tables: list[dict], metric: str) -> list[str]:
                      f"{largest['pre']['held_out'][metric] if largest else float('nan'):.3f} | "
                      + (f"{t['lightgbm']['metrics']['held_out'][metric]:.3f}" if t["lightgbm"] else "-")
                      + f" | {t['oracle']['held_out'][metric]:.3f} | {agreeing(t)} |")
-    return lines
+    return lines + ["", "recommended: the paired rule on the tuning split without a margin: the cheapest size that "
+                    "the tuning split cannot tell apart from the best size on tuning (not non-inferiority, and "
+                    "not a comparison with the largest); the held-out columns are the check. Bootstrap-seed "
+                    "stability: how many of the bootstrap seeds give the same answer on the same tuning "
+                    "predictions; it measures the bootstrap's own noise, not replication (nothing is retrained). "
+                    "Where a labelled size's per-task table marks some sizes' rate \"(of k)\", the rate was "
+                    "searched unevenly and the recommendation favours those sizes."]
 
 
 def agreeing(table: dict) -> str:
-    """``"4 of 5"``: bootstrap seeds that give the reported answer; ``"-"`` if not judged."""
+    """``"4 of 5"``: bootstrap seeds (the same predictions resampled) that give the reported answer;
+    ``"-"`` if not judged."""
     return f"{table['agreeing_seeds']} of {table['agreement_seeds']}" if table.get("agreement_seeds") else "-"
 
 
