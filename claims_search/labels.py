@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from claims_search import named
 from claims_search.errors import ClaimsSearchError
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,16 @@ class Task:
 
 
 def task_path(name_or_path: str | Path) -> Path:
-    """The YAML file of a built-in task name, of a task of the synthetic complexity family
-    (``complexity_k0`` ... ``k3``, prepared only when named), or ``name_or_path`` itself."""
+    """``name_or_path`` when it is a file, else the YAML of a built-in task name or of a task of
+    the synthetic complexity family (``complexity_k0`` ... ``k3``, prepared only when named)."""
     name = str(name_or_path)
+    shipped = None
     if name in BUILTIN_TASKS:
-        return Path(str(files("claims_search").joinpath(f"tasks/{name}.yaml")))
-    shipped = Path(str(files("claims_search").joinpath(f"tasks/complexity/{name}.yaml")))
-    if "/" not in name and shipped.is_file():  # the synthetic complexity family: named, never implied
-        return shipped
-    path = Path(name)
-    if not path.is_file():
+        shipped = Path(str(files("claims_search").joinpath(f"tasks/{name}.yaml")))
+    elif "/" not in name:  # the synthetic complexity family: named, never implied
+        shipped = Path(str(files("claims_search").joinpath(f"tasks/complexity/{name}.yaml")))
+    path = named.resolve(name, shipped, "task")  # a file of that name wins, with a note
+    if path is None:
         raise ClaimsSearchError(
             f"{name}: no such task file or built-in task ({', '.join(BUILTIN_TASKS)})"
         )

@@ -27,6 +27,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from claims_search import named
 from claims_search.errors import ClaimsSearchError
 from claims_search.recommend import MAX_STABILITY_SEEDS
 
@@ -483,12 +484,12 @@ def _check_lazy(space: Space, path: Path) -> None:
 
 
 def load_space(path: str | Path) -> Space:
-    """Load and validate a search space YAML (a path, or a shipped space's name like 'smoke')."""
-    p = Path(path)
-    if not p.exists() and (SPACES_DIR / f"{path}.yaml").exists():
-        p = SPACES_DIR / f"{path}.yaml"
-    if not p.is_file():
-        raise ClaimsSearchError(f"{p}: search space file not found")
+    """Load and validate a search space YAML: a file, else a shipped space's name like 'smoke'
+    (``named.resolve``: a folder of that name never counts)."""
+    p = named.resolve(path, SPACES_DIR / f"{path}.yaml", "search space")
+    if p is None:
+        shipped = ", ".join(sorted(f.stem for f in SPACES_DIR.glob("*.yaml")))
+        raise ClaimsSearchError(f"{path}: no such search space file or shipped space ({shipped})")
     p = p.resolve()  # trials run in other working directories (and on other nodes)
     try:
         data = yaml.load(p.read_bytes().decode("utf-8"), Loader=_Loader)

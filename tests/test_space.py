@@ -159,6 +159,34 @@ def test_a_space_with_nothing_to_choose_is_one_trial(tmp_path):
     assert space.is_grid and space.num_samples() == 1 and len(space.grid_samples()) == 1
 
 
+def test_a_folder_named_like_a_shipped_space_never_shadows_it(tmp_path, monkeypatch, capsys):
+    """`make demo` writes ./demo/ beside the shipped `demo` space: the name still means the space."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert load_space("demo").path.name == "demo.yaml"
+    assert capsys.readouterr().err == ""  # no file matched: nothing to note
+
+
+def test_a_file_named_like_a_shipped_space_wins_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, GOOD).rename(tmp_path / "smoke")
+    space = load_space("smoke")
+    assert space.path == (tmp_path / "smoke").resolve()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "using the file smoke, not the shipped search space" in err[0]
+
+
+def test_a_task_file_named_like_a_builtin_task_wins_and_says_so(tmp_path, monkeypatch, capsys):
+    from claims_search.labels import task_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "complexity_k0").mkdir()  # a folder: never a task file
+    assert task_path("complexity_k0").parent.name == "complexity"
+    (tmp_path / "ckd_incidence").write_text("mine")
+    assert task_path("ckd_incidence") == Path("ckd_incidence")
+    assert "using the file ckd_incidence, not the shipped task" in capsys.readouterr().err
+
+
 def test_a_relative_space_path_is_resolved_when_loaded(tmp_path, monkeypatch):
     """Trials run in other working directories: the space they get must not depend on ours."""
     monkeypatch.chdir(tmp_path)
@@ -170,7 +198,7 @@ def test_yaml_exponent_floats_and_missing_file(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(GOOD).replace("0.0001", "1e-4"))
     assert load_space(path).training.pretrain["lr"].low == pytest.approx(1e-4)
-    with pytest.raises(ClaimsSearchError, match="not found"):
+    with pytest.raises(ClaimsSearchError, match="no such search space file or shipped space"):
         load_space(tmp_path / "nope.yaml")
 
 

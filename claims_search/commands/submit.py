@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         local = space
         if not (os.path.isabs(space) or args.no_upload or "://" in args.working_dir):
             local = os.path.join(args.working_dir, space)
-        if not os.path.exists(local):
+        if not os.path.isfile(local):  # a folder never counts (named.resolve)
             local = space  # a shipped space's name, e.g. "smoke"
         jobs.check_space_fits(local, jobs.cluster_resources(address))
 
