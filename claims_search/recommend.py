@@ -10,26 +10,29 @@ per-sample predictions (``predictions.py``) they are compared *paired*: a patien
 bootstrap of ``best - candidate`` that scores both models on the same patient draws
 (``metrics.bootstrap_replicates``), 95 % percentile interval ``[low, high]``:
 
+Each candidate is judged on its own interval only (another size never changes its verdict).
+With δ the margin, or :data:`RESOLUTION` without one, and W the interval's width:
+
 - ``margin=None`` (*indistinguishable*): the candidate qualifies when the interval contains 0
-  (``low <= 0``): the tuning split cannot tell it from the best.
+  (``low <= 0``) and is narrow enough to mean it (``W <= 2·δ``): the tuning split cannot tell
+  it from the best, and could have. ``low > 0``: told apart (*worse*).
 - ``margin=δ`` (*non-inferior within δ*): it qualifies when ``high < δ``: the best is at most δ
   better, with 97.5 % confidence (the upper end of the same interval, a one-sided bound).
+  ``low >= δ``, or an interval no wider than 2·δ that reaches δ: *worse* (not within δ).
+- Otherwise the verdict is *too wide*: the interval cannot separate "as good" from "δ worse"
+  (an interval of width W around a true difference of 0 reaches W/2 on each side, so with
+  W > 2δ a candidate exactly as good as the best cannot be shown within δ, and one δ worse
+  still contains 0).
 
-Trials without readable predictions (older records, a lost file) fall back to the unpaired
-rule of earlier versions: the candidate's metric must reach the best's own bootstrap lower
-bound (rule ``"unpaired"``) or ``best.metric - tolerance`` (rule ``"tolerance"``).
+Trials without readable predictions fall back to the unpaired rule of earlier versions: the
+candidate's metric must reach the best's own bootstrap lower bound (rule ``"unpaired"``) or
+``best.metric - tolerance`` (rule ``"tolerance"``).
 
-*Underpowered*: when the paired intervals are so wide that the rule cannot separate "as good"
-from "δ worse", the recommendation keeps the best trial instead of defaulting to the smallest.
-The test: the median width of the candidates' paired intervals exceeds ``2·δ``, where δ is the
-margin, or :data:`RESOLUTION` without one; without a margin it also needs every candidate to
-have qualified (if some were told apart the split did resolve the sizes). Why ``2·δ``: an
-interval of width W around a true difference of 0 reaches W/2 on each side, so with W > 2δ a
-candidate exactly as good as the best cannot be shown within δ, and one δ worse still looks
-"indistinguishable".
-
-An underpowered split makes no claim about size either: no saturation point, not "still
-improving" (the same wide intervals would back either).
+The recommendation is the cheapest qualifying candidate, else the best. *Underpowered*: no
+candidate qualified and at least one was *too wide*: the best is kept, and the reason names
+those sizes, instead of defaulting to the smallest. An underpowered split makes no claim about
+size either: no saturation point, not "still improving" (the same wide intervals would back
+either).
 
 *Baseline*: LightGBM is recommended (``choice="baseline"``) when, paired against the best
 Transformer, it is significantly better (``high < 0``: then every size is worse than it, at any
@@ -46,7 +49,6 @@ on); the held-out confirmation after a search, or ``finetune --held-out``, is th
 from __future__ import annotations
 
 import logging
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Union
@@ -86,6 +88,12 @@ class Comparison:
     high: float | None = None
     n: int | None = None
     patients: int | None = None
+    verdict: str = ""  # "qualifies", "worse" or "too wide" (module docstring); set in __post_init__
+    delta: float | None = None  # the δ the paired verdict used (margin or RESOLUTION)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            object.__setattr__(self, "verdict", "qualifies" if self.qualifies else "worse")
 
     @property
     def trial_id(self) -> str:
@@ -100,8 +108,8 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: the trial's id and the numbers (aggregates only)."""
         return {"trial_id": self.trial_id, "rule": self.rule, "diff": self.diff, "low": self.low,
-                "high": self.high, "width": self.width, "qualifies": self.qualifies, "n": self.n,
-                "patients": self.patients}
+                "high": self.high, "width": self.width, "qualifies": self.qualifies, "verdict": self.verdict,
+                "delta": self.delta, "n": self.n, "patients": self.patients}
 
 
 @dataclass(frozen=True)
@@ -307,37 +315,33 @@ def _decide(best: TrialRecord, models: list[TrialRecord], baseline: TrialRecord 
     the baseline wins."""
     candidates = sorted((r for r in models if _order(r) < _order(best)), key=_order)
     comparisons = tuple(judge.compare(r) for r in candidates)
-    qualified = next((c for c in comparisons if c.qualifies), None)
-    reason = _underpowered(comparisons, margin)
-    chosen = None if reason else qualified
+    chosen = next((c for c in comparisons if c.qualifies), None)
+    reason = None if chosen else _underpowered(comparisons)
     base = judge.compare(baseline) if baseline else None
-    if _baseline_wins(base, chosen.record if chosen else best, best, bool(reason)):
+    if _baseline_wins(base, chosen.record if chosen else best, best):
         chosen = base
     return _Decision(chosen.record if chosen else best, comparisons, chosen, base, reason)
 
 
-def _underpowered(comparisons: tuple[Comparison, ...], margin: float | None) -> str | None:
-    """The one-line reason the paired intervals are too wide to decide, or None (see the
-    module docstring). Judged on paired comparisons only: the fallback has no paired width."""
-    paired = [c for c in comparisons if c.rule == "paired"]
-    if not paired:
+def _underpowered(comparisons: tuple[Comparison, ...]) -> str | None:
+    """Why no cheaper size could be decided, or None: the one-line reason names the sizes whose
+    own intervals were too wide (module docstring). Called only when none qualified."""
+    wide = [c for c in comparisons if c.verdict == "too wide"]
+    if not wide:
         return None
-    delta = RESOLUTION if margin is None else margin
-    width = statistics.median(c.width for c in paired)
-    if width <= 2 * delta or (margin is None and not all(c.qualifies for c in paired)):
-        return None
-    what = f"margin {delta:g}" if margin is not None else f"the default resolution {delta:g} (no margin set)"
-    return (f"median paired 95% interval width {width:.3g} over {len(paired)} cheaper size(s) "
-            f"exceeds 2 x {what}")
+    delta = wide[0].delta
+    widths = ", ".join(f"{c.width:.3g}" for c in wide)
+    return (f"{len(wide)} of {len(comparisons)} cheaper size(s) have paired 95% intervals wider than "
+            f"2 x {delta:g} (width {widths}): the split cannot tell them from the best")
 
 
-def _baseline_wins(cmp: Comparison | None, chosen: TrialRecord, best: TrialRecord, underpowered: bool) -> bool:
+def _baseline_wins(cmp: Comparison | None, chosen: TrialRecord, best: TrialRecord) -> bool:
     """LightGBM replaces the Transformer choice when it is significantly better than the best
     Transformer (``high < 0``: every size is then significantly worse than it, whatever they
     cost); when it scores at least the best Transformer's metric and costs less than the choice
     (it is then the best model and the cheaper one: nothing to prove); or when it is cheaper and,
-    paired against the best, as good under the rule (not while the split is underpowered: its
-    qualifying would be the interval's width, not evidence)."""
+    paired against the best, qualifies on its own interval (a *too wide* interval is no
+    evidence)."""
     if cmp is None or cmp.rule != "paired":
         return False
     if cmp.high < 0:
@@ -345,18 +349,12 @@ def _baseline_wins(cmp: Comparison | None, chosen: TrialRecord, best: TrialRecor
     cheaper = cmp.record.cost < chosen.cost
     if cheaper and cmp.record.metric >= best.metric:
         return True
-    return cheaper and cmp.qualifies and not underpowered
+    return cheaper and cmp.qualifies
 
 
 def _trend_rule(paired: list[bool]) -> str:
     # Saturation words name the rule behind them; "mixed" when some trials lack predictions.
     return "paired" if all(paired) else "gain" if not any(paired) else "mixed"
-
-
-def median_width(rec: Recommendation) -> float | None:
-    """Median width of the candidates' paired intervals (what the underpowered test reads)."""
-    widths = [c.width for c in rec.comparisons if c.width is not None]
-    return statistics.median(widths) if widths else None
 
 
 class _Judge:
@@ -423,13 +421,26 @@ class _Judge:
         """``best - r`` under the rule in force for ``r``."""
         if self.paired(r):
             diff, low, high = self.interval(self.best, r)
-            return Comparison(r, "paired", diff, self._close(low, high), low, high, self._n, self._patients)
+            verdict = self.verdict(low, high)
+            return Comparison(r, "paired", diff, verdict == "qualifies", low, high, self._n, self._patients,
+                              verdict=verdict, delta=self.delta)
         return Comparison(r, self.fallback, self.best.metric - r.metric, r.metric >= self.threshold)
 
+    @property
+    def delta(self) -> float:
+        """The δ of the paired verdicts: the margin, else :data:`RESOLUTION`."""
+        return RESOLUTION if self.margin is None else self.margin
+
+    def verdict(self, low: float, high: float) -> str:
+        """One interval of (better-looking - other) on its own: "qualifies", "worse" or "too wide"
+        (module docstring)."""
+        d, wide = self.delta, high - low > 2 * self.delta
+        if self.margin is None:
+            return "worse" if low > 0 else "too wide" if wide else "qualifies"
+        return "qualifies" if high < d else "too wide" if wide and low < d else "worse"
+
     def _close(self, low: float, high: float) -> bool:
-        # Paired "as good": the interval of (better-looking - other) contains 0, or its upper
-        # end is below the margin.
-        return low <= 0 if self.margin is None else high < self.margin
+        return self.verdict(low, high) == "qualifies"
 
     def as_good(self, x: TrialRecord, y: TrialRecord) -> bool:
         """Whether ``x`` is as good as ``y`` (saturation): the paired rule, else the gain

@@ -538,3 +538,30 @@ def load_settings(tracking_uri: str, experiment_name: str) -> dict[str, Any]:
             k = k.removeprefix("claims_search.")
             out[k] = v if k in ("metric", "cost") else json.loads(v)
     return out
+
+
+def load_confirmation(tracking_uri: str, experiment_name: str, split: str = "held_out") -> dict[str, dict]:
+    """The held-out confirmation each task's parent run holds, in the shape the search made it:
+    ``{task: {role: {"trial_id", "metrics"} | {"trial_id", "error"}}}``; a task whose search
+    stopped before confirming is absent. Aggregates only (metrics, intervals, sample counts)."""
+    client = _existing_client(tracking_uri)
+    exp_id = _experiment_id(client, tracking_uri, experiment_name, create=False)
+    if exp_id is None:
+        raise ClaimsSearchError(f"{tracking_uri}: experiment {experiment_name!r} not found")
+    out: dict[str, dict] = {}
+    for run in client.search_runs([exp_id], f"tags.`{ROLE}` = 'parent'", max_results=1000):
+        tags, metrics = run.data.tags, run.data.metrics
+        roles = {}
+        for role in ("recommended", "best", "baseline"):
+            trial = tags.get(f"{split}_{role}_trial")
+            if trial is None:
+                continue
+            if f"{split}_{role}_error" in tags:
+                roles[role] = {"trial_id": trial, "error": tags[f"{split}_{role}_error"]}
+                continue
+            prefix = f"{split}_{role}_"
+            roles[role] = {"trial_id": trial,
+                           "metrics": {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}}
+        if roles and TASK in tags:
+            out[tags[TASK]] = roles
+    return out

@@ -45,6 +45,7 @@ SCORES = {
     "antihypertensive_start": {
         "s": RISK + 0.5 * E[0] + 0.8 * E[1] + 0.8 * E[2], "m": RISK + 0.5 * E[0] + 0.8 * E[1],
         "l": RISK + 0.5 * E[0], "lgbm": RISK + 1.5 * E[4], "lgbm_good": RISK + 0.5 * E[0] + 0.1 * E[5],
+        "lgbm_close": RISK + 0.5 * E[0] + 0.25 * E[5],  # a little worse than l, on the same patients
     },
 }
 
@@ -88,6 +89,7 @@ IMPROVING = [
     lightgbm("lgbm", HT, 0.4279, 0.377, 0.481),
 ]
 GOOD_BASELINE = IMPROVING[:3] + [lightgbm("lgbm_good", HT, 0.6322, 0.585, 0.688)]
+CLOSE_BASELINE = IMPROVING[:3] + [lightgbm("lgbm_close", HT, 0.6205, 0.571, 0.676)]
 
 
 def printed(records, task, **kw):
@@ -102,7 +104,7 @@ def printed(records, task, **kw):
 def test_the_literal_records_are_what_the_predictions_give():
     from claims_search.metrics import bootstrap_replicates, percentile_interval
 
-    for r in CKD + IMPROVING + GOOD_BASELINE:
+    for r in CKD + IMPROVING + GOOD_BASELINE + CLOSE_BASELINE:
         p = predictions(r)
         points, reps = bootstrap_replicates(p["label"], [p["prob"]], p["subject_idx"], "auprc")
         low, high = percentile_interval(reps[0])
@@ -112,19 +114,24 @@ def test_the_literal_records_are_what_the_predictions_give():
 def test_a_task_that_saturates():
     rec, lines = printed(CKD, "ckd_incidence")
     assert rec.record.trial_id == "m" and rec.saturation.trial_id == "m" and not rec.still_improving
-    assert lines[0] == "ckd_incidence: recommended w128 d4 h4, 0.79M params (trial m)"
-    assert lines[2].startswith("  paired rule (1500 patients): best - recommended = 0.0008, 95% CI [")
-    assert lines[2].endswith("contains 0")
-    assert "  saturates at w128 d4 h4 (cost 480): no larger trial is better under the paired rule" in lines
+    assert lines[0] == "ckd_incidence: recommended w128 d4 h4, 0.79M params (trial m), the cheapest size that qualifies"
+    assert lines[3] == "  cheaper sizes, each on its own evidence:"
+    assert lines[4].startswith("    paired rule (1500 patients): best - w64 d4 h4 = 0.0906, 95% CI [")
+    assert lines[4].endswith("excludes 0: worse than the best")
+    assert lines[5].startswith("    paired rule (1500 patients): best - w128 d4 h4 = 0.0008, 95% CI [")
+    assert lines[5].endswith("contains 0, width <= 2 x 0.01: indistinguishable from the best")
+    # Saturation is a tuning verdict, and says so when nothing on held-out bears it out.
+    assert "  on tuning, saturates at w128 d4 h4 (cost 480): no larger trial is better under the paired rule" in lines
+    assert "    held-out: not confirmed (no held-out scores of this size and the best); a tuning verdict only" in lines
     assert lines[-1].startswith("  baseline (LightGBM) AUPRC 0.4279") and "worse than the best Transformer" in lines[-1]
-    assert not any("still improving" in line or "bigger did help" in line for line in lines)
+    assert not any("still improving" in line or "non-inferior" in line for line in lines)
 
 
 def test_a_task_that_still_improves():
     rec, lines = printed(IMPROVING, HT)
     assert rec.record.trial_id == rec.best.trial_id == "l" and rec.saturation is None and rec.still_improving
     assert lines[0] == f"{HT}: recommended w256 d4 h4, 3.15M params (trial l), the best trial"
-    assert lines[2].startswith("  no cheaper size qualifies under the paired rule; closest w128 d4 h4")
+    assert [ln.endswith("excludes 0: worse than the best") for ln in lines[3:5]] == [True, True]
     assert ("  still improving at the largest size tried (w256 d4 h4): it is better than every smaller size "
             "under the paired rule") in lines
     assert not any("saturates" in line or "saves" in line for line in lines)
@@ -133,28 +140,68 @@ def test_a_task_that_still_improves():
 def test_lightgbm_as_good_as_the_best_transformer_and_cheaper_is_the_recommendation():
     rec, lines = printed(GOOD_BASELINE, HT)
     assert rec.choice == "baseline" and rec.record.trial_id == "lgbm_good"
-    assert lines[0] == (f"{HT}: recommended LightGBM (trial lgbm_good): at least as good as the best "
+    assert lines[0] == (f"{HT}: recommended LightGBM (trial lgbm_good): indistinguishable from the best "
                         "Transformer, at a lower cost")
-    assert lines[3].startswith("  paired rule (1500 patients): best - LightGBM = 0.0040") and lines[3].endswith("contains 0")
+    assert lines[3].startswith("  paired rule (1500 patients): best - LightGBM = 0.0040")
+    assert lines[3].endswith("contains 0, width <= 2 x 0.01: indistinguishable from the best")
     assert "more pretraining" not in "\n".join(lines)
+
+
+def test_lightgbm_within_the_margin_but_significantly_worse_is_called_just_that():
+    # best - LightGBM = 0.0157 [0.0023, 0.0315]: within the margin 0.035, and worse beyond doubt.
+    rec, lines = printed(CLOSE_BASELINE, HT, margin=0.035)
+    c = rec.difference
+    assert rec.choice == "baseline" and 0 < c.low and c.high < 0.035
+    assert lines[0] == (f"{HT}: recommended LightGBM (trial lgbm_close): within 0.035 of the best Transformer "
+                        f"(best - LightGBM = {c.diff:.4f} [{c.low:.4f}, {c.high:.4f}]), though significantly worse, "
+                        "at a lower cost")
+    assert "at least as good" not in "\n".join(lines)
+
+
+def test_non_inferior_is_said_only_with_a_margin():
+    for records, task in ((CKD, "ckd_incidence"), (IMPROVING, HT), (GOOD_BASELINE, HT)):
+        assert "non-inferior" not in "\n".join(printed(records, task)[1])
+    assert "non-inferior within 0.02" in "\n".join(printed(CKD, "ckd_incidence", margin=0.02)[1])
+
+
+def held_out(rec_auprc, best_auprc, recommended="m", best="l"):
+    """The held-out confirmation as the search records it (aggregates only)."""
+    def role(trial, x):
+        return {"trial_id": trial, "metrics": {"auprc": x, "auprc_low": x - 0.05, "auprc_high": x + 0.05, "n": 900}}
+    return {"recommended": role(recommended, rec_auprc), "best": role(best, best_auprc)}
+
+
+def test_saturation_says_whether_held_out_bears_it_out():
+    rec, _ = printed(CKD, "ckd_incidence")
+    agrees = describe(rec, "auprc", "device_seconds", held_out(0.531, 0.536))
+    assert "    held-out agrees: AUPRC 0.531 against the best's 0.536 (within 0.01)" in agrees
+    disagrees = describe(rec, "auprc", "device_seconds", held_out(0.620, 0.651))
+    assert "    held-out does NOT confirm it: AUPRC 0.620 against the best's 0.651 (more than 0.01 below)" in disagrees
+    # The held-out figures close the description, as the search printed them.
+    assert disagrees[-2:] == ["    recommended AUPRC 0.620 [0.570, 0.670]  (n=900, trial m)",
+                              "    best        AUPRC 0.651 [0.601, 0.701]  (n=900, trial l)"]
+    assert describe(rec, "auprc", "device_seconds", {})[-1] == (
+        "  held-out confirmation: none recorded (the search stopped before it, or its models were lost)")
 
 
 def test_a_margin_is_named_in_the_rule_line():
     rec, lines = printed(CKD, "ckd_incidence", margin=0.02)
     assert rec.record.trial_id == "m" and rec.margin == 0.02
-    assert re.fullmatch(r"  paired rule \(1500 patients\): best - recommended = 0\.0008, .*: upper end < margin 0\.02",
-                        lines[2])
+    assert re.fullmatch(r"    paired rule \(1500 patients\): best - w128 d4 h4 = 0\.0008, .*: upper end < margin 0\.02: "
+                        r"non-inferior within 0\.02", lines[5])
 
 
 def test_an_underpowered_split_keeps_the_best_and_says_why():
-    # At margin 0.005 the paired intervals (about 0.05 wide for the small size) cannot tell
-    # sizes apart: no recommendation of the smallest, no saturation claim.
+    # At margin 0.005 the mid size's interval (0.0126 wide) cannot tell it from the best: no
+    # recommendation of a cheaper size, no saturation claim. The small size is told apart.
     rec, lines = printed(CKD, "ckd_incidence", margin=0.005)
     assert rec.underpowered and rec.record.trial_id == "l"
-    assert re.fullmatch(r"ckd_incidence: the tuning split is too small to tell these sizes apart at margin 0\.005 "
-                        r"\(interval width 0\.\d{4}\); not recommending the smallest by default", lines[0])
-    assert lines[1] == "  keeping the best trial w256 d4 h4, 3.15M params (trial l)"
-    assert lines[3].startswith("  why: median paired 95% interval width")
+    assert lines[0] == ("ckd_incidence: the tuning split is too small to tell the cheaper sizes from the best; "
+                        "keeping the best trial w256 d4 h4, 3.15M params (trial l), not the smallest by default")
+    assert lines[2] == ("  why: 1 of 2 cheaper size(s) have paired 95% intervals wider than 2 x 0.005 (width 0.0126): "
+                        "the split cannot tell them from the best")
+    assert lines[4].endswith("lower end >= margin 0.005: worse by more than 0.005")
+    assert lines[5].endswith("width > 2 x margin 0.005: too wide to show within 0.005 or not")
     assert not any("saturates" in line or "still improving" in line for line in lines)
 
 
@@ -162,9 +209,13 @@ def test_records_without_predictions_use_the_unpaired_rule_and_say_so():
     rec = recommend(CKD, "ckd_incidence")  # no predictions handed: old records
     lines = describe(rec, "auprc", "device_seconds")
     assert rec.rule == "unpaired" and rec.record.trial_id == "m"
-    assert lines[2] == "  unpaired rule (no per-sample predictions): within the best's 95% interval: >= 0.4850"
-    assert lines[5] == ("  saturates at w128 d4 h4 (cost 480): no larger trial is better by 0.005 or more per "
-                        "doubling of cost (no per-sample predictions)")
+    assert lines[4:6] == [
+        "    w64 d4 h4: unpaired rule (no per-sample predictions): 0.4430 < the best's 95% lower end 0.4850: "
+        "does not qualify",
+        "    w128 d4 h4: unpaired rule (no per-sample predictions): 0.5327 >= the best's 95% lower end 0.4850: "
+        "qualifies"]
+    assert ("  on tuning, saturates at w128 d4 h4 (cost 480): no larger trial is better by 0.005 or more per "
+            "doubling of cost (no per-sample predictions)") in lines
 
 
 def test_the_cheapest_being_the_best_is_never_called_a_win_for_size():

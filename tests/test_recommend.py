@@ -141,7 +141,8 @@ def test_a_cheaper_model_worse_on_a_single_patient_is_indistinguishable():
     # Without a margin "indistinguishable" holds too, but the interval (0.03 wide on 30
     # patients) is wider than 2 x RESOLUTION: that is no evidence, so the best is kept.
     rec = recommend([A, near], "ckd_incidence", both, metric="auroc")
-    assert rec.comparisons[0].qualifies and rec.underpowered and rec.record.trial_id == "A"
+    assert rec.comparisons[0].verdict == "too wide" and not rec.comparisons[0].qualifies
+    assert rec.underpowered and rec.record.trial_id == "A"
 
 
 def test_a_margin_asks_for_non_inferiority_within_it():
@@ -172,8 +173,9 @@ def test_intervals_wider_than_twice_the_margin_are_underpowered_and_keep_the_bes
     # The interval of A - B is 0.0718 wide: at margin 0.03 it cannot separate "as good" from
     # "0.03 worse" (0.0718 > 2 x 0.03).
     rec = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.03)
-    assert rec.underpowered and rec.record.trial_id == "A"
-    assert rec.reason == "median paired 95% interval width 0.0718 over 1 cheaper size(s) exceeds 2 x margin 0.03"
+    assert rec.underpowered and rec.record.trial_id == "A" and rec.comparisons[0].verdict == "too wide"
+    assert rec.reason == ("1 of 1 cheaper size(s) have paired 95% intervals wider than 2 x 0.03 (width 0.0718): "
+                          "the split cannot tell them from the best")
     assert rec.saturation is None and not rec.still_improving  # no claim about size either
 
 
@@ -193,9 +195,9 @@ def test_without_a_margin_every_size_qualifying_on_wide_intervals_is_underpowere
     rec = recommend(TINY_TRIALS, "ckd_incidence", tiny)
     # Both cheaper sizes are "indistinguishable" from the best, but only because the intervals
     # are ~0.6-1.1 wide, far over 2 x RESOLUTION: keep the best, say why.
-    assert all(c.qualifies for c in rec.comparisons)
+    assert all(c.low <= 0 and c.verdict == "too wide" and not c.qualifies for c in rec.comparisons)
     assert rec.underpowered and rec.record.trial_id == "large" and rec.rule == "paired"
-    assert f"2 x the default resolution {RESOLUTION:g}" in rec.reason
+    assert f"2 x {RESOLUTION:g}" in rec.reason
     # Today's unpaired rule would have recommended the smallest.
     assert recommend(TINY_TRIALS, "ckd_incidence").record.trial_id == "small"
 
@@ -314,3 +316,38 @@ def test_a_baseline_that_scores_best_and_costs_less_needs_nothing_more_to_win():
         rec = recommend([A, B, lgbm], "ckd_incidence", {**PAIRED, "lgbm": preds(PROB_A)}, metric="auroc",
                         margin=margin)
         assert rec.choice == "baseline" and rec.record.trial_id == "lgbm", margin
+
+
+# ---- each size on its own evidence (issue: one size's verdict must not depend on another's) ----
+ONE_OFF = PROB_A.copy()
+ONE_OFF[1] = PROB_A[2] - 0.001  # A with one positive dropped below one negative
+NEAR = auroc_trial("near", 0.720, 0.535, 0.885, cost=100.0)
+NOISE = 1 - PROB_A  # clearly worse: A's ranking upside down (AUROC 0.275)
+NO_SIGNAL = auroc_trial("noise", 0.275, 0.11, 0.46, cost=50.0)
+# A with noise on the logit scale: two sizes near A on the point, on intervals ~0.2-0.27 wide.
+WOBBLY = {f"wobbly{s}": PROB_A + np.random.default_rng(s).normal(0, 0.25, 30) for s in (0, 1)}
+WOBBLY_TRIALS = [auroc_trial("wobbly0", 0.71, 0.5, 0.9, cost=20.0), auroc_trial("wobbly1", 0.72, 0.5, 0.9, cost=30.0)]
+ALL = {"A": preds(PROB_A), "near": preds(ONE_OFF), "noise": preds(NOISE), **{k: preds(v) for k, v in WOBBLY.items()}}
+
+
+def test_a_clearly_worse_size_never_changes_another_sizes_verdict_or_the_pick():
+    pair = recommend([A, NEAR], "ckd_incidence", ALL, metric="auroc")
+    trio = recommend([A, NEAR, NO_SIGNAL], "ckd_incidence", ALL, metric="auroc")
+    noise, near = trio.comparisons  # cheapest first
+    assert noise.verdict == "worse" and noise.low > 0  # told apart from the best
+    # near: the interval [0, 0.03] contains 0 but is wider than 2 x RESOLUTION: too wide to tell.
+    assert pair.comparisons[0].verdict == near.verdict == "too wide"
+    assert pair.record.trial_id == trio.record.trial_id == "A"
+    assert pair.underpowered and trio.underpowered and "1 of 2 cheaper size(s)" in trio.reason
+
+
+def test_with_a_margin_a_size_shown_within_it_is_kept_whatever_the_other_sizes_intervals():
+    rec = recommend([A, NEAR, *WOBBLY_TRIALS], "ckd_incidence", ALL, metric="auroc", margin=0.05)
+    verdicts = {c.trial_id: c.verdict for c in rec.comparisons}
+    assert verdicts == {"wobbly0": "too wide", "wobbly1": "too wide", "near": "qualifies"}
+    assert rec.record.trial_id == "near" and not rec.underpowered
+    assert rec.difference.high < 0.05
+    lines = describe(rec, "auroc", "device_seconds")
+    # Each cheaper size says why, in its own line.
+    assert sum("too wide to show within 0.05 or not" in ln for ln in lines) == 2
+    assert sum("upper end < margin 0.05: non-inferior within 0.05" in ln for ln in lines) == 1

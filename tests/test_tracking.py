@@ -105,6 +105,33 @@ def test_layout_parent_per_task_children_tagged_artifacts_and_registry(tmp_path,
     assert out["ckd_incidence"]["compute_saved_factor"] == pytest.approx(4.0)
 
 
+def test_recommend_shows_the_held_out_confirmation_the_search_recorded(tmp_path, checkpoint, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "confirmed", tmp_path / "outbox", metric="auprc", cost="device_seconds")
+    for r in search_results(checkpoint):
+        tracker.log_trial(r, sync=False)
+    tracker.publish()
+    # As the search confirms: ckd's choice scored on held-out; antihypertensive's never was.
+    scores = {"auprc": 0.40, "auprc_low": 0.35, "auprc_high": 0.46, "n": 812}
+    tracker.log_confirmation("ckd_incidence", "held_out", {
+        "recommended": {"trial_id": "t0", "metrics": scores},
+        "best": {"trial_id": "t1", "metrics": {**scores, "auprc": 0.42}},
+        "baseline": {"trial_id": "baseline", "error": "held_out: one class only"}})
+    tracker.sync()
+
+    assert cli.main(["recommend", "--experiment", "confirmed", "--tracking-uri", uri]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert "    recommended AUPRC 0.400 [0.350, 0.460]  (n=812, trial t0)" in text
+    assert "    best        AUPRC 0.420 [0.350, 0.460]  (n=812, trial t1)" in text
+    assert "    baseline    trial baseline: not scored: held_out: one class only" in text
+    assert text.count("  held-out confirmation: none recorded (the search stopped before it, or its models "
+                      "were lost)") == 1  # antihypertensive_start
+    assert cli.main(["recommend", "--experiment", "confirmed", "--tracking-uri", uri, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ckd_incidence"]["held_out"]["recommended"] == {"trial_id": "t0", "metrics": scores}
+    assert out["antihypertensive_start"]["held_out"] is None
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,15 +2,17 @@
 
 The recommendation is the cheapest complete trial as good as the best one. Trials are compared
 on their per-sample tuning predictions (read from where each trial kept them, under the
-search's --storage): a patient-level paired bootstrap of best minus candidate. Without
---margin a candidate qualifies when that 95% interval contains 0 (indistinguishable); with
---margin D when its upper end is below D (non-inferior within D). Trials without readable
-predictions fall back to the unpaired rule: at least the best's own lower bound, or within
---tolerance of the best. LightGBM is recommended when it is as good as the best Transformer
-and cheaper. When the intervals are too wide to tell sizes apart at the margin, the best trial
-is kept and the output says so. Also printed: the metric with its interval, the cost, the
-compute saved against the most expensive model on the frontier, whether the task saturates or
-still improves with size, and the baseline.
+search's --storage): a patient-level paired bootstrap of best minus candidate, each cheaper
+size judged on its own interval. Without --margin a candidate qualifies when that 95% interval
+contains 0 and is at most twice the rule's resolution wide (indistinguishable); with --margin D
+when its upper end is below D (non-inferior within D). An interval too wide to decide either
+way is said so, per size; when no cheaper size qualifies and some were too wide, the best trial
+is kept. Trials without readable predictions fall back to the unpaired rule: at least the best's
+own lower bound, or within --tolerance of the best. LightGBM is recommended when it is as good as
+the best Transformer and cheaper. Also printed: the metric with its interval, the cost, the
+compute saved against the most expensive model on the frontier, whether the task saturates
+(on tuning, and whether held-out bears it out) or still improves with size, the baseline, and
+the held-out confirmation the search recorded (--json: "held_out").
 
 Settings default to what the search published; the tracking URI to $MLFLOW_TRACKING_URI, else
 sqlite:///mlflow.db in the working directory.
@@ -46,18 +48,40 @@ def _interval(c) -> str:
     return f"{c.diff:.4f}, 95% CI [{c.low:.4f}, {c.high:.4f}] (width {c.width:.4f})"
 
 
+def _verdict_words(rec, c, who: str) -> str:
+    """What one paired interval says, on its own (recommend.py's verdicts)."""
+    if c.high < 0:  # the interval says which way, whatever the rule
+        return f"below 0: {who} is better"
+    d = c.delta if c.delta is not None else rec.margin
+    if rec.margin is not None:
+        if c.verdict == "worse" and c.low >= d:
+            return f"lower end >= margin {d:g}: worse by more than {d:g}"
+        return {"qualifies": f"upper end < margin {d:g}: non-inferior within {d:g}",
+                "worse": f"upper end >= margin {d:g}: not shown within {d:g}",
+                "too wide": f"width > 2 x margin {d:g}: too wide to show within {d:g} or not"}[c.verdict]
+    return {"qualifies": f"contains 0, width <= 2 x {d:g}: indistinguishable from the best",
+            "worse": "excludes 0: worse than the best",
+            "too wide": f"contains 0 but width > 2 x {d:g}: too wide to tell (no margin set)"}[c.verdict]
+
+
 def _rule_line(rec, c, who: str) -> str:
     """Why ``who`` qualified (or not) against the best: the rule and its numbers."""
     if c.rule == "paired":
-        if c.high < 0:  # the interval says which way, whatever the rule
-            verdict = f"below 0: {who} is better"
-        elif rec.margin is not None:
-            verdict = f"upper end {'<' if c.high < rec.margin else '>='} margin {rec.margin:g}"
-        else:
-            verdict = "contains 0" if c.low <= 0 else "excludes 0"
-        return f"  paired rule ({c.patients} patients): best - {who} = {_interval(c)}: {verdict}"
-    bar = (f"within {rec.tolerance:g} of the best" if c.rule == "tolerance" else "within the best's 95% interval")
-    return f"  {c.rule} rule (no per-sample predictions): {bar}: >= {rec.threshold:.4f}"
+        return f"  paired rule ({c.patients} patients): best - {who} = {_interval(c)}: {_verdict_words(rec, c, who)}"
+    bar = f"best - {rec.tolerance:g}" if c.rule == "tolerance" else "the best's 95% lower end"
+    ok = ">=" if c.qualifies else "<"
+    return (f"  {who}: {c.rule} rule (no per-sample predictions): {c.record.metric:.4f} {ok} {bar} "
+            f"{rec.threshold:.4f}: {'qualifies' if c.qualifies else 'does not qualify'}")
+
+
+def _candidate_lines(rec) -> list[str]:
+    """Every cheaper size, each judged on its own interval: why it does or does not qualify."""
+    from claims_search.commands.frontier import fmt_size
+
+    if not rec.comparisons:
+        return []
+    return ["  cheaper sizes, each on its own evidence:",
+            *(f"  {_rule_line(rec, c, fmt_size(c.record))}" for c in rec.comparisons)]
 
 
 def _trend_words(rec) -> str:
@@ -66,17 +90,39 @@ def _trend_words(rec) -> str:
             "mixed": "under the paired rule (by gain per doubling for trials without predictions)"}[rec.trend_rule]
 
 
-def _trend_lines(rec) -> list[str]:
-    """Saturation or still improving, only when the rule says so (never both)."""
+def _trend_lines(rec, held_out: dict | None) -> list[str]:
+    """Saturation or still improving, only when the rule says so (never both). A saturation
+    claim names the split it rests on, and says whether held-out confirmation bears it out."""
     from claims_search.commands.frontier import fmt_size
 
     if rec.saturation is not None:
         s = rec.saturation
-        return [f"  saturates at {fmt_size(s)} (cost {s.cost:.4g}): no larger trial is better {_trend_words(rec)}"]
+        return [f"  on tuning, saturates at {fmt_size(s)} (cost {s.cost:.4g}): no larger trial is better "
+                f"{_trend_words(rec)}", f"    {_held_out_agrees(rec, held_out)}"]
     if rec.still_improving:  # the largest then beats every smaller size: it is the best
         return [f"  still improving at the largest size tried ({fmt_size(rec.best)}): it is better than every "
                 f"smaller size {_trend_words(rec)}"]
     return []
+
+
+def _held_out_agrees(rec, held_out: dict | None) -> str:
+    """Whether held-out confirmation agrees that the saturation point is as good as the best:
+    its held-out metric within δ (the margin, else the rule's resolution) of the best's."""
+    from claims_search.recommend import RESOLUTION
+
+    roles = held_out or {}
+    sat, rec_, best = rec.saturation, roles.get("recommended"), roles.get("best")
+    if sat.trial_id == rec.best.trial_id:
+        return "held-out: not needed (it is the best trial)"
+    if not (rec_ and best and "metrics" in rec_ and "metrics" in best and rec_["trial_id"] == sat.trial_id):
+        return "held-out: not confirmed (no held-out scores of this size and the best); a tuning verdict only"
+    m = rec.metric
+    a, b = rec_["metrics"][m], best["metrics"][m]
+    delta = rec.margin if rec.margin is not None else RESOLUTION
+    if b - a <= delta:
+        return f"held-out agrees: {m.upper()} {a:.3f} against the best's {b:.3f} (within {delta:g})"
+    return (f"held-out does NOT confirm it: {m.upper()} {a:.3f} against the best's {b:.3f} "
+            f"(more than {delta:g} below)")
 
 
 def _baseline_line(rec, metric: str) -> list[str]:
@@ -88,15 +134,7 @@ def _baseline_line(rec, metric: str) -> list[str]:
         return []
     head = f"  baseline (LightGBM) {metric.upper()} {fmt_metric(b)}  cost {b.cost:.4g}"
     if c is not None and c.rule == "paired":
-        if c.high < 0:
-            verdict = "better than the best Transformer"
-        elif c.low > 0 and (rec.margin is None or not c.qualifies):
-            verdict = "worse than the best Transformer"
-        elif rec.margin is not None:
-            verdict = f"{'within' if c.qualifies else 'not shown within'} margin {rec.margin:g} of the best Transformer"
-        else:
-            verdict = "indistinguishable from the best Transformer"
-        return [f"{head}: {verdict} (best - LightGBM = {_interval(c)})"]
+        return [f"{head}: {_baseline_verdict(rec, c)} (best - LightGBM = {_interval(c)})"]
     if rec.best.metric_high is not None and b.metric > rec.best.metric_high:
         verdict = ": above the best Transformer's interval (unpaired; recommended only on paired predictions)"
     elif rec.baseline_indistinguishable:
@@ -104,6 +142,22 @@ def _baseline_line(rec, metric: str) -> list[str]:
     else:
         verdict = ": below the best Transformer's interval (unpaired)"
     return [head + verdict]
+
+
+def _baseline_verdict(rec, c) -> str:
+    """LightGBM against the best Transformer, in words no stronger than its paired interval."""
+    if c.high < 0:
+        return "better than the best Transformer"
+    if c.verdict == "qualifies" and rec.margin is not None:
+        if c.low > 0:  # within the margin, yet significantly worse on the point
+            return f"within {rec.margin:g} of the best Transformer, though significantly worse"
+        return f"non-inferior within {rec.margin:g} to the best Transformer"
+    if c.verdict == "qualifies":
+        return "indistinguishable from the best Transformer"
+    if c.verdict == "too wide":
+        return "not told apart from the best Transformer, on an interval too wide to mean it"
+    return ("worse than the best Transformer" if rec.margin is None or c.low >= rec.margin
+            else f"not shown within {rec.margin:g} of the best Transformer")
 
 
 def _saves_line(rec, cost: str) -> list[str]:
@@ -127,45 +181,37 @@ def _fallback_note(rec) -> list[str]:
 def _headline(rec, metric: str, cost: str) -> list[str]:
     """The first lines: what is recommended and why."""
     from claims_search.commands.frontier import fmt_metric, fmt_size
-    from claims_search.recommend import RESOLUTION, median_width
 
     r, best = rec.record, rec.best
     params = f", {r.n_params / 1e6:.2f}M params" if r.n_params else ""
     figures = f"  {metric.upper()} {fmt_metric(r)}  cost {r.cost:.4g} {cost}"
+    best_line = f"  best Transformer {fmt_size(best)} (trial {best.trial_id}) {metric.upper()} {fmt_metric(best)}  cost {best.cost:.4g}"
     if rec.choice == "baseline":
-        why = ("better than the best Transformer" if rec.difference is not None and rec.difference.high < 0
-               else "at least as good as the best Transformer")
+        c = rec.difference
+        if c.high < 0:
+            why = "better than the best Transformer"
+        elif c.verdict == "qualifies" and rec.margin is not None and c.low > 0:
+            why = (f"within {rec.margin:g} of the best Transformer (best - LightGBM = {c.diff:.4f} "
+                   f"[{c.low:.4f}, {c.high:.4f}]), though significantly worse")
+        elif c.verdict == "qualifies":
+            why = (f"non-inferior within {rec.margin:g} to the best Transformer" if rec.margin is not None
+                   else "indistinguishable from the best Transformer")
+        else:
+            why = "its tuning metric is at least the best Transformer's"
         cheaper = "at a lower cost" if r.cost < best.cost else "at a higher cost, but every size is worse"
-        return [f"{rec.task}: recommended LightGBM (trial {r.trial_id}): {why}, {cheaper}", figures,
-                f"  best Transformer {fmt_size(best)} (trial {best.trial_id}) {metric.upper()} {fmt_metric(best)}  "
-                f"cost {best.cost:.4g}",
-                _rule_line(rec, rec.difference, "LightGBM"),
+        return [f"{rec.task}: recommended LightGBM (trial {r.trial_id}): {why}, {cheaper}", figures, best_line,
+                _rule_line(rec, c, "LightGBM"),
                 *([f"  the Transformer sizes could not be told apart: {rec.reason}"] if rec.underpowered else [])]
     if rec.underpowered:
-        delta = rec.margin if rec.margin is not None else RESOLUTION
-        return [f"{rec.task}: the tuning split is too small to tell these sizes apart at margin {delta:g} "
-                f"(interval width {median_width(rec):.4f}); not recommending the smallest by default",
-                f"  keeping the best trial {fmt_size(r)}{params} (trial {r.trial_id})",
+        return [f"{rec.task}: the tuning split is too small to tell the cheaper sizes from the best; "
+                f"keeping the best trial {fmt_size(r)}{params} (trial {r.trial_id}), not the smallest by default",
                 figures, f"  why: {rec.reason}"]
     if r is best:
         return [f"{rec.task}: recommended {fmt_size(r)}{params} (trial {r.trial_id}), the best trial", figures,
-                *_no_cheaper(rec)]
-    return [f"{rec.task}: recommended {fmt_size(r)}{params} (trial {r.trial_id})", figures,
-            _rule_line(rec, rec.difference, "recommended"),
-            f"  best {fmt_size(best)} (trial {best.trial_id}) {metric.upper()} {fmt_metric(best)}  cost {best.cost:.4g}"]
-
-
-def _no_cheaper(rec) -> list[str]:
-    """Why the best itself is recommended: no cheaper size qualified (or none was tried)."""
-    from claims_search.commands.frontier import fmt_size
-
-    if not rec.comparisons:
-        return ["  it is also the cheapest size tried" if rec.n_complete > 1 else "  the only size that completed"]
-    closest = min(rec.comparisons, key=lambda c: c.diff)
-    size = fmt_size(closest.record)
-    if closest.rule == "paired":
-        return [f"  no cheaper size qualifies under the paired rule; closest {size}: best - it = {_interval(closest)}"]
-    return [f"  no cheaper size qualifies under the {closest.rule} rule (>= {rec.threshold:.4f}); closest {size}"]
+                *([] if rec.comparisons else
+                  ["  it is also the cheapest size tried" if rec.n_complete > 1 else "  the only size that completed"])]
+    return [f"{rec.task}: recommended {fmt_size(r)}{params} (trial {r.trial_id}), the cheapest size that qualifies",
+            figures, best_line.replace("best Transformer", "best")]
 
 
 def _agreement_line(rec) -> list[str]:
@@ -177,10 +223,34 @@ def _agreement_line(rec) -> list[str]:
     return [f"  the same answer under {same} of {rec.agreement_seeds} bootstrap seeds{note}"]
 
 
-def describe(rec, metric: str, cost: str) -> list[str]:
-    """Human-readable lines for one task's Recommendation (see docs/search.md for examples)."""
-    return [*_headline(rec, metric, cost), *_agreement_line(rec), *_saves_line(rec, cost), *_trend_lines(rec),
-            *_baseline_line(rec, metric), *_fallback_note(rec)]
+def describe(rec, metric: str, cost: str, held_out: dict | None = None) -> list[str]:
+    """Human-readable lines for one task's Recommendation (see docs/search.md for examples).
+    ``held_out``: the task's held-out confirmation ``{role: {trial_id, metrics | error}}``, as
+    the search recorded it; its lines close the description."""
+    return [*_headline(rec, metric, cost), *_candidate_lines(rec), *_agreement_line(rec), *_saves_line(rec, cost),
+            *_trend_lines(rec, held_out), *_baseline_line(rec, metric), *_fallback_note(rec),
+            *held_out_lines(held_out, metric)]
+
+
+def held_out_lines(roles: dict | None, metric: str) -> list[str]:
+    """The held-out confirmation of one task: the headline figures (scored once, after the
+    search chose; the tuning figures above chose them and are optimistic). None: there is none."""
+    if roles is None:
+        return []
+    if not roles:
+        return ["  held-out confirmation: none recorded (the search stopped before it, or its models were lost)"]
+    lines = ["  held-out confirmation (scored once, after the choice; the tuning figures above are optimistic):"]
+    for role in ("recommended", "best", "baseline"):
+        got = roles.get(role)
+        if got is None:
+            continue
+        if "error" in got:
+            lines.append(f"    {role:<11} trial {got['trial_id']}: not scored: {got['error']}")
+            continue
+        m = got["metrics"]
+        lines.append(f"    {role:<11} {metric.upper()} {m[metric]:.3f} [{m[f'{metric}_low']:.3f}, "
+                     f"{m[f'{metric}_high']:.3f}]  (n={int(m['n'])}, trial {got['trial_id']})")
+    return lines
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -193,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     from claims_search.errors import ClaimsSearchError
     from claims_search.recommend import check_margin, check_stability_seeds
     from claims_search.summary import SummarySettings, summarize
-    from claims_search.tracking import default_tracking_uri, load_records, load_settings
+    from claims_search.tracking import default_tracking_uri, load_confirmation, load_records, load_settings
 
     for name in ("margin", "tolerance"):
         try:
@@ -216,15 +286,24 @@ def run(args: argparse.Namespace) -> int:
                          else int(got.get("stability_seeds", SummarySettings.stability_seeds))),
     )
     out = {task: s.recommendation for task, s in summarize(records, None, settings).items()}
+    confirmed = load_confirmation(uri, args.experiment)
     if args.json:
-        print(json.dumps({t: (r.to_dict() if r else None) for t, r in out.items()}, indent=2, default=str))
+        print(json.dumps({t: ({**r.to_dict(), "held_out": confirmed.get(t)} if r else None) for t, r in out.items()},
+                         indent=2, default=str))
     else:
         for task, rec in out.items():
             if rec is None:
                 print(f"{task}: no complete Transformer trial to recommend from ({trial_counts(records, task)})")
             else:
-                print("\n".join(describe(rec, settings.metric, settings.cost)))
+                print("\n".join(describe(rec, settings.metric, settings.cost, confirmed.get(task, {}))))
+                if _overridden(args, got):
+                    print("  (the held-out confirmation scored the search's own choice, under the search's settings)")
     return 0 if out and all(out.values()) else 1
+
+
+def _overridden(args: argparse.Namespace, got: dict) -> bool:
+    """Whether --margin or --tolerance differ from what the search decided with."""
+    return any(getattr(args, k) is not None and getattr(args, k) != got.get(k) for k in ("margin", "tolerance"))
 
 
 def trial_counts(records, task: str) -> str:

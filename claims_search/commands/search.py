@@ -62,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
         print(result.time_line())
     print("Recommendation per task:")
     for task, rec in sorted(result.recommendations.items()):
-        print("\n".join(describe(rec, space.metric, space.cost)) if rec else f"{task}: no complete trial")
-        for line in held_out_lines(result.held_out.get(task, {}), space.metric):
-            print(line)
+        held_out = result.held_out.get(task) or None  # an interrupted or model-less search has none
+        print("\n".join(describe(rec, space.metric, space.cost, held_out)) if rec else f"{task}: no complete trial")
     return 0
 
 
@@ -103,22 +102,3 @@ def _supervise(args: argparse.Namespace, space: str, name: str, uri: str) -> int
              "--resume"]
     raise ClaimsSearchError(f"search {name}: the search process ended abnormally ({how}: Ray or the machine "
                             f"went away mid-search?); finished trials are kept; finish it with: {shlex.join(again)}")
-
-
-def held_out_lines(roles: dict, metric: str) -> list[str]:
-    """The held-out confirmation of one task: the headline figures (scored once, after the
-    search chose; the tuning figures above chose them and are optimistic)."""
-    if not roles:
-        return []
-    lines = ["  held-out confirmation (scored once, after the choice; the tuning figures above are optimistic):"]
-    for role in ("recommended", "best", "baseline"):
-        got = roles.get(role)
-        if got is None:
-            continue
-        if "error" in got:
-            lines.append(f"    {role:<11} trial {got['trial_id']}: not scored: {got['error']}")
-            continue
-        m = got["metrics"]
-        lines.append(f"    {role:<11} {metric.upper()} {m[metric]:.3f} [{m[f'{metric}_low']:.3f}, "
-                     f"{m[f'{metric}_high']:.3f}]  (n={m['n']}, trial {got['trial_id']})")
-    return lines
