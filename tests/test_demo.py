@@ -36,6 +36,13 @@ def _size_rows(task: str, labelled: int) -> dict[str, tuple[float, float]]:
                                  section, re.M)}
 
 
+def _underpowered(task: str, labelled: int) -> bool:
+    """Whether the report's verdict for ``task`` at ``labelled`` was "too small to tell"."""
+    text = (ROOT / "docs" / "scaling_study.md").read_text()
+    (header,) = [ln for ln in text.splitlines() if ln.startswith(f"**{task}, {labelled:,} labelled patients**")]
+    return header.endswith("(underpowered)")
+
+
 def test_the_demo_tells_what_the_benchmark_found():
     rows = _study_rows()
     for task, (_, size, params) in demo.FOUND.items():
@@ -61,6 +68,12 @@ def test_the_demo_tells_what_the_benchmark_found():
     for size, (_, held_out) in med.items():
         if med[size][0] >= med[small][0]:  # the recommended size and every size above it on tuning
             assert f"{size} {held_out:.3f}" in story, size
+    # A "too small to tell" verdict in the report must read as one in the story, never as sizes told apart.
+    lines = dict(zip(demo.FOUND, demo.found_story()[1:]))
+    for task in demo.FOUND:
+        too_small = _underpowered(task, demo.FOUND_LABELLED)
+        assert ("too small" in lines[task]) == too_small, task
+        assert not (too_small and "told every smaller size apart" in lines[task]), task
     ckd = _size_rows("ckd_incidence", demo.FOUND_LABELLED)
     assert max(ckd, key=lambda s: ckd[s][1]) == demo.FOUND_LARGEST  # "held-out agreed"
     assert f"{demo.FOUND_LARGEST} {ckd[demo.FOUND_LARGEST][1]:.3f}, the highest" in story

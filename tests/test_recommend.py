@@ -158,11 +158,12 @@ def test_an_answer_on_a_knife_edge_says_how_many_bootstrap_seeds_agree_with_it()
     # seed lets B qualify; at 0.09 seeds 0, 1 and 4 do and seeds 2 and 3 keep A.
     clear = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.1, stability_seeds=4)
     assert clear.record.trial_id == "B" and (clear.agreement, clear.agreement_seeds) == (1.0, 5)
-    assert "  the same answer under 5 of 5 bootstrap seeds" in describe(clear, "auroc", "device_seconds")
+    assert ("  bootstrap-seed stability (the same predictions resampled, not a replication): the same answer "
+            "under 5 of 5 seeds") in describe(clear, "auroc", "device_seconds")
     edge = recommend([A, B], "ckd_incidence", PAIRED, metric="auroc", margin=0.09, stability_seeds=4)
     assert edge.record.trial_id == "B" and edge.agreement == pytest.approx(0.6)
     assert edge.to_dict()["agreement"] == pytest.approx(0.6)
-    assert any("3 of 5 bootstrap seeds: the answer is on a knife-edge" in line
+    assert any("3 of 5 seeds: the answer is on a knife-edge" in line
                for line in describe(edge, "auroc", "device_seconds"))
     # Not asked for, or nothing paired to redraw: no claim.
     assert recommend([A, B], "ckd_incidence", PAIRED, metric="auroc").agreement is None

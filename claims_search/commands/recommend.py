@@ -220,7 +220,8 @@ def _agreement_line(rec) -> list[str]:
         return []
     same = rec.agreeing_seeds
     note = "" if same == rec.agreement_seeds else ": the answer is on a knife-edge; more tuning patients would settle it"
-    return [f"  the same answer under {same} of {rec.agreement_seeds} bootstrap seeds{note}"]
+    return [f"  bootstrap-seed stability (the same predictions resampled, not a replication): the same answer "
+            f"under {same} of {rec.agreement_seeds} seeds{note}"]
 
 
 def describe(rec, metric: str, cost: str, held_out: dict | None = None) -> list[str]:
