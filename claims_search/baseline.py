@@ -50,12 +50,16 @@ LGB_PARAMS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """What one baseline run returns: ``{split: metrics}``, its cost and a summary of the model."""
+    """What one baseline run returns: ``{split: metrics}``, its cost and a summary of the model;
+    how many train samples and patients the trees were fit on (early-stopping carve-out
+    included, as a Transformer's ``trained_on``) and the splits it read from the cache."""
 
     metrics: dict[str, dict[str, float | int]]
     cost: Any  # cost.Cost
     info: dict[str, Any]
     predictions: dict[str, Any] = field(default_factory=dict)  # split -> predictions.frame(...)
+    trained_on: dict[str, int] = field(default_factory=dict)  # {"samples", "patients"}
+    splits_read: tuple[str, ...] = ()
 
 
 def prediction_days(prediction_time) -> np.ndarray:
@@ -123,13 +127,13 @@ def baseline(
     that many train patients drawn at random (as ``FinetuneSettings.train_patients``). The cost covers training only
     (features of the train split and the fit), as a Transformer's does, and counts the cores
     used as devices. If ``out_dir`` is given, it is written atomically with ``result.json``
-    (metrics, cost, model summary: aggregates only), ``model.txt`` (the trees) and the
-    per-sample ``predictions/<split>.parquet`` (patient-level: that folder only).
+    (metrics, cost, model summary, ``trained_on``, ``splits_read``: aggregates only),
+    ``model.txt`` (the trees) and the per-sample ``predictions/<split>.parquet`` (patient-level: that folder only).
     """
     import lightgbm as lgb
 
     from claims_search import predictions as P
-    from claims_search.batches import carve_out, labelled_rows
+    from claims_search.batches import carve_out, labelled_rows, trained_on
     from claims_search.cache import Cache
     from claims_search.cost import CostMeter
     from claims_search.metrics import evaluate
@@ -172,7 +176,9 @@ def baseline(
         y, groups = rows["label"].to_numpy(), rows["subject_idx"].to_numpy()
         metrics[split] = evaluate(y, prob, groups, where=f"{task}/{split}", n_boot=n_boot, seed=seed)
         preds[split] = P.frame(np.arange(len(rows)), groups, y, prob)
-    result = BaselineResult(metrics=metrics, cost=cost, info=info, predictions=preds)
+    result = BaselineResult(metrics=metrics, cost=cost, info=info, predictions=preds,
+                            trained_on=trained_on(train, np.arange(X_train.shape[0])),
+                            splits_read=tuple(cache.splits_read()))
     if out_dir is not None:
         write_result(out_dir, result, model)
     return result
@@ -209,6 +215,8 @@ def write_result(out_dir: str | os.PathLike, result: BaselineResult, model=None)
             "metrics": result.metrics,
             "cost": asdict(result.cost) if hasattr(result.cost, "__dataclass_fields__") else result.cost,
             "model": result.info,
+            "trained_on": result.trained_on,
+            "splits_read": list(result.splits_read),
         }
         (Path(tmp) / "result.json").write_text(json.dumps(payload, indent=2, default=str))
         if model is not None:

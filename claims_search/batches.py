@@ -366,3 +366,13 @@ def carve_out(labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
     folds = StratifiedGroupKFold(n_splits=7, shuffle=True, random_state=seed)
     fit, stop = next(folds.split(np.zeros(len(y)), y, groups))
     return fit, stop
+
+
+def trained_on(labels, rows=None) -> dict:
+    """``{"samples", "patients"}``: how many rows of a task's train ``labels`` a run learned from
+    (``rows``, default all: the fitted rows and the early-stopping carve-out), and of how many
+    patients. Counts only, never ids."""
+    idx = labels["subject_idx"].to_numpy()
+    if rows is not None:
+        idx = idx[rows]
+    return {"samples": int(len(idx)), "patients": int(len(set(idx.tolist())))}

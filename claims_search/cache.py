@@ -81,6 +81,10 @@ class Cache:
         self._n_static = (self.subjects["n_static"].to_numpy() if "n_static" in self.subjects
                           else np.zeros(len(self.subjects), dtype=np.int32))
         self._labels: dict = {}
+        # What this Cache has handed out, for splits_read(): split names asked for (labels,
+        # subject lists) and which subjects' events were read.
+        self._splits_asked: set[str] = set()
+        self._events_read = np.zeros(len(self.subjects), dtype=bool)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Cache":
@@ -102,8 +106,17 @@ class Cache:
         """Names of the tasks with labels in this cache."""
         return sorted(self.manifest["tasks"])
 
+    def splits_read(self) -> list[str]:
+        """The splits this Cache has served so far, sorted: those whose labels or subject list
+        were asked for, and those of every subject whose events were read. Split names only
+        (an aggregate): a run records it to show, for example, that nothing it did read
+        ``held_out``."""
+        read = set(self.subjects["split"].to_numpy()[self._events_read].tolist())
+        return sorted(self._splits_asked | read)
+
     def subject_indices(self, split: str) -> np.ndarray:
         """Rows of ``subjects`` (subject_idx, int64) in ``split``."""
+        self._splits_asked.add(split)
         return np.flatnonzero(self.subjects["split"].to_numpy() == split)
 
     def sequence(self, subject_idx: int, end: int | None = None, max_len: int | None = None):
@@ -113,6 +126,7 @@ class Cache:
         static tokens (sex ...) are kept in front when the history is cut, since they would
         otherwise vanish from long histories. ``max_len=None`` means the cache's max_len.
         """
+        self._events_read[subject_idx] = True
         off = int(self._offset[subject_idx])
         n = int(self._length[subject_idx]) if end is None else min(int(end), int(self._length[subject_idx]))
         max_len = self.max_len if max_len is None else int(max_len)
@@ -134,7 +148,10 @@ class Cache:
         if task not in self._labels:
             self._labels[task] = pd.read_parquet(self.path / "labels" / f"{task}.parquet")
         df = self._labels[task]
-        if split is not None:
+        if split is None:
+            self._splits_asked.update(df["split"].astype(str).unique().tolist())
+        else:
+            self._splits_asked.add(split)
             df = df[df["split"] == split].reset_index(drop=True)
         return df
 

@@ -168,8 +168,9 @@ HELD_OUT = "held_out"
 
 def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, dict]:
     """Score the recommended model, the best Transformer and the baseline of each task ONCE on
-    the held-out split, which nothing read before; ``{task: {role: {trial_id, metrics} |
-    {trial_id, error}}}``, also queued for MLflow. Runs as Ray tasks where Train workers run."""
+    the held-out split, which nothing read before; ``{task: {role: {trial_id, metrics,
+    splits_read} | {trial_id, error}}}`` (``splits_read``: what the scoring's cache served),
+    also queued for MLflow. Runs as Ray tasks where Train workers run."""
     jobs = {}
     for task, rec in recs.items():
         if rec is None:
@@ -189,7 +190,9 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
         from claims_search.worker import open_cache
 
         try:
-            return {"metrics": scoring.score(open_cache(data), task, HELD_OUT, location, is_baseline)}
+            cache = open_cache(data)
+            return {"metrics": scoring.score(cache, task, HELD_OUT, location, is_baseline),
+                    "splits_read": cache.splits_read()}
         except ClaimsSearchError as e:  # e.g. one class only in a small held-out split
             return {"error": str(e)}
 

@@ -11,7 +11,9 @@ split with one class only) and raises ClaimsSearchError.
 
 Output folder (written atomically when the run finishes)::
 
-    OUT/result.json          kind, size, settings, vocab, val_loss | metrics, cost, steps
+    OUT/result.json          kind, size, settings, vocab, val_loss | metrics, cost, steps,
+                             splits_read (the splits the run read), trained_on (fine-tuning:
+                             how many train samples and patients it learned from)
     OUT/checkpoint/meta.json the same facts, readable without torch
     OUT/checkpoint/state.pt  loop.TrainLoop.state_dict(): model, optimiser, step, cost so far
 
@@ -60,12 +62,15 @@ class PretrainResult:
     cost: Cost
     steps: int = 0
     resumed_from_step: int = 0
+    splits_read: tuple[str, ...] = ()  # the splits the run read from the cache (worker.execute)
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
     """A finished fine-tuning run: ``{split: metrics}``, its own cost, its checkpoint folder,
-    and the cost of the pretraining it started from (None when trained from scratch)."""
+    and the cost of the pretraining it started from (None when trained from scratch).
+    ``trained_on``: how many train samples and patients it learned from (``worker.trained_on``);
+    ``splits_read``: the splits it read from the cache, evaluation included."""
 
     metrics: dict[str, dict[str, float | int]]
     cost: Cost
@@ -74,6 +79,8 @@ class FinetuneResult:
     steps: int = 0
     resumed_from_step: int = 0
     predictions: dict[str, Path] = field(default_factory=dict)  # split -> per-sample predictions
+    trained_on: dict[str, int] = field(default_factory=dict)  # {"samples", "patients"}
+    splits_read: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- checks and checkpoints
@@ -271,10 +278,11 @@ def _finetune_job(cache, cache_dir, task: str, size: ModelSize, settings: Finetu
 def _pretrain_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path, workers) -> PretrainResult:
     cost = Cost.from_dict(outcome["cost"])
     result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
-              "val_loss": outcome["val_loss"], "cost": cost.to_dict(), "workers": workers}
+              "val_loss": outcome["val_loss"], "cost": cost.to_dict(), "workers": workers,
+              "splits_read": outcome.get("splits_read", [])}
     _finish(out_dir, state_file, meta, result)
     return PretrainResult(out_dir / "checkpoint", outcome["val_loss"], cost, outcome["step"],
-                          outcome["resumed_from_step"])
+                          outcome["resumed_from_step"], tuple(result["splits_read"]))
 
 
 def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path, workers,
@@ -283,12 +291,14 @@ def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path,
     result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
               "best_step": outcome.get("best_step", outcome["step"]),
               "carve_out_auprc": outcome.get("carve_out_auprc", []), "metrics": outcome["metrics"], "cost": cost.to_dict(),
-              "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers}
+              "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers,
+              "trained_on": outcome.get("trained_on", {}), "splits_read": outcome.get("splits_read", [])}
     preds = outcome.get("predictions") or {}
     _finish(out_dir, state_file, meta, result, preds)
     return FinetuneResult(outcome["metrics"], cost, out_dir / "checkpoint", pretrain_cost,
                           outcome["step"], outcome["resumed_from_step"],
-                          {split: out_dir / "predictions" / f"{split}.parquet" for split in preds})
+                          {split: out_dir / "predictions" / f"{split}.parquet" for split in preds},
+                          result["trained_on"], tuple(result["splits_read"]))
 
 
 def pretrain(

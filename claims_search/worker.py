@@ -46,8 +46,10 @@ def execute(
     worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
 
     ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
-    ``{"step", "resumed_from_step", "cost", "cache_s", "val_loss" | "metrics", "eval_s"}``
-    (evaluation on rank 0 only; other ranks return the same keys without the evaluation).
+    ``{"step", "resumed_from_step", "cost", "cache_s", "val_loss" | "metrics", "eval_s",
+    "splits_read"}`` and, fine-tuning, ``"trained_on"`` (see ``batches.trained_on``); evaluation on
+    rank 0 only, other ranks return the same keys without it. ``splits_read`` is
+    ``Cache.splits_read`` of this rank's cache: the splits the job read, evaluation included.
     """
     import numpy as np
     import torch
@@ -80,8 +82,8 @@ def execute(
         train = cache.labels(job["task"], "train")
         fit_rows = None if settings.train_patients is None else B.labelled_rows(train, settings.train_patients,
                                                                                  settings.seed)
+        labelled = np.arange(len(train)) if fit_rows is None else fit_rows
         if settings.best_step:  # carve the early-stopping patients out of the labelled ones
-            labelled = np.arange(len(train)) if fit_rows is None else fit_rows
             fit, stop = B.carve_out(train.iloc[labelled], settings.seed)
             fit_rows, stop_rows = labelled[fit], labelled[stop]
 
@@ -115,7 +117,10 @@ def execute(
     resumed_from = trainer.step
     cost = trainer.run()
     out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict(), "cache_s": cache_s}
+    if job["kind"] == "finetune":
+        out["trained_on"] = B.trained_on(train, labelled)
     if rank != 0:
+        out["splits_read"] = cache.splits_read()
         return out
     if best is not None and best.model is not None:
         bare.load_state_dict(best.model)  # evaluated, and kept as the checkpoint, at its best step
@@ -131,6 +136,7 @@ def execute(
         out["metrics"], out["predictions"] = evaluate_splits(bare, cache, job["task"], job["eval_splits"], size,
                                                              settings, n_boot=job.get("n_boot", 1000))
     out["eval_s"] = time.perf_counter() - started  # scoring after training: not in the cost
+    out["splits_read"] = cache.splits_read()  # this rank's, evaluation included
     return out
 
 

@@ -153,6 +153,23 @@ def test_manifest_records_oracle_scores(claims, tmp_path):
     assert np.allclose(got.sort_values("subject_id")["true_prob"], [0.9] + [0.1] * 13)
 
 
+def test_the_cache_records_which_splits_it_served(claims, tmp_path):
+    """Split names only: what a run records to show that it never read held_out."""
+    prepare(claims, tmp_path / "prep")
+    c = cache.Cache.open(tmp_path / "prep")
+    assert c.splits_read() == []  # opening reads the manifest, vocabulary and subject table only
+    c.labels("ckd_incidence", "train")
+    assert c.splits_read() == ["train"]
+    held_out = int(np.flatnonzero(c.subjects["split"].to_numpy() == "held_out")[0])
+    c.sequence(held_out)  # one held-out patient's events
+    assert c.splits_read() == ["held_out", "train"]
+    c.subject_indices("tuning")
+    assert c.splits_read() == ["held_out", "train", "tuning"]
+    other = cache.Cache.open(tmp_path / "prep")  # each Cache keeps its own record
+    other.labels("ckd_incidence")  # every split's labels
+    assert other.splits_read() == ["held_out", "train", "tuning"]
+
+
 def test_arrays_are_memory_mapped(claims, tmp_path):
     m = prepare(claims, tmp_path / "prep")
     c = cache.Cache.open(tmp_path / "prep")

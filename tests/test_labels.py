@@ -160,6 +160,46 @@ def test_oracle_probabilities_are_joined_and_scored(tmp_path):
     assert labels.attach_oracle(got, tmp_path / "none.parquet")["true_prob"].null_count() == 4
 
 
+def _average_precision_over_every_order_of_ties(y: list[int], p: list[float]):
+    """Brute force, exact: rank the samples by score in every order their ties allow, take
+    the average precision of each strict ranking (the mean over positives of the precision at
+    the positive's rank), and average over those orders, each equally likely."""
+    from fractions import Fraction
+    from itertools import permutations, product
+
+    blocks = [[i for i in range(len(p)) if p[i] == score] for score in sorted(set(p), reverse=True)]
+    per_order = []
+    for orders in product(*(permutations(b) for b in blocks)):
+        ranking = [i for block in orders for i in block]
+        hits, ap = 0, Fraction(0)
+        for rank, i in enumerate(ranking, start=1):
+            if y[i]:
+                hits += 1
+                ap += Fraction(hits, rank)
+        per_order.append(ap / sum(y))
+    return sum(per_order) / len(per_order), len(per_order)
+
+
+def test_the_oracle_auprc_is_the_average_over_every_order_of_its_ties():
+    """The medication task's true probability takes few values, so the oracle's scores tie; its
+    AUPRC is the average precision in expectation over the orders of those ties (3! x 2! x 3! =
+    72 here), not scikit-learn's, which scores each tied block at its end."""
+    from sklearn.metrics import average_precision_score
+
+    y = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]
+    p = [0.9, 0.9, 0.9, 0.6, 0.6, 0.2, 0.2, 0.2, 0.7, 0.1]
+    split = ["train"] * 8 + ["tuning"] * 2
+    joined = pl.DataFrame({"label": [bool(v) for v in y], "true_prob": p, "split": split})
+    exact, n_orders = _average_precision_over_every_order_of_ties(y, p)
+    assert n_orders == 72
+    scores = labels.oracle_scores(joined)
+    assert scores["auprc"] == pytest.approx(float(exact), abs=1e-12)
+    assert scores["auprc"] > average_precision_score(y, p) + 0.01  # the block ends score lower
+    train, _ = _average_precision_over_every_order_of_ties(y[:8], p[:8])
+    assert scores["splits"]["train"]["auprc"] == pytest.approx(float(train), abs=1e-12)
+    assert scores["splits"]["tuning"]["auprc"] == 1.0  # its one positive ranks first: no tie to average
+
+
 def test_running_aces_on_matching_rows_only_gives_the_same_labels(tmp_path):
     """extract_shard hands ACES only the rows its predicates match; the labels must not change."""
     from aces import predicates, query

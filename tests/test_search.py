@@ -125,11 +125,27 @@ def test_the_search_prints_a_recommendation_for_both_tasks(smoke_search):
 
 
 def test_the_choice_is_confirmed_once_on_held_out_patients(smoke_search, prepared):
-    """After the search chose, the recommended, best and baseline models are scored on held_out
-    (which nothing read before): in the output and as metrics of each task's parent run."""
+    """After the search chose, the recommended, best and baseline models are scored on held_out:
+    in the output and as metrics of each task's parent run.
+
+    Nothing read held_out before: every run the search trained (each trial's pretraining and
+    fine-tunings, each task's LightGBM) records in its result.json the splits its cache served
+    (`Cache.splits_read`), and none lists held_out; the confirmation's scoring records held_out,
+    and nothing else, in the outbox."""
     from claims_search.cache import Cache
 
     work, out = smoke_search
+    search = work / "runs" / "smoke-e2e"
+    trained = [*search.glob("trials/*/*/result.json"), *search.glob("baseline/*/result.json")]
+    read = {str(p.relative_to(search)): json.loads(p.read_text())["splits_read"] for p in trained}
+    assert len(read) == 3 * (1 + len(TASKS)) + len(TASKS), sorted(read)  # 3 trials (pretrain + 2 tasks), 2 baselines
+    assert all(splits == ["train", "tuning"] for splits in read.values()), read
+    entries = [json.loads(x) for x in (search / "outbox" / "outbox.jsonl").read_text().splitlines() if x.strip()]
+    confirmed = {e["payload"]["task"]: e["payload"]["roles"] for e in entries if e["kind"] == "confirmation"}
+    assert sorted(confirmed) == sorted(TASKS)
+    for task, roles in confirmed.items():
+        assert {role: got.get("splits_read") for role, got in roles.items()} == {
+            role: ["held_out"] for role in roles}, (task, roles)
     assert out.count("held-out confirmation (scored once, after the choice") == len(TASKS)
     client = _client(work)
     exp = client.get_experiment_by_name("smoke-e2e")

@@ -29,6 +29,8 @@ def test_pretrain_writes_checkpoint_loss_and_cost(pretrained):
     assert result["cost"]["tokens"] == pretrained.cost.tokens > 0
     assert pretrained.cost.flops > 0 and pretrained.cost.n_devices == 1
     assert not pretrained.checkpoint.parent.with_name("pt.partial").exists()
+    assert pretrained.splits_read == ("train", "tuning")  # trained on train, validation loss on tuning
+    assert result["splits_read"] == ["train", "tuning"]
 
 
 def test_finetune_from_checkpoint_keeps_costs_apart(recency_cache, pretrained, tmp_path):
@@ -38,6 +40,7 @@ def test_finetune_from_checkpoint_keeps_costs_apart(recency_cache, pretrained, t
     assert set(result.metrics) == {"tuning", "held_out"}
     assert list(result.metrics["tuning"]) == list(METRIC_KEYS)
     assert result.metrics["held_out"]["n"] == 40
+    assert result.splits_read == ("held_out", "train", "tuning")  # asked to evaluate on held_out: recorded
     assert result.pretrain_cost == pretrained.cost  # charged once, apart from fine-tuning
     assert result.cost.tokens > 0 and result.cost != pretrained.cost
     saved = json.loads((tmp_path / "ft" / "result.json").read_text())
@@ -130,14 +133,42 @@ def test_debug_model_beats_chance_on_both_builtin_tasks(tmp_path):
         assert m["auroc_low"] > 0.5, f"{task}: {m}"
 
 
-def test_fine_tuning_on_a_subset_of_labelled_patients(recency_cache, tmp_path):
-    """``train_patients`` fine-tunes on that many train patients (the few-labels regime)."""
+def test_fine_tuning_and_lightgbm_learn_from_the_subset_only(recency_cache, tmp_path, monkeypatch):
+    """``train_patients=80`` of the 160 train patients: fine-tuning and LightGBM learn from those
+    80 patients' samples and no others (the few-labels regime). Checked twice for fine-tuning:
+    the count the run records, and the train samples its batches actually drew (fitting and the
+    early-stopping carve-out), seen by spying on ``batches.task_batches``."""
+    from claims_search import batches as B
+    from claims_search.baseline import baseline
     from claims_search.worker import open_cache
 
     with pytest.raises(ClaimsSearchError, match="train_patients must be >= 1"):
         FinetuneSettings(train_patients=0)
-    n_train = open_cache(recency_cache).labels("antihypertensive_start", "train")["subject_idx"].nunique()
-    result = finetune(recency_cache, "antihypertensive_start", "debug",
-                      FinetuneSettings(**TINY_FT, train_patients=n_train // 2), tmp_path / "ft", n_boot=50)
+    train = open_cache(recency_cache).labels("antihypertensive_start", "train")
+    assert train["subject_idx"].nunique() == len(train) == 160  # one sample per patient here
+
+    drawn = set()  # train samples (rows of `train`) in any batch the fine-tuning built
+    real = B.task_batches
+
+    def spy(cache, task, split, **kw):
+        for batch in real(cache, task, split, **kw):
+            if split == "train":
+                drawn.update(batch.sample_index.tolist())
+            yield batch
+
+    monkeypatch.setattr(B, "task_batches", spy)
+    # 6 steps of 1,024 tokens draw every one of the 80 short histories.
+    ft = finetune(recency_cache, "antihypertensive_start", "debug",
+                  FinetuneSettings(**TINY_FT, train_patients=80), tmp_path / "ft", n_boot=50)
+    assert ft.trained_on == {"samples": 80, "patients": 80} and ft.steps == 6
+    assert len(drawn) == 80
     saved = json.loads((tmp_path / "ft" / "result.json").read_text())
-    assert saved["settings"]["train_patients"] == n_train // 2 and result.steps == 6
+    assert saved["settings"]["train_patients"] == 80 and saved["trained_on"] == ft.trained_on
+    assert saved["splits_read"] == ["train", "tuning"]  # evaluated on tuning; held_out never read
+
+    lgbm = baseline(recency_cache, "antihypertensive_start", tmp_path / "lgbm", num_threads=1, n_boot=50,
+                    train_patients=80)
+    assert lgbm.trained_on == {"samples": 80, "patients": 80}
+    assert json.loads((tmp_path / "lgbm" / "result.json").read_text())["trained_on"] == lgbm.trained_on
+    # Without train_patients, LightGBM learns from all 160.
+    assert baseline(recency_cache, "antihypertensive_start", num_threads=1, n_boot=50).trained_on["samples"] == 160
