@@ -169,6 +169,18 @@ def cluster_resources(address: str, timeout: float = PROBE_TIMEOUT_S) -> dict[st
     return total
 
 
+def autoscales(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the cluster has an autoscaler (its status is in the dashboard's cluster status)."""
+    import requests
+
+    try:
+        r = requests.get(f"{_base(address)}/api/cluster_status", headers=_headers(auth_token()), timeout=timeout)
+        r.raise_for_status()
+        return bool(r.json()["data"].get("autoscalingStatus"))
+    except (requests.RequestException, KeyError, ValueError, AttributeError):
+        return False  # no such endpoint or no answer: judge by the nodes up now
+
+
 def check_space_fits(space_path: str | Path, resources: dict[str, float]) -> int:
     """Raise if one trial of the space can't run on ``resources``; return usable concurrency."""
     from claims_search import space

@@ -80,6 +80,8 @@ class SearchRequest:
     address: str | None = None
     resume: bool = False
     progress: bool = True
+    resource_check: bool = True  # False: trust the space (--no-resource-check)
+    cluster_config: str | None = None  # a launcher YAML naming the cluster's node types
 
 
 def run_search(req: SearchRequest) -> SearchResult:
@@ -87,7 +89,7 @@ def run_search(req: SearchRequest) -> SearchResult:
     from claims_search import storage as st
     from claims_search.cache import Cache
     from claims_search.search_state import SearchState
-    from claims_search.space import load_space, validate_against_cluster
+    from claims_search.space import load_space
     from claims_search.summary import for_space
     from claims_search.tracking import Tracker, reachable
 
@@ -122,7 +124,7 @@ def run_search(req: SearchRequest) -> SearchResult:
     ray = _init_ray(req.address)
     try:
         # The last checks need the cluster; nothing is written before they pass.
-        concurrency = validate_against_cluster(space, ray.cluster_resources())
+        concurrency, waiting = _fit(space, req, ray)
         multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
         run_dir.mkdir(parents=True, exist_ok=True)
         if req.resume and (restored := state.restore()):
@@ -137,7 +139,7 @@ def run_search(req: SearchRequest) -> SearchResult:
         if space.baseline:
             _baselines(ray, space, data, st.join(req.storage, req.name, "baseline"), tracker)
             state.push()
-        _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs, experiment)
+        _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs, experiment, waiting)
         # Per-task summaries computed in plain Python (summary.py: frontier, paired rule, plots),
         # then recorded by the tracker.
         recs = tracker.publish(for_space(tracker.records(), space, tracker.outbox_dir / "artifacts"))
@@ -245,6 +247,30 @@ def time_shares(timed: list[dict], wall: float) -> dict[str, float]:
         return {}
     total["other"] = max(0.0, wall - sum(total.values()))
     return {k: v / wall for k, v in total.items()}
+
+
+def _fit(space, req: SearchRequest, ray):
+    """The concurrency to use and, on an autoscaling cluster, how to say what pending trials wait
+    for. An autoscaling cluster is checked against the node types it can add (a trial that can
+    never fit is refused, naming what it needs); a fixed one against the nodes up now."""
+    from functools import partial
+
+    from claims_search import autoscaler, capacity
+    from claims_search.space import validate_against_cluster
+
+    types = autoscaler.node_types(req.cluster_config) if req.resource_check or req.cluster_config else None
+    if not req.resource_check:
+        b = space.budget
+        return max(1, min(b.concurrency, b.trials)), (partial(capacity.waiting_for, space, types) if types else None)
+    if types is None:
+        return validate_against_cluster(space, ray.cluster_resources()), None
+    if not types:  # autoscales, node types unknown (warned): trust the space
+        b = space.budget
+        return max(1, min(b.concurrency, b.trials)), None
+    concurrency = capacity.check_space(space, types)
+    log.info("search %s: the cluster autoscales (%s); up to %d trial(s) at once", req.name,
+             "; ".join(t.describe() for t in types), concurrency)
+    return concurrency, partial(capacity.waiting_for, space, types)
 
 
 def _probe_ray(address: str) -> None:
@@ -394,7 +420,7 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
 
 
 def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurrency: int,
-          storage_path: str, storage_fs, experiment: str) -> None:
+          storage_path: str, storage_fs, experiment: str, waiting=None) -> None:
     from ray import tune
 
     from claims_search.search_tune import GuardedOptunaSearch, TrackingCallback, make_sampler
@@ -413,7 +439,8 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
         driver["custom_resources"] = {**(b.worker_resources if not b.workers_per_trial else {}),
                                       **b.driver_resources}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
-    callbacks = [TrackingCallback(tracker, space, progress=req.progress, state=state,
+    callbacks = [TrackingCallback(tracker, space, progress=req.progress, state=state, concurrency=concurrency,
+                                  waiting=waiting,
                                   total=space.num_samples() if not space.is_grid else len(space.grid_samples()))]
     # The experiment's name is also the folder Ray stages the driver's Tune files in on this node
     # (<session>/artifacts/<start second>/<name>): a name shared by two searches that start in the

@@ -100,8 +100,11 @@ class TrackingCallback(Callback):
     """Finished trials -> TrialRecords in the tracker's outbox (then a best-effort MLflow sync),
     and a live table: trials done / running / pending, best so far per task, compute spent."""
 
-    def __init__(self, tracker, space, *, progress: bool = True, total: int = 0, state=None):
+    def __init__(self, tracker, space, *, progress: bool = True, total: int = 0, state=None, concurrency: int = 0,
+                 waiting=None):
         self.tracker, self.space, self.total, self.state = tracker, space, total, state
+        # On an autoscaling cluster: pending trials -> "waiting for N node(s) of T" (capacity.waiting_for).
+        self.concurrency, self.waiting = concurrency, waiting
         self.started = time.monotonic()
         self.compute = 0.0
         self.best: dict[str, float] = {}
@@ -171,14 +174,18 @@ class TrackingCallback(Callback):
         pending = max(self.total - finished - len(self.running), 0)
         elapsed = time.monotonic() - self.started
         best = ", ".join(f"{t} {self.space.metric}={v:.3f}" for t, v in sorted(self.best.items())) or "-"
+        # Trials Tune may run now but that have not started: on an autoscaling cluster, nodes to come.
+        unstarted = min(self.concurrency or pending, pending + len(self.running)) - len(self.running)
+        note = self.waiting(unstarted) if self.waiting else None
         if not self.live:
-            log.info("%s | done %d (pruned %d, failed %d) running %d pending %d | best %s | compute %.0f device-s "
-                     "| %.0f s", event, finished, self.pruned, self.failed, len(self.running), pending, best,
-                     self.compute, elapsed)
+            log.info("%s | done %d (pruned %d, failed %d) running %d pending %d%s | best %s | compute %.0f device-s "
+                     "| %.0f s", event, finished, self.pruned, self.failed, len(self.running), pending,
+                     f" ({note})" if note else "", best, self.compute, elapsed)
             return
         table = Table(title=f"search {self.tracker.experiment_name}", show_header=True)
         for col in ("done", "pruned", "failed", "running", "pending", "best so far", "compute (device-s)", "elapsed"):
             table.add_column(col)
-        table.add_row(str(self.done), str(self.pruned), str(self.failed), str(len(self.running)), str(pending),
+        table.add_row(str(self.done), str(self.pruned), str(self.failed), str(len(self.running)),
+                      f"{pending} ({note})" if note else str(pending),
                       best, f"{self.compute:.0f}", f"{elapsed:.0f} s")
         self.live.update(table)

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "on a multi-node cluster; default: $CLAIMS_SEARCH_STORAGE_PATH, else ./runs)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted search of this --name")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of the live table")
+    parser.add_argument("--no-resource-check", action="store_true",
+                        help="don't check the space against the cluster (its nodes now, or the node types its "
+                        "autoscaler can add): trials wait for whatever they ask")
+    parser.add_argument("--cluster-config", metavar="YAML",
+                        help="a Ray cluster launcher config naming the node types the autoscaler can add (default: "
+                        "what the cluster says of itself, or ~/ray_bootstrap_config.yaml on the head)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"search {name}: space {space.path}, tracking {uri}")
     result = run_search(SearchRequest(space=str(space.path), data=args.data, tracking_uri=uri, name=name,
                                       storage=args.storage, address=args.address, resume=args.resume,
-                                      progress=not args.no_progress))
+                                      progress=not args.no_progress, resource_check=not args.no_resource_check,
+                                      cluster_config=args.cluster_config))
     from claims_search.tracking import experiment_url
 
     link = experiment_url(uri, name)
@@ -81,7 +88,9 @@ def _supervise(args: argparse.Namespace, space: str, name: str, uri: str) -> int
     argv = [sys.executable, "-m", "claims_search.cli", *(["-v"] if getattr(args, "verbose", False) else []),
             "search", "--space", space, "--data", args.data, "--name", name, "--tracking-uri", uri,
             "--storage", args.storage, *(["--address", args.address] if args.address else []),
-            *(["--resume"] if args.resume else []), *(["--no-progress"] if args.no_progress else [])]
+            *(["--resume"] if args.resume else []), *(["--no-progress"] if args.no_progress else []),
+            *(["--no-resource-check"] if args.no_resource_check else []),
+            *(["--cluster-config", args.cluster_config] if args.cluster_config else [])]
     child = subprocess.Popen(argv, env={**os.environ, SUPERVISED: "1"})
     try:
         rc = child.wait()

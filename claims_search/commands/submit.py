@@ -12,8 +12,9 @@ CLAIMS_SEARCH_STORAGE_PATH). A search without
 experiment.
 
 Before submitting: the head must answer within a few seconds, an http(s) tracking server must
-accept our Host header, and the cluster's nodes must have the CPUs/GPUs one trial of the space
-asks for (--no-resource-check for an autoscaling cluster that adds GPU nodes on demand).
+accept our Host header, and one trial of the space must fit the cluster: its nodes now, or,
+when the cluster autoscales, the node types it can add (checked by the search on the head, or
+here with the search's --cluster-config). --no-resource-check skips both checks.
 With --wait, a failed job (its runtime env included) is reported with the tail of its log.
 The address defaults to $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS; the auth token comes from
 $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
@@ -89,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable for the job (repeatable)")
     parser.add_argument("--pip", action="append", default=[], metavar="REQ", help="pip requirement installed for the job (repeatable)")
     parser.add_argument("--no-tracking-check", action="store_true", help="don't probe the tracking server from here")
-    parser.add_argument("--no-resource-check", action="store_true", help="don't check the space fits the cluster's nodes now")
+    parser.add_argument("--no-resource-check", action="store_true",
+                        help="don't check the space against the cluster, here or in the search (passed on to it)")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the command, e.g. -- search --space smoke --data s3://bucket/prepared")
 
@@ -147,7 +149,18 @@ def run(args: argparse.Namespace) -> int:
             local = os.path.join(args.working_dir, space)
         if not os.path.isfile(local):  # a folder never counts (named.resolve)
             local = space  # a shipped space's name, e.g. "smoke"
-        jobs.check_space_fits(local, jobs.cluster_resources(address))
+        if jobs.autoscales(address):  # nodes come on demand: the search checks the node types on the head
+            from claims_search import capacity
+            from claims_search.space import load_space
+
+            config = jobs.flag_value(command, "--cluster-config")
+            if config and os.path.isfile(config):
+                capacity.check_space(load_space(local), capacity.load_launcher_config(config))
+        else:
+            jobs.check_space_fits(local, jobs.cluster_resources(address))
+    if args.no_resource_check and command[:1] == ["search"] and "--no-resource-check" not in command:
+        command = [*command, "--no-resource-check"]  # the search on the cluster skips it too
+        entrypoint, experiment = jobs.build_entrypoint(command, args.tracking_uri, args.storage_path)
 
     working_dir = None if args.no_upload else args.working_dir
     sub = jobs.submit(client, entrypoint, jobs.runtime_env(working_dir, env, pip=args.pip), experiment)
