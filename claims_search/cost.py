@@ -6,6 +6,7 @@ charges one pretraining once across tasks and adds each task's fine-tuning).
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
@@ -14,9 +15,12 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Cost:
-    """One run's cost. ``device_s`` = wall_s x n_devices; ``tokens`` are real (non-padding);
-    ``flops`` are estimated from ``sizes.ModelSize.flops_per_token``; ``peak_mem_bytes`` is the
-    CUDA max allocated memory, or the process RSS high-water mark on CPU."""
+    """One run's cost. ``device_s`` = wall_s x n_devices, where ``n_devices`` is what the run
+    held: GPUs (workers x GPUs per worker, fractions included), or CPU cores for a CPU run;
+    ``wall_s`` is the training's own time: the best-step evaluations (``eval_s``) and the
+    checkpoint writes (``checkpoint_s``) are recorded beside it, not in it. ``tokens`` are real
+    (non-padding); ``flops`` are estimated from ``sizes.ModelSize.flops_per_token``;
+    ``peak_mem_bytes`` is the CUDA max allocated memory, or the process RSS high-water mark on CPU."""
 
     wall_s: float = 0.0
     device_s: float = 0.0
@@ -25,7 +29,9 @@ class Cost:
     n_params: int = 0
     peak_mem_bytes: int = 0
     device: str = ""
-    n_devices: int = 0
+    n_devices: float = 0
+    eval_s: float = 0.0
+    checkpoint_s: float = 0.0
 
     def __add__(self, other: "Cost") -> "Cost":
         if not isinstance(other, Cost):
@@ -40,6 +46,8 @@ class Cost:
             peak_mem_bytes=max(self.peak_mem_bytes, other.peak_mem_bytes),
             device=" + ".join(devices),
             n_devices=max(self.n_devices, other.n_devices),
+            eval_s=self.eval_s + other.eval_s,
+            checkpoint_s=self.checkpoint_s + other.checkpoint_s,
         )
 
     def to_dict(self) -> dict:
@@ -50,6 +58,13 @@ class Cost:
     def from_dict(cls, d: dict) -> "Cost":
         """Inverse of ``to_dict`` (unknown keys ignored)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def devices_held(resources_per_worker: dict) -> float:
+    """What one worker holds, for device-seconds: its GPUs (fractions too: half a GPU is half
+    charged), else its CPU cores (Ray Train's ``{"CPU": 0.99}`` asks for one)."""
+    gpus = float(resources_per_worker.get("GPU") or 0)
+    return gpus if gpus > 0 else float(max(1, round(resources_per_worker.get("CPU", 1))))
 
 
 def device_name(device) -> str:
@@ -77,7 +92,7 @@ class CostMeter:
     >>> meter.cost
     """
 
-    def __init__(self, n_params: int, device="cpu", n_devices: int = 1):
+    def __init__(self, n_params: int, device="cpu", n_devices: float = 1):
         self.n_params = n_params
         self.device = device
         self.n_devices = n_devices
@@ -85,6 +100,20 @@ class CostMeter:
         self.flops = 0.0
         self._start: float | None = None
         self._wall = 0.0
+        self._aside = {"eval": 0.0, "checkpoint": 0.0}
+
+    @contextlib.contextmanager
+    def aside(self, kind: str):
+        """Time spent in this block is not training: it goes to ``<kind>_s`` ("eval" or
+        "checkpoint") instead of the wall time (inside the meter's context)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self._aside[kind] += spent
+            if self._start is not None:
+                self._wall -= spent  # the open span will count it: take it back now
 
     def __enter__(self) -> "CostMeter":
         import torch
@@ -133,4 +162,6 @@ class CostMeter:
             peak_mem_bytes=int(peak),
             device=device_name(self.device),
             n_devices=self.n_devices,
+            eval_s=self._aside["eval"],
+            checkpoint_s=self._aside["checkpoint"],
         )

@@ -125,7 +125,8 @@ class TrainLoop:
 
     ``batches(epoch)`` returns that epoch's batches (e.g. ``lambda e: pretrain_batches(...,
     epoch=e, rank=r, world_size=w)``); it must be deterministic so that resuming can replay
-    the epoch up to where it stopped. ``n_devices`` is the DDP world size (for device-seconds).
+    the epoch up to where it stopped. ``n_devices`` is what the run holds, over all ranks: GPUs,
+    or CPU cores on CPU (for device-seconds).
     ``on_report(step, {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"})`` runs every
     ``settings.log_every`` steps and at the last step; ``on_checkpoint(state_dict)`` every
     ``checkpoint_every`` steps (0 = never) and at the last step. ``on_step(step)`` runs after
@@ -139,7 +140,7 @@ class TrainLoop:
         batches: Callable[[int], Iterable[Batch]],
         settings: PretrainSettings | FinetuneSettings,
         *,
-        n_devices: int = 1,
+        n_devices: float = 1,
         on_report: Callable[[int, dict], None] | None = None,
         on_checkpoint: Callable[[dict], None] | None = None,
         checkpoint_every: int = 0,
@@ -213,13 +214,16 @@ class TrainLoop:
                     window_tokens += batch.n_tokens
                     if self.step % s.log_every == 0 or self.step == s.steps:
                         flush(grad_norm)
-                    self.stopped = bool(self.on_step(self.step)) if self.on_step else False
+                    if self.on_step:  # the best-step evaluation: beside the training time, not in it
+                        with self.meter.aside("eval"):
+                            self.stopped = bool(self.on_step(self.step))
                     if self.stopped and window_n:  # an early last step reports its window too
                         flush(grad_norm)
                     last = self.stopped or self.step == s.steps
                     every = self.checkpoint_every
                     if self.on_checkpoint and ((every and self.step % every == 0) or last):
-                        self.on_checkpoint(self.state_dict())
+                        with self.meter.aside("checkpoint"):
+                            self.on_checkpoint(self.state_dict())
                     if last:
                         break
                 else:

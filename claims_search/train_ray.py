@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from claims_search import storage as st
+from claims_search.cost import devices_held
 from claims_search.errors import ClaimsSearchError
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ def _phases_fn(config: dict) -> dict:
                 device=ray.train.torch.get_device(),
                 rank=rank,
                 world_size=world,
+                devices_per_worker=config.get("devices_per_worker", 1.0),
                 prepare=lambda model: ray.train.torch.prepare_model(model) if world > 1 else model,
                 state=state,
                 on_checkpoint=on_checkpoint,
@@ -260,12 +262,13 @@ def run_phases(
         raise ClaimsSearchError(f"{storage}: init_state files are local to this node; not with remote storage")
     _plan_matches(storage, {"phases": phases, "workers": workers, "max_loss": max_loss})
     resources = resources_per_worker or ({"CPU": 0.99, "GPU": 1} if use_gpu else {"CPU": 0.99})
+    held = devices_held(resources)
     storage_path, storage_fs = st.ray_storage(storage) if st.is_uri(storage) else (storage, None)
     fit_started = time.time()
     trainer = TorchTrainer(
         _phases_fn,
         train_loop_config={"phases": phases, "storage": storage, "checkpoint_every": checkpoint_every,
-                           "fail_at": fail_at, "max_loss": max_loss},
+                           "fail_at": fail_at, "max_loss": max_loss, "devices_per_worker": held},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

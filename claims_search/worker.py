@@ -36,6 +36,7 @@ def execute(
     device: Any = "cpu",
     rank: int = 0,
     world_size: int = 1,
+    devices_per_worker: float = 1.0,
     prepare: Callable = lambda model: model,
     state: dict | None = None,
     on_report: Callable[[int, dict], None] | None = None,
@@ -45,7 +46,8 @@ def execute(
     """Run one training job (a plain dict from :func:`pretrain` / :func:`finetune`) on this
     worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
 
-    ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
+    ``devices_per_worker``: what each worker holds (GPUs, or CPU cores): the cost counts
+    ``world_size x devices_per_worker`` devices. ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
     ``{"step", "resumed_from_step", "cost", "cache_s", "val_loss" | "metrics", "eval_s",
     "splits_read"}`` and, fine-tuning, ``"trained_on"`` (see ``batches.trained_on``); evaluation on
     rank 0 only, other ranks return the same keys without it. ``splits_read`` is
@@ -109,7 +111,7 @@ def execute(
     on_step = best.observe if best is not None else None
     if job["kind"] == "finetune" and settings.patience and world_size > 1:
         on_step = _shared_stop(on_step, settings, device)  # every rank stops where rank 0 does
-    trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size, on_report=on_report,
+    trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size * devices_per_worker, on_report=on_report,
                              on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every,
                              on_step=on_step)
     if state is not None:

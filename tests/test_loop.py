@@ -134,6 +134,40 @@ def test_on_step_can_end_the_run_early_and_a_resumed_run_stays_ended(cache):
     assert again.run().tokens == cost.tokens and again.step == 6  # nothing more to train
 
 
+def test_evaluations_and_checkpoints_are_recorded_beside_the_training_time_not_in_it(cache):
+    import time
+
+    settings = PretrainSettings(batch_tokens=120, steps=4, warmup=1)
+
+    def evaluate(step):  # a best-step evaluation that takes 0.2 s
+        time.sleep(0.2)
+
+    def save(state):  # a checkpoint upload that takes 0.3 s
+        time.sleep(0.3)
+
+    loop = TrainLoop(pretraining_model(SIZE, cache.vocab_size), pretrain_stream(cache, settings), settings,
+                     n_devices=0.5, on_step=evaluate, on_checkpoint=save, checkpoint_every=2)
+    started = time.perf_counter()
+    cost = loop.run()
+    elapsed = time.perf_counter() - started
+    assert cost.eval_s >= 4 * 0.2 and cost.checkpoint_s >= 2 * 0.3
+    assert cost.wall_s + cost.eval_s + cost.checkpoint_s <= elapsed
+    assert cost.wall_s < elapsed - 4 * 0.2 - 2 * 0.3
+    # Half a GPU held (two trials share one): half the wall time is charged.
+    assert cost.device_s == pytest.approx(0.5 * cost.wall_s) and cost.n_devices == 0.5
+    both = cost + cost
+    assert both.eval_s == pytest.approx(2 * cost.eval_s) and both.checkpoint_s == pytest.approx(2 * cost.checkpoint_s)
+
+
+def test_a_worker_is_charged_for_what_it_holds():
+    from claims_search.cost import devices_held
+
+    assert devices_held({"CPU": 0.99}) == 1  # Ray Train's one core
+    assert devices_held({"CPU": 3.96, "trainer": 1}) == 4  # cpus_per_worker 4 (x 0.99)
+    assert devices_held({"CPU": 4, "GPU": 0.5}) == 0.5  # two trials share one GPU: each pays half
+    assert devices_held({"CPU": 4, "GPU": 2}) == 2  # two GPUs held, two charged
+
+
 def test_cost_of_pretraining_plus_finetuning():
     pre = Cost(wall_s=10, device_s=20, tokens=100, flops=1e9, n_params=5, peak_mem_bytes=7,
                device="NVIDIA H100", n_devices=2)
