@@ -225,3 +225,9 @@ def write_result(out_dir: str | os.PathLike, result: BaselineResult, model=None)
 
         for split, df in result.predictions.items():
             P.write(df, Path(tmp) / "predictions" / f"{split}.parquet")
+        if "tuning" in result.predictions:  # the cut for predicted classes (meds_predictions.py)
+            from claims_search.meds_predictions import THRESHOLD_FILE, choose_threshold
+
+            tuning = result.predictions["tuning"]
+            (Path(tmp) / THRESHOLD_FILE).write_text(
+                json.dumps(choose_threshold(tuning["label"], tuning["prob"]), indent=2) + "\n")

@@ -1,11 +1,13 @@
 """A finished model as an MLflow model folder, ready to register: a fine-tuned Transformer as a
-pyfunc (``pyfunc_model.py``, with a signature), the LightGBM baseline in MLflow's lightgbm
-flavour. And the reverse: what to score from a downloaded model folder. No tracking calls here
+pyfunc (``pyfunc_model.py``, with a signature; its threshold is in the checkpoint's
+``meta.json``), the LightGBM baseline in MLflow's lightgbm flavour plus its ``threshold.json``.
+And the reverse: what to score from a downloaded model folder. No tracking calls here
 (``tracking.py`` logs and registers what this builds)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -21,7 +23,8 @@ def _signature():
     return ModelSignature(
         inputs=Schema([ColSpec("string", "data"), ColSpec("string", "task"), ColSpec("string", "split")]),
         outputs=Schema([ColSpec("long", "subject_id"), ColSpec("datetime", "prediction_time"),
-                        ColSpec("double", "prob")]))
+                        ColSpec("boolean", "boolean_value"), ColSpec("boolean", "predicted_boolean_value"),
+                        ColSpec("float", "predicted_boolean_probability")]))
 
 
 def save_model(folder: str | os.PathLike, dest: str | os.PathLike) -> str:
@@ -33,7 +36,11 @@ def save_model(folder: str | os.PathLike, dest: str | os.PathLike) -> str:
         import lightgbm as lgb
         import mlflow.lightgbm
 
+        from claims_search.meds_predictions import THRESHOLD_FILE
+
         mlflow.lightgbm.save_model(lgb.Booster(model_file=str(folder / "model.txt")), str(dest))
+        if (folder / THRESHOLD_FILE).exists():  # the predicted-class cut travels with the trees
+            shutil.copyfile(folder / THRESHOLD_FILE, dest / THRESHOLD_FILE)
         return "lightgbm"
     if not (folder / "meta.json").exists():
         raise ClaimsSearchError(f"{folder}: neither a fine-tuned checkpoint nor a baseline folder")

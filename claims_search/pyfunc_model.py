@@ -3,8 +3,10 @@ code: MLflow copies this file into the model and runs it on load).
 
 Input (its signature): a table with one row per request, columns ``data`` (a prepared cache:
 path or URI), ``task`` and ``split``. Output: one row per labelled sample of that task and split,
-columns ``subject_id``, ``prediction_time``, ``prob``. Per-patient output stays with the caller:
-nothing here logs it.
+in the MEDS prediction schema (claims_search/meds_predictions.py): ``subject_id``,
+``prediction_time``, ``boolean_value``, ``predicted_boolean_value`` (at the threshold kept in the
+checkpoint's meta.json), ``predicted_boolean_probability``. Per-patient output stays with the
+caller: nothing here logs it.
 """
 
 import mlflow.pyfunc
@@ -25,8 +27,8 @@ class ClaimsSearchCheckpoint(mlflow.pyfunc.PythonModel):
         frames = []
         for req in pd.DataFrame(model_input).to_dict("records"):
             cache = open_cache(req["data"])
-            df = scoring.predict_checkpoint(cache, req["task"], req["split"], self.checkpoint)
-            frames.append(scoring.with_ids(cache, req["task"], req["split"], df)[["subject_id", "prediction_time", "prob"]])
+            table, _ = scoring.meds_predictions(cache, req["task"], req["split"], self.checkpoint, False)
+            frames.append(table)
         return pd.concat(frames, ignore_index=True)
 
 

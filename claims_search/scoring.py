@@ -41,10 +41,18 @@ def predict_checkpoint(cache, task: str, split: str, checkpoint: str | os.PathLi
     model = M.classification_model(M.ClaimsEncoder(size, cache.vocab_size), pool=settings.pool)
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
+    model.to(scoring_device())  # a GPU where this process holds one (the search's confirmation does)
     labels = cache.labels(task, split)
     prob, index = predict(model, B.task_batches(cache, task, split, batch_tokens=settings.batch_tokens,
                                                 max_len=size.max_len))
     return P.frame(index, labels["subject_idx"].to_numpy()[index], labels["label"].to_numpy()[index], prob)
+
+
+def scoring_device():
+    """CUDA when this process sees a GPU (Ray gives a task only the GPUs it asked for), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def predict_baseline(cache, task: str, split: str, folder: str | os.PathLike) -> pd.DataFrame:
@@ -78,3 +86,21 @@ def with_ids(cache, task: str, split: str, df: pd.DataFrame) -> pd.DataFrame:
     labels = cache.labels(task, split).reset_index(drop=True)
     ids = labels.loc[df["row"].to_numpy(), ["subject_id", "prediction_time"]].reset_index(drop=True)
     return pd.concat([ids, df.reset_index(drop=True)], axis=1)
+
+
+def meds_predictions(cache, task: str, split: str, location: str, is_baseline: bool) -> tuple[pd.DataFrame, dict]:
+    """``(table, threshold)``: the model's predictions on ``split`` in the MEDS prediction schema
+    (``meds_predictions.COLUMNS``; patient-level, for the caller's own file) and the threshold
+    record that gave ``predicted_boolean_value``: the one kept with the model, or, for a model
+    trained before thresholds were kept, one chosen now on tuning by the same rule (marked
+    ``"chosen_at": "predict"``)."""
+    from claims_search import meds_predictions as MP
+
+    run = predict_baseline if is_baseline else predict_checkpoint
+    df = run(cache, task, split, location)
+    threshold = MP.recorded_threshold(location, is_baseline)
+    if threshold is None:
+        tuning = df if split == "tuning" else run(cache, task, "tuning", location)
+        threshold = {**MP.choose_threshold(tuning["label"], tuning["prob"]), "chosen_at": "predict"}
+    ids = with_ids(cache, task, split, df)
+    return MP.table(ids, df["label"], df["prob"], threshold["value"]), threshold

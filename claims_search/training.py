@@ -294,6 +294,10 @@ def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path,
               "pretrain_cost": pretrain_cost.to_dict() if pretrain_cost else None, "workers": workers,
               "trained_on": outcome.get("trained_on", {}), "splits_read": outcome.get("splits_read", [])}
     preds = outcome.get("predictions") or {}
+    if "tuning" in preds:  # the cut for predicted classes, kept in meta.json (meds_predictions.py)
+        from claims_search.meds_predictions import choose_threshold
+
+        result["threshold"] = choose_threshold(preds["tuning"]["label"], preds["tuning"]["prob"])
     _finish(out_dir, state_file, meta, result, preds)
     return FinetuneResult(outcome["metrics"], cost, out_dir / "checkpoint", pretrain_cost,
                           outcome["step"], outcome["resumed_from_step"],

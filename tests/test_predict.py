@@ -1,14 +1,22 @@
 """A chosen model predicts: registered in MLflow (a Transformer as a pyfunc, the LightGBM
 baseline in MLflow's own flavour), `claims-search predict` and the pyfunc's `predict` give the
-same per-patient predictions the trial kept. The output goes to a file, never to MLflow."""
+same per-patient predictions the trial kept, in the MEDS prediction schema, which
+meds-evaluation (in its own virtual environment: `make meds-eval`) accepts and scores as
+written. The output goes to a file, never to MLflow."""
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from claims_search import packaging, predictions
+from claims_search import meds_predictions, packaging, predictions
+from claims_search.metrics import evaluate
 from claims_search.baseline import baseline
 from claims_search.loop import FinetuneSettings, PretrainSettings
 from claims_search.training import pretrain_and_finetune
@@ -16,6 +24,34 @@ from claims_search.training import pretrain_and_finetune
 TASK = "antihypertensive_start"
 PT = PretrainSettings(steps=4, warmup=1, batch_tokens=1024, log_every=2)
 FT = FinetuneSettings(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
+
+
+MEDS_COLUMNS = ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
+                "predicted_boolean_probability"]
+
+
+def meds_eval(tool: str) -> str:
+    """A program of the meds-evaluation venv (``make meds-eval``); `make test` requires it, a
+    hand-run pytest without it skips."""
+    venv = Path(os.environ.get("MEDS_EVAL_VENV") or Path(__file__).resolve().parents[1] / ".venv-meds-eval")
+    path = venv / "bin" / tool
+    if not path.exists():
+        why = f"{path} is missing: run `make meds-eval` (meds-evaluation 0.0.6 in its own venv)"
+        if os.environ.get("CLAIMS_SEARCH_REQUIRE_MEDS_EVAL"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return str(path)
+
+
+def align_with_prediction_schema(path: Path) -> str:
+    """``meds_evaluation.schema.PredictionSchema.align`` on the file, in meds-evaluation's own
+    venv; the file must already be in the aligned schema. Returns that schema as text."""
+    code = ("import sys, pyarrow.parquet as pq; from meds_evaluation.schema import PredictionSchema; "
+            "t = pq.read_table(sys.argv[1]); a = PredictionSchema.align(t); "
+            "assert a.schema == t.schema, (a.schema, t.schema); print(a.schema)")
+    res = subprocess.run([meds_eval("python"), "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
 
 
 def cli(*argv, cwd):
@@ -53,11 +89,58 @@ def test_predict_writes_what_the_trial_kept(recency_cache, registered, kind):
     res = cli("predict", "--model", f"models:/{kind}@recommended", "--data", str(recency_cache), "--task", TASK,
               "--split", "tuning", "--out", out.name, "--tracking-uri", uri, cwd=work)  # relative --out
     assert res.returncode == 0, res.stderr
-    positives = int(predictions.read(kept[kind])["label"].sum())
-    assert res.stdout.strip() == f"40 predictions of {TASK}/tuning ({positives} positive) -> {out.name}"
-    got = pd.read_parquet(out)
-    assert list(got.columns) == ["subject_id", "prediction_time", "label", "prob"]
-    assert got["prob"].tolist() == predictions.read(kept[kind])["prob"].tolist()
+    trial = predictions.read(kept[kind])
+    threshold = meds_predictions.choose_threshold(trial["label"], trial["prob"])
+    assert res.stdout.strip() == (
+        f"40 predictions of {TASK}/tuning ({int(trial['label'].sum())} positive; predicted positive at "
+        f"probability >= {threshold['value']:.4g}, the F1-maximising cut on tuning) -> {out.name}")
+    table = pq.read_table(out)
+    assert table.schema == meds_predictions.arrow_schema()  # int64, timestamp[us], bool, bool, float32
+    got = table.to_pandas()
+    assert list(got.columns) == MEDS_COLUMNS
+    assert got["predicted_boolean_probability"].tolist() == trial["prob"].astype(np.float32).tolist()
+    assert got["boolean_value"].tolist() == trial["label"].tolist()
+    # The class follows the threshold kept with the model (chosen on tuning when it was trained).
+    assert (got["predicted_boolean_value"] == (got["predicted_boolean_probability"] >= threshold["value"])).all()
+    assert 0 < got["predicted_boolean_value"].sum() < len(got)
+
+
+def test_the_threshold_is_kept_with_the_model(registered):
+    work, _, _ = registered
+    meta = json.loads(next((work / "trial").rglob("checkpoint/meta.json")).read_text())
+    lgbm = json.loads((work / "model-lightgbm" / meds_predictions.THRESHOLD_FILE).read_text())
+    for record in (meta["threshold"], lgbm):
+        assert record["rule"] == "max_f1_on_tuning" and record["split"] == "tuning" and record["n"] == 40
+        assert 0 < record["value"] < 1 and 0 < record["f1"] <= 1
+
+
+def test_the_threshold_rule_on_a_literal_table():
+    #         label  prob
+    rows = [(True, 0.9), (False, 0.8), (True, 0.7), (False, 0.3), (False, 0.2), (True, 0.1)]
+    y, p = zip(*rows)
+    # cut 0.9: F1 2/4; 0.7: 4/6; 0.1: 6/9, a tie with 0.7: the higher cut wins (fewer flagged).
+    got = meds_predictions.choose_threshold(y, p)
+    assert got["value"] == pytest.approx(0.7) and got["f1"] == pytest.approx(2 / 3)
+    assert meds_predictions.choose_threshold([False, False], [0.1, 0.9])["value"] == 0.5  # one class: no F1
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lightgbm"])
+def test_meds_evaluation_accepts_and_scores_the_predictions_as_written(recency_cache, registered, kind, tmp_path):
+    work, uri, kept = registered
+    out = tmp_path / f"{kind}.parquet"
+    res = cli("predict", "--model", f"models:/{kind}@recommended", "--data", str(recency_cache), "--task", TASK,
+              "--split", "tuning", "--out", str(out), "--tracking-uri", uri, cwd=work)
+    assert res.returncode == 0, res.stderr
+    assert "predicted_boolean_probability: float" in align_with_prediction_schema(out)
+    scored = subprocess.run([meds_eval("meds-evaluation-cli"), f"predictions_path={out}",
+                             f"output_file={tmp_path / 'eval.json'}"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    theirs = json.loads((tmp_path / "eval.json").read_text())["samples_equally_weighted"]
+    trial = predictions.read(kept[kind])
+    ours = evaluate(trial["label"], trial["prob"], trial["subject_idx"], n_boot=10)
+    assert theirs["roc_auc_score"] == pytest.approx(ours["auroc"], abs=1e-4)  # float32 vs float64 only
+    assert {"f1_score", "binary_accuracy", "brier_score", "calibration_error"} <= set(theirs)
 
 
 def test_the_registered_pyfunc_predicts_on_its_documented_input(recency_cache, registered, mlflow_uri):
@@ -67,9 +150,14 @@ def test_the_registered_pyfunc_predicts_on_its_documented_input(recency_cache, r
     mlflow_uri(uri)
     model = mlflow.pyfunc.load_model("models:/transformer@recommended")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["data", "task", "split"]
+    assert [c.name for c in model.metadata.get_output_schema().inputs] == MEDS_COLUMNS
     got = model.predict(pd.DataFrame([{"data": str(recency_cache), "task": TASK, "split": "tuning"}]))
-    assert list(got.columns) == ["subject_id", "prediction_time", "prob"]
-    assert got["prob"].tolist() == predictions.read(kept["transformer"])["prob"].tolist()
+    assert list(got.columns) == MEDS_COLUMNS
+    trial = predictions.read(kept["transformer"])
+    assert got["predicted_boolean_probability"].tolist() == trial["prob"].astype(np.float32).tolist()
+    # Written as a user would (pandas), the table is what meds-evaluation takes.
+    got.to_parquet(work / "pyfunc.parquet", index=False)
+    align_with_prediction_schema(work / "pyfunc.parquet")
 
 
 def test_bad_requests_are_one_line_and_write_nothing(recency_cache, registered):

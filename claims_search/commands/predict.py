@@ -3,7 +3,11 @@ storage (never to MLflow: they are patient-level).
 
 The model is a registered one (``models:/<search>-<task>@recommended``), an MLflow run's model
 (``runs:/<id>/model``), or a model folder (a fine-tuned checkpoint, a baseline folder) on disk
-or storage. The output is Parquet with ``subject_id, prediction_time, label, prob``.
+or storage. The output is Parquet in the MEDS prediction schema, which meds-evaluation scores as
+written: ``subject_id`` int64, ``prediction_time`` timestamp[us], ``boolean_value`` bool (the
+label), ``predicted_boolean_value`` bool and ``predicted_boolean_probability`` float32. The
+predicted class is probability >= the threshold kept with the model: the cut that maximised F1
+on the tuning split when it was trained (claims_search/meds_predictions.py says why).
 
 Examples:
   claims-search predict --model models:/demo-ckd_incidence@recommended --data prepared/ \\
@@ -65,9 +69,7 @@ def _resolve(model: str, tracking_uri: str | None) -> tuple[str, bool]:
 
 def run(args: argparse.Namespace) -> int:
     """Predict, write the file, print a one-line summary (aggregates only)."""
-    import io
-
-    from claims_search import scoring, storage
+    from claims_search import meds_predictions, scoring, storage
     from claims_search.errors import ClaimsSearchError
     from claims_search.worker import open_cache
 
@@ -79,11 +81,10 @@ def run(args: argparse.Namespace) -> int:
     if len(cache.labels(args.task, args.split)) == 0:
         raise ClaimsSearchError(f"--split {args.split}: no samples of task {args.task} in that split")
     location, is_baseline = _resolve(args.model, args.tracking_uri)
-    df = (scoring.predict_baseline if is_baseline else scoring.predict_checkpoint)(
-        cache, args.task, args.split, location)
-    out = scoring.with_ids(cache, args.task, args.split, df)[["subject_id", "prediction_time", "label", "prob"]]
-    buf = io.BytesIO()
-    out.to_parquet(buf, index=False)
-    storage.write_bytes(args.out, buf.getvalue())
-    print(f"{len(out)} predictions of {args.task}/{args.split} ({out['label'].sum()} positive) -> {args.out}")
+    out, threshold = scoring.meds_predictions(cache, args.task, args.split, location, is_baseline)
+    storage.write_bytes(args.out, meds_predictions.to_parquet_bytes(out))
+    chosen = " (chosen now on tuning: the model predates kept thresholds)" if threshold.get("chosen_at") else ""
+    print(f"{len(out)} predictions of {args.task}/{args.split} ({int(out['boolean_value'].sum())} positive; "
+          f"predicted positive at probability >= {threshold['value']:.4g}, the F1-maximising cut on "
+          f"tuning{chosen}) -> {args.out}")
     return 0
