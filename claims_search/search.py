@@ -185,7 +185,9 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
         return {}
     b = space.budget
 
-    @ray.remote(num_cpus=1, resources=dict(b.worker_resources) or None)
+    # A Transformer is scored where a trial's worker runs, with what one holds (its GPU: a 101M
+    # forward pass over a real held-out split takes hours on one CPU thread); LightGBM on CPUs.
+    @ray.remote(num_cpus=b.cpus_per_worker, num_gpus=b.gpus_per_worker, resources=dict(b.worker_resources) or None)
     def score(task: str, location: str, is_baseline: bool) -> dict:
         from claims_search import scoring
         from claims_search.errors import ClaimsSearchError
@@ -203,7 +205,8 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
     refs: dict[tuple[str, str], Any] = {}
     for (task, _), r in jobs.items():
         if (task, r.checkpoint) not in refs:
-            refs[(task, r.checkpoint)] = score.remote(task, r.checkpoint, r.is_baseline)
+            refs[(task, r.checkpoint)] = (score.options(num_gpus=0) if r.is_baseline else score).remote(
+                task, r.checkpoint, r.is_baseline)
     got = dict(zip(refs, ray.get(list(refs.values()))))
     out: dict[str, dict] = {}
     for (task, role), r in jobs.items():
