@@ -72,6 +72,42 @@ class Batch:
     def n_sequences(self) -> int:
         return int(self.cls_index.shape[0])
 
+    def split(self, parts: int) -> list[tuple["Batch", float]]:
+        """The batch cut into at most ``parts`` batches of whole rows (gradient accumulation),
+        each with its weight: its share of the batch's predictions (masked positions when the
+        batch has targets, else sequences). Each part's mean loss times its weight sums to the
+        whole batch's mean loss. Rows are independent (the mask is per row), so the parts'
+        forward passes equal the whole batch's."""
+        B, T = self.tokens.shape
+        chunks = [c for c in np.array_split(np.arange(B), min(parts, B)) if len(c)]
+        if self.targets is not None:
+            total = int((self.targets >= 0).sum())
+        else:
+            total = self.n_sequences
+        out = []
+        for rows in chunks:
+            r0, r1 = int(rows[0]), int(rows[-1]) + 1
+            seq = self.seq[r0:r1]  # (b, T)
+            old = torch.unique(seq[seq >= 0])  # sorted global ids of this part's sequences (S_p,)
+            remap = torch.full((self.n_sequences + 1,), -1, dtype=seq.dtype)
+            remap[old] = torch.arange(len(old), dtype=seq.dtype)
+            part = Batch(
+                tokens=self.tokens[r0:r1],
+                ages=self.ages[r0:r1],
+                months=self.months[r0:r1],
+                visits=self.visits[r0:r1],
+                seq=torch.where(seq >= 0, remap[seq.clamp(min=0)], seq),  # (b, T) ids 0..S_p-1
+                cls_index=self.cls_index[old] - r0 * T,  # (S_p,) flat positions in the part
+                n_tokens=int((seq >= 0).sum()),
+                targets=None if self.targets is None else self.targets[r0:r1],
+                labels=None if self.labels is None else self.labels[old],
+                sample_index=None if self.sample_index is None else self.sample_index[old],
+                unpacked=self.unpacked,
+            )
+            n = int((part.targets >= 0).sum()) if part.targets is not None else part.n_sequences
+            out.append((part, n / total if total else 1.0 / len(chunks)))
+        return out
+
 
 @dataclass
 class Sequence:

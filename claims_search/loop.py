@@ -37,9 +37,15 @@ class _Settings:
     grad_clip: float = 1.0
     seed: int = 0
     log_every: int = 50
+    # Gradient accumulation: each step's batch runs as this many micro-batches (its rows split,
+    # ``Batch.split``), gradients summed before one optimiser step. Same step, less activation
+    # memory (claims_search/memory.py); the batch stream and step count are unchanged.
+    grad_accum: int = 1
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if not isinstance(self.grad_accum, int) or isinstance(self.grad_accum, bool) or self.grad_accum < 1:
+            raise ClaimsSearchError(f"{name}: grad_accum must be an integer >= 1, got {self.grad_accum!r}")
         if self.lr <= 0:
             raise ClaimsSearchError(f"{name}: lr must be positive, got {self.lr}")
         if self.steps < 1 or self.batch_tokens < 1 or self.log_every < 1:
@@ -234,10 +240,20 @@ class TrainLoop:
         return self.cost()
 
     def _train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = batch.to(self.device)
-        with _autocast(self.device):
-            loss, _ = self.model(batch)
-        loss.backward()
+        parts = batch.split(self.settings.grad_accum) if self.settings.grad_accum > 1 else [(batch, 1.0)]
+        loss = None
+        for i, (part, weight) in enumerate(parts):
+            # Under DDP, all-reduce gradients once, on the last micro-batch.
+            last = i == len(parts) - 1
+            sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                with _autocast(self.device):
+                    part_loss, _ = self.model(part.to(self.device))
+                # Each part's mean loss weighted by its share of the batch's predictions: the
+                # sum is the whole batch's mean loss, and so are the summed gradients.
+                (part_loss * weight if len(parts) > 1 else part_loss).backward()
+            part_loss = part_loss.detach() * weight if len(parts) > 1 else part_loss.detach()
+            loss = part_loss if loss is None else loss + part_loss
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -245,7 +261,7 @@ class TrainLoop:
         T = batch.tokens.shape[1]  # attention runs over the whole packed row
         self.meter.add(batch.n_tokens, batch.n_tokens * self.size.flops_per_token(
             self.vocab_size, T, self.masked_fraction))
-        return loss.detach(), grad_norm.detach()
+        return loss, grad_norm.detach()
 
     def _report(self, loss: float, grad_norm: float, tokens_per_s: float) -> None:
         if self.on_report is None:

@@ -144,7 +144,11 @@ class Budget(_Strict):
 
     ``driver_resources`` / ``worker_resources``: custom Ray resources (as given to ``ray start
     --resources``, e.g. ``{"accelerator_type:H100": 0.001}`` or a node label) that each trial's
-    driver / each Ray Train worker asks for, on top of its CPUs and GPUs."""
+    driver / each Ray Train worker asks for, on top of its CPUs and GPUs.
+
+    ``gpu_memory_gb``: memory of one GPU of the nodes the trials run on (GB, as sold: 24 for an
+    A10G); with it, a configuration whose training step cannot fit is refused at load
+    (``claims_search.memory``)."""
 
     trials: int = Field(ge=1)
     concurrency: int = Field(default=1, ge=1)
@@ -152,6 +156,7 @@ class Budget(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
     time_budget_s: float | None = Field(default=None, gt=0)
+    gpu_memory_gb: float | None = Field(default=None, gt=0)
     driver_resources: dict[str, float] = Field(default_factory=dict)
     worker_resources: dict[str, float] = Field(default_factory=dict)
 
@@ -164,6 +169,12 @@ class Budget(_Strict):
             if v <= 0:
                 raise ValueError(f"{k}: must be > 0, got {v}")
         return d
+
+    @model_validator(mode="after")
+    def _gpu_memory(self) -> "Budget":
+        if self.gpu_memory_gb is not None and not self.gpus_per_worker:
+            raise ValueError("gpu_memory_gb is the memory of one GPU: set gpus_per_worker too")
+        return self
 
 
 class Training(_Strict):
@@ -481,6 +492,10 @@ def _check_lazy(space: Space, path: Path) -> None:
                 cls(**dict(corner))
             except (ClaimsSearchError, TypeError, ValueError) as e:
                 raise ClaimsSearchError(f"{path}: training.{section}: {e}") from None
+    if space.budget.gpu_memory_gb is not None:  # every configuration's step must fit the GPU
+        from claims_search import memory
+
+        memory.check_space(space, space.budget.gpu_memory_gb)
 
 
 def load_space(path: str | Path) -> Space:
