@@ -393,3 +393,43 @@ def test_the_readme_covers_every_cluster_file():
     for must in ("port-forward", "claims-search submit", "s3://", "--allowed-hosts", "authOptions",
                  "ephemeral-storage", "iam:PassRole"):
         assert must in readme, must
+
+
+def tested_torch() -> str:
+    """The torch version the tests run: constraints/cpu.txt's pin (its CPU build)."""
+    pins = (ROOT / "constraints" / "cpu.txt").read_text().splitlines()
+    return next(l.split("==", 1)[1].strip() for l in pins if l.startswith("torch=="))
+
+
+def test_the_image_installs_the_tested_torch_built_for_its_cuda():
+    import torch
+
+    version = tested_torch()
+    assert torch.__version__.split("+")[0] == version  # the suite runs what is pinned
+    text = DOCKERFILE.read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+    image = next(l.split()[1] for l in text.splitlines() if l.startswith("FROM "))
+    cuda = image.rsplit("-", 1)[1]
+    assert re.fullmatch(r"cu\d{3}", cuda), f"name the image's CUDA ({image}), not the -gpu alias"
+    assert args["TORCH"] == version, "cluster/Dockerfile's torch differs from the tested pin"
+    assert args["CUDA"] == cuda
+    assert '"torch==${TORCH}+${CUDA}" --index-url https://download.pytorch.org/whl/${CUDA}' in text
+    assert "-c /home/ray/torch-constraint.txt -e ." in text  # pyproject's range cannot swap it
+    # The launcher's nodes run the same image flavour and install the same torch.
+    cfg = load(LAUNCHER)
+    assert cfg["docker"]["image"].endswith(f"-{cuda}")
+    assert (f'pip install -q "torch=={version}+{cuda}" --index-url '
+            f"https://download.pytorch.org/whl/{cuda}") == cfg["setup_commands"][0]
+
+
+def test_gpu_nodes_name_an_ami_whose_driver_runs_the_image_cuda():
+    cfg = load(LAUNCHER)
+    gpu = {n: t for n, t in cfg["available_node_types"].items() if t["resources"].get("GPU")}
+    assert gpu
+    for name, t in gpu.items():
+        assert t["node_config"]["ImageId"].startswith("ami-"), name
+    text = LAUNCHER.read_text()
+    assert text.count("base-oss-nvidia-driver-gpu-ubuntu-22.04") == len(gpu)
+    # CUDA 13.0 needs driver 580 or newer: said beside the image and in the README.
+    assert "cu130" in DOCKERFILE.read_text() and "580" in DOCKERFILE.read_text()
+    assert "driver 580" in README.read_text() and "ImageId" in README.read_text()
