@@ -15,6 +15,7 @@ from claims_search.frontier import TrialRecord, pareto_front
 
 COST_LABELS = {
     "device_seconds": "cost (device-seconds, log)",
+    "gpu_hour_equivalents": "cost (GPU-hour equivalents: device-hours priced per kind, log)",
     "flops": "cost (FLOPs, log)",
     "wall_seconds": "cost (wall-clock seconds, log)",
 }
@@ -78,7 +79,7 @@ def write_png(
     ax.set_xscale("log")
     ax.set_xlabel(COST_LABELS.get(cost, cost))
     ax.set_ylabel(metric.upper())
-    ax.set_title(f"{task}: {metric.upper()} vs compute{mixed_devices_note(records)}", fontsize=10)
+    ax.set_title(f"{task}: {metric.upper()} vs compute{mixed_devices_note(records, cost)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if records:
         ax.legend(fontsize=8, loc="best")
@@ -129,7 +130,7 @@ def write_html(
             fig.add_hline(y=rec.threshold, line_dash="dot", line_color="#d62728", annotation_text=_bar(rec))
     fig.update_xaxes(type="log", title=COST_LABELS.get(cost, cost))
     fig.update_yaxes(title=metric.upper())
-    fig.update_layout(title=f"{task}: {metric.upper()} vs compute{mixed_devices_note(records)}",
+    fig.update_layout(title=f"{task}: {metric.upper()} vs compute{mixed_devices_note(records, cost)}",
                       template="plotly_white")
     path = Path(path)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
@@ -153,8 +154,13 @@ def write_plots(
     )
 
 
-def mixed_devices_note(records: Iterable[TrialRecord]) -> str:
-    """A title suffix when the points' costs were measured on different kinds of device (a
-    CPU-second is not a GPU-second: such costs share an axis, not a unit)."""
+def mixed_devices_note(records: Iterable[TrialRecord], cost: str = "device_seconds") -> str:
+    """A title suffix when the points' costs were measured on different kinds of device: priced
+    into one unit (``prices.py``), or, in a measure that was not, a warning (a CPU-second is not
+    a GPU-second: such costs share an axis, not a unit)."""
     kinds = sorted({r.tags.get("device", "") for r in records if r.usable} - {""})
-    return f" (mixed devices: {', '.join(kinds)}; costs not comparable)" if len(kinds) > 1 else ""
+    if len(kinds) < 2:
+        return ""
+    if cost == "gpu_hour_equivalents":
+        return f" (devices priced per kind: {', '.join(kinds)})"
+    return f" (mixed devices: {', '.join(kinds)}; costs not comparable)"

@@ -161,6 +161,7 @@ class Recommendation:
     min_gain_per_doubling: float = 0.005
     agreement: float | None = None
     agreement_seeds: int = 0
+    cost_unit: str | None = None  # set by summary.py: the space's cost, or prices.UNIT when kinds mixed
 
     @property
     def agreeing_seeds(self) -> int:
@@ -212,6 +213,7 @@ class Recommendation:
             "n_complete": self.n_complete,
             "agreement": self.agreement,
             "agreement_seeds": self.agreement_seeds,
+            "cost_unit": self.cost_unit,
         }
 
 

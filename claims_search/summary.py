@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -39,6 +39,7 @@ class SummarySettings:
     n_boot: int = 1000
     seed: int = 0
     stability_seeds: int = 4
+    prices: dict[str, float] | None = None  # per device kind (prices.py); None: the defaults
 
     @classmethod
     def from_space(cls, space: Any) -> "SummarySettings":
@@ -51,6 +52,7 @@ class SummarySettings:
             reference=(ref.metric, ref.cost) if ref else None,
             min_gain_per_doubling=rec.min_gain_per_doubling,
             stability_seeds=rec.stability_seeds,
+            prices=dict(space.prices) if getattr(space, "prices", None) else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +62,7 @@ class SummarySettings:
             "min_gain_per_doubling": self.min_gain_per_doubling,
             "reference": list(self.reference) if self.reference else None,
             "stability_seeds": self.stability_seeds,
+            "prices": self.prices,
         }
 
 
@@ -142,11 +145,19 @@ def for_space(records: Iterable[TrialRecord], space: Any, out_dir: str | Path) -
 
 def _summarize_task(records: list[TrialRecord], task: str, settings: SummarySettings,
                     out_dir: str | Path | None, predictions) -> TaskSummary:
+    from claims_search.prices import on_one_axis
+
+    # Costs measured on different kinds of device (GPU trials, the CPU baseline) are priced into
+    # one unit before anything compares them: frontier, hypervolume, the rule, the plots.
+    records, unit = on_one_axis(records, task, settings.cost, settings.prices)
+    settings = replace(settings, cost=unit)
     rec = recommend(
         records, task, predictions, metric=settings.metric, margin=settings.margin,
         tolerance=settings.tolerance, min_gain_per_doubling=settings.min_gain_per_doubling,
         n_boot=settings.n_boot, seed=settings.seed, stability_seeds=settings.stability_seeds,
     )
+    if rec is not None:
+        rec = replace(rec, cost_unit=unit)
     front = pareto_front(records, task)
     ref = tuple(settings.reference) if settings.reference else default_reference(records, task)
     art = _write_artifacts(Path(out_dir) / task, records, task, front, rec, settings) if out_dir else None

@@ -82,7 +82,7 @@ def test_publish_records_what_it_is_handed(records, tmp_path):
     assert recs["ckd_incidence"].record.trial_id == "small"  # within margin 0.1 of the best
     entries = {e["key"]: e["payload"] for e in tracker.pending()}
     assert entries["settings"] == {"tolerance": None, "margin": 0.1, "min_gain_per_doubling": 0.005, "reference": None,
-                                   "stability_seeds": 4}
+                                   "stability_seeds": 4, "prices": None}
     s = entries["summary/ckd_incidence"]
     assert (s["recommended"], s["rule"], s["choice"], s["underpowered"]) == ("small", "paired", "transformer", False)
     assert s["difference"]["trial_id"] == "small" and s["difference"]["high"] < 0.1
@@ -114,7 +114,7 @@ def test_recommend_command_reads_each_trial_s_kept_predictions(records, tmp_path
     within = capsys.readouterr().out
     assert default.startswith("ckd_incidence: recommended w256 d2 h2, 4.00M params (trial big), the best trial")
     assert within.startswith("ckd_incidence: recommended w64 d2 h2, 0.25M params (trial small)")
-    assert "paired rule (30 patients): best - recommended = 0.0500" in within and "upper end < margin 0.1" in within
+    assert "paired rule (30 patients): best - w64 d2 h2 = 0.0500" in within and "upper end < margin 0.1" in within
 
 
 def test_a_frontier_mixing_device_kinds_says_so():
@@ -129,3 +129,32 @@ def test_a_frontier_mixing_device_kinds_says_so():
     gpu = dataclasses.replace(cpu, trial_id="b", tags={"device": "NVIDIA H200"})
     assert mixed_devices_note([cpu]) == ""
     assert mixed_devices_note([cpu, gpu]) == " (mixed devices: NVIDIA H200, cpu; costs not comparable)"
+
+
+def test_costs_measured_on_different_devices_are_priced_onto_one_axis():
+    """100 H100-seconds and 300 CPU-core-seconds are not the same unit: priced per kind (an
+    H100-hour 4 GPU-hour equivalents, a core-hour 0.05), LightGBM is the far cheaper model and
+    joins the frontier, which raw seconds would have denied it."""
+    import dataclasses
+
+    from claims_search.commands.recommend import describe
+    from claims_search.frontier import pareto_front
+    from claims_search.plots import mixed_devices_note
+    from claims_search.prices import UNIT, on_one_axis, price_of
+
+    gpu = dataclasses.replace(trial("big", 0.725, 0.540, 0.888, 100.0), tags={"device": "NVIDIA H100 80GB HBM3"})
+    cpu = dataclasses.replace(trial("lgbm", 0.70, 0.52, 0.86, 300.0, baseline=True), tags={"device": "cpu"})
+    assert [r.trial_id for r in pareto_front([gpu, cpu], "ckd_incidence")] == ["big"]  # raw: 100 < 300
+    priced, unit = on_one_axis([gpu, cpu], "ckd_incidence", "device_seconds", {"H100": 4.0, "cpu": 0.05})
+    assert unit == UNIT and price_of("NVIDIA H100 80GB HBM3", {"H100": 4.0, "H": 9.0}) == 4.0  # the longest key
+    assert [r.cost for r in priced] == pytest.approx([100 * 4.0 / 3600, 300 * 0.05 / 3600])
+    assert [r.trial_id for r in pareto_front(priced, "ckd_incidence")] == ["lgbm", "big"]
+    # One kind, or a measure that is not device-seconds: left as they are.
+    assert on_one_axis([gpu], "ckd_incidence", "device_seconds")[1] == "device_seconds"
+    assert on_one_axis([gpu, cpu], "ckd_incidence", "flops")[0] == [gpu, cpu]
+    # The summary prices before it compares, and names the unit where costs are shown.
+    out = summarize([gpu, cpu], None, SummarySettings(metric="auroc"), predictions=None)["ckd_incidence"]
+    assert [r.trial_id for r in out.front] == ["lgbm", "big"]
+    assert out.recommendation.cost_unit == UNIT
+    assert "gpu_hour_equivalents" in describe(out.recommendation, "auroc", "device_seconds")[1]
+    assert mixed_devices_note([gpu, cpu], UNIT) == " (devices priced per kind: NVIDIA H100 80GB HBM3, cpu)"

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from claims_search.commands.recommend import trial_counts
     from claims_search.errors import ClaimsSearchError
     from claims_search.frontier import default_reference, hypervolume, pareto_front
+    from claims_search.prices import on_one_axis
     from claims_search.tracking import default_tracking_uri, load_records, load_settings
 
     uri = args.tracking_uri or default_tracking_uri()
@@ -60,13 +61,15 @@ def run(args: argparse.Namespace) -> int:
         tasks = [args.task]
     console = Console()
     for task in tasks:
-        front = pareto_front(records, task)
+        # Costs of several device kinds are priced into one unit first (prices.py), as the search did.
+        mine, unit = on_one_axis(records, task, settings["cost"], settings.get("prices"))
+        front = pareto_front(mine, task)
         n = sum(r.task == task for r in records)
-        hv = hypervolume(front, tuple(settings["reference"] or default_reference(records, task)))
+        hv = hypervolume(front, tuple(settings["reference"] or default_reference(mine, task)))
         table = Table(
             title=f"{task}: Pareto frontier ({len(front)} of {n} trials: {trial_counts(records, task)} "
                   f"Transformer trials; hypervolume {hv:.3f})",
-            caption=f"cost in {settings['cost']}; cheapest first",
+            caption=f"cost in {unit}; cheapest first",
         )
         table.add_column("trial")
         table.add_column("size", no_wrap=True)

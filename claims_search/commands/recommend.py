@@ -227,7 +227,9 @@ def _agreement_line(rec) -> list[str]:
 def describe(rec, metric: str, cost: str, held_out: dict | None = None) -> list[str]:
     """Human-readable lines for one task's Recommendation (see docs/search.md for examples).
     ``held_out``: the task's held-out confirmation ``{role: {trial_id, metrics | error}}``, as
-    the search recorded it; its lines close the description."""
+    the search recorded it; its lines close the description. Costs are in ``rec.cost_unit``
+    when the summary set one (GPU-hour equivalents when device kinds mixed), else ``cost``."""
+    cost = rec.cost_unit or cost
     return [*_headline(rec, metric, cost), *_candidate_lines(rec), *_agreement_line(rec), *_saves_line(rec, cost),
             *_trend_lines(rec, held_out), *_baseline_line(rec, metric), *_fallback_note(rec),
             *held_out_lines(held_out, metric)]
@@ -285,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
         min_gain_per_doubling=got.get("min_gain_per_doubling", 0.005),
         stability_seeds=(args.stability_seeds if args.stability_seeds is not None
                          else int(got.get("stability_seeds", SummarySettings.stability_seeds))),
+        prices=got.get("prices"),
     )
     out = {task: s.recommendation for task, s in summarize(records, None, settings).items()}
     confirmed = load_confirmation(uri, args.experiment)
