@@ -16,6 +16,8 @@ Peak = static + max(forward end: activations + head, optimiser step: gradients +
 It is checked against peaks measured on CPU (``bench/memory_check.py``, tests/test_memory.py)
 and against the 469 KiB per real token of issue 25 (101M preset, bf16 autocast, full crops).
 
+``check_space`` refuses at load a space whose step cannot fit its ``budget.gpu_memory_gb``;
+``is_cuda_oom`` tells a GPU out of memory from the node's (``trial.failure_reason``).
 Plain Python: no torch import, so a space can be checked anywhere.
 """
 
@@ -221,17 +223,17 @@ def _describe(size: ModelSize) -> str:
     return f"{names[0]} ({shape})" if names else shape
 
 
-# Messages of a CUDA out-of-memory error: torch.OutOfMemoryError's ("CUDA out of memory. Tried to
-# allocate ...") and cuBLAS/cuDNN's allocation failures, as they reach the trial's driver
-# (possibly inside a Ray error's text).
-_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED",
-                "CUDNN_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+# Messages of a CUDA out-of-memory error as they reach the trial's driver (inside a Ray error's
+# text too): torch.OutOfMemoryError's "CUDA out of memory. Tried to allocate ...", and cuBLAS /
+# cuDNN / the CUDA runtime failing to allocate. Not Ray's own ray.exceptions.OutOfMemoryError,
+# which is the node's RAM (Ray's memory monitor).
+_OOM_MARKERS = ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                "CUDA error: out of memory")
 
 
 def is_cuda_oom(error: BaseException | str) -> bool:
-    """True when ``error`` (an exception, possibly wrapping others, or its text) is a GPU running
-    out of memory: a deterministic failure of the configuration, not worth a retry, and not the
-    node's RAM (Ray's memory monitor)."""
+    """True when ``error`` (an exception, or one it was raised from, or an error's text) is a GPU
+    running out of memory: the configuration's failure, which a retry repeats, not the node's."""
     seen: set[int] = set()
     stack: list = [error]
     while stack:
@@ -243,7 +245,7 @@ def is_cuda_oom(error: BaseException | str) -> bool:
             if any(m in e for m in _OOM_MARKERS):
                 return True
             continue
-        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (torch.cuda's alias)
-            return True
-        stack += [str(e), e.__cause__, e.__context__, getattr(e, "cause", None)]
+        if type(e).__name__ == "OutOfMemoryError" and type(e).__module__.startswith("torch"):
+            return True  # torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class)
+        stack += [str(e), e.__cause__, e.__context__]
     return False

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from claims_search import memory
 from claims_search.cost import Cost
 from claims_search.objective import COST_FIELDS, directions, objective_values
 
@@ -133,6 +134,9 @@ def _final_failure(e: BaseException) -> str | None:
 def failure_reason(text: str) -> str:
     """One line out of an error report (a traceback, Ray's worker-group error): the last line
     naming an exception, or, for a process that died without one, what Ray says that means."""
+    if memory.is_cuda_oom(text):  # the GPU's memory, not the node's: the configuration's failure
+        return ("CUDA out of memory: the training step does not fit the GPU; lower batch_tokens or raise "
+                "grad_accum (set budget.gpu_memory_gb to refuse such configurations at load)")
     if "low on memory" in text or "OutOfMemoryError" in text or "out of memory issue" in text:
         # Ray's memory monitor killed a worker: say so, with the node's use when Ray gave it.
         used = re.search(r"was ([\d.]+)GB used / ([\d.]+)GB limit", text)

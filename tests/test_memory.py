@@ -175,23 +175,37 @@ def test_bad_grad_accum_is_refused():
             PretrainSettings(grad_accum=bad)
 
 
-class OutOfMemoryError(RuntimeError):  # stands in for torch.OutOfMemoryError on a CPU machine
-    pass
-
-
 def test_cuda_out_of_memory_is_told_from_other_errors():
-    oom = OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 22.19 GiB total)")
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 22.19 GiB total)")
     assert memory.is_cuda_oom(oom)
-    try:  # wrapped, as Ray wraps a worker's error
+    try:  # wrapped, as a caller wraps a worker's error
         try:
             raise oom
-        except OutOfMemoryError as inner:
+        except torch.OutOfMemoryError as inner:
             raise RuntimeError("TrainingFailedError: worker 0 failed") from inner
     except RuntimeError as wrapped:
         assert memory.is_cuda_oom(wrapped)
+    assert memory.is_cuda_oom("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB")
     assert memory.is_cuda_oom("RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")
-    assert memory.is_cuda_oom(torch.OutOfMemoryError("CUDA out of memory."))
-    # The node's RAM (Ray's memory monitor) and ordinary errors are not GPU memory.
-    assert not memory.is_cuda_oom(RuntimeError("Task was killed due to the node running low on memory."))
+    # The node's RAM (Ray's memory monitor, whose error class has the same name) and ordinary
+    # errors are not GPU memory.
+    from ray.exceptions import OutOfMemoryError as RayOOM
+
+    ray_text = "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
+    assert not memory.is_cuda_oom(ray_text)
+    assert not memory.is_cuda_oom(RayOOM(ray_text))
     assert not memory.is_cuda_oom(ValueError("bad value"))
     assert not memory.is_cuda_oom(MemoryError())
+
+
+def test_a_trial_that_ran_out_of_gpu_memory_says_so():
+    from claims_search.trial import failure_reason
+
+    text = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+            "capacity of 22.19 GiB of which 1.02 GiB is free.\n")
+    reason = failure_reason(text)
+    assert reason.startswith("CUDA out of memory") and "memory monitor" not in reason
+    assert "batch_tokens" in reason and "grad_accum" in reason
+    ray = "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
+    assert "memory monitor" in failure_reason(ray)
