@@ -174,6 +174,11 @@ class Budget(_Strict):
     def _gpu_memory(self) -> "Budget":
         if self.gpu_memory_gb is not None and not self.gpus_per_worker:
             raise ValueError("gpu_memory_gb is the memory of one GPU: set gpus_per_worker too")
+        if self.workers_per_trial > 1 and self.gpus_per_worker % 1:
+            # Ray may place two ranks of one trial on one GPU, and NCCL refuses two ranks per device.
+            raise ValueError(f"gpus_per_worker: {self.gpus_per_worker:g} is a fraction of a GPU, and a trial with "
+                             f"{self.workers_per_trial} workers could put two of its ranks on one GPU (NCCL refuses "
+                             "that): use whole GPUs, or one worker per trial")
         return self
 
 
@@ -223,7 +228,18 @@ class Space(_Strict):
     training: Training = Training()
     recommend: RecommendSettings = RecommendSettings()
     baseline: bool = True
+    # Price per device-hour by device kind (claims_search/prices.py), used when a task's costs were
+    # measured on several kinds; None: the documented defaults.
+    prices: dict[str, float] | None = None
     path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("prices", mode="after")
+    @classmethod
+    def _prices(cls, d: dict[str, float] | None) -> dict[str, float] | None:
+        for k, v in (d or {}).items():
+            if not k or not v > 0:
+                raise ValueError(f"{k!r}: a price per device-hour must be > 0, got {v}")
+        return d
 
     @field_validator("objective", "sampler", mode="before")
     @classmethod

@@ -207,3 +207,20 @@ def test_a_bare_task_name_may_be_any_task_prepared_into_the_cache(tmp_path):
     cache has it is checked when the search starts, before any trial."""
     space = load_space(write(tmp_path, mutate(tasks=["mytask", "ckd_incidence"])))
     assert space.task_names == ["mytask", "ckd_incidence"]
+
+
+def test_fractional_gpus_with_several_workers_per_trial_are_refused(tmp_path):
+    bad = mutate(budget={**GOOD["budget"], "workers_per_trial": 2, "gpus_per_worker": 0.5})
+    with pytest.raises(ClaimsSearchError, match="gpus_per_worker: 0.5 is a fraction of a GPU, and a trial with 2 workers"):
+        load_space(write(tmp_path, bad))
+    one = mutate(budget={**GOOD["budget"], "workers_per_trial": 1, "gpus_per_worker": 0.5})
+    assert load_space(write(tmp_path, one)).budget.gpus_per_worker == 0.5  # two trials share a GPU: fine
+
+
+def test_prices_per_device_kind_are_read_and_checked(tmp_path):
+    from claims_search.summary import SummarySettings
+
+    space = load_space(write(tmp_path, mutate(prices={"H100": 4.0, "cpu": 0.05})))
+    assert SummarySettings.from_space(space).prices == {"H100": 4.0, "cpu": 0.05}
+    with pytest.raises(ClaimsSearchError, match="must be > 0"):
+        load_space(write(tmp_path, mutate(prices={"H100": 0})))
