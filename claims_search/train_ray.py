@@ -187,6 +187,8 @@ def _phases_fn(config: dict) -> dict:
                 _phase_checkpoint(i, False, s, f"phase{i:02d}_step_{s['step']:08d}",
                                   {"phase": i, "step": s["step"], "tokens": s["cost"]["tokens"]})
                 if fail is not None and fail[0] == i and s["step"] >= fail[1]:
+                    if len(fail) > 2 and fail[2] == "cuda_oom":  # what a GPU too small raises
+                        raise torch.OutOfMemoryError(f"CUDA out of memory. Injected in phase {i} (fail_at)")
                     raise RuntimeError(f"injected failure in phase {i} at step {s['step']} (fail_at)")
 
             outcome = execute(
@@ -207,6 +209,14 @@ def _phases_fn(config: dict) -> dict:
                 _write_phase(storage, i, {**outcome, "attempt_started_at": started_at}, final)
             # The barrier: once it returns, phase i's files exist for every rank and the driver.
             _phase_checkpoint(i, True, None, f"phase{i:02d}_done", {"phase": i, "done": 1})
+    except Exception as e:
+        from claims_search.memory import is_cuda_oom
+
+        # A GPU out of memory fails the same way on every retry: one worker (no rank waits on
+        # it in a collective) returns it instead of raising, so Ray Train does not restart it.
+        if world == 1 and is_cuda_oom(e):
+            return {"cuda_oom": str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}
+        raise
     finally:
         shutil.rmtree(_scratch(storage, f"rank{rank}"), ignore_errors=True)
     return {"started_at": started_at, "skipped": skipped, "rank_nodes": nodes, "entered": entered,
@@ -248,7 +258,8 @@ def run_phases(
     (``init_state`` must be a path every worker can read: only for a local ``storage``).
     ``max_loss={"phase": k, "value": v}`` skips the phases after k when phase k diverged
     (``worker.diverged``). ``fail_at=(phase, step)`` makes every worker fail once after that
-    checkpoint (tests). Final states of a remote ``storage`` are copied into ``local_dir``
+    checkpoint (tests; ``(phase, step, "cuda_oom")``: with a CUDA out-of-memory error, which one
+    worker returns unretried). Final states of a remote ``storage`` are copied into ``local_dir``
     (default: this node's scratch folder, left to the caller). ``resources_per_worker`` defaults to
     ``{"CPU": 0.99}`` (+ 1 GPU with ``use_gpu``).
     """
@@ -281,6 +292,10 @@ def run_phases(
     ret = result.return_value
     if ret is None:
         raise RuntimeError(f"Ray Train run under {storage} returned nothing (error: {result.error})")
+    if ret.get("cuda_oom"):
+        from claims_search.trial import failure_reason
+
+        raise ClaimsSearchError(f"{failure_reason(ret['cuda_oom'])} (not retried: {ret['cuda_oom']})")
     log.info("ray train: %d phase(s); the last worker group started at phase %d, step %d",
              len(phases), ret["started_at"]["phase"], ret["started_at"]["step"])
     out: list[tuple[dict, Path] | None] = []

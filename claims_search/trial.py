@@ -118,8 +118,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
 def _final_failure(e: BaseException) -> str | None:
     """The one-line reason of a failure that retrying the trial would only repeat, else None: a
-    check of ours that refused the configuration (``ClaimsSearchError``), or a Ray Train run that
-    already spent its own retries (``TrainingFailedError``; each retry restarted its workers)."""
+    check of ours that refused the configuration (``ClaimsSearchError``, a one-worker run's CUDA
+    out of memory included: ``train_ray`` returns it unretried), a Ray Train run that already
+    spent its own retries (``TrainingFailedError``; each retry restarted its workers), or a CUDA
+    out of memory in this process."""
     from ray.train import TrainingFailedError
 
     from claims_search.errors import ClaimsSearchError
@@ -128,6 +130,8 @@ def _final_failure(e: BaseException) -> str | None:
         return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     if isinstance(e, TrainingFailedError):
         return f"Ray Train gave up after its retries: {failure_reason(str(e))}"
+    if memory.is_cuda_oom(e):  # in-process training (workers_per_trial: 0): the same on every try
+        return failure_reason(str(e) or "CUDA out of memory")
     return None
 
 

@@ -37,3 +37,24 @@ def test_two_workers_give_the_same_result_format_and_resume_after_a_failure(rece
     assert saved["workers"] == 2 and saved["step"] == 6
     assert (tmp_path / "ray" / "checkpoint" / "state.pt").exists()
     assert not (tmp_path / "ray.partial").exists()
+
+
+@pytest.mark.ray
+def test_a_gpu_out_of_memory_is_reported_as_such_and_not_retried(recency_cache, tmp_path, ray_local):
+    from claims_search.errors import ClaimsSearchError
+    from claims_search.loop import PretrainSettings
+    from claims_search.sizes import PRESETS
+    from claims_search.train_ray import run_phases
+    from claims_search.training import _pretrain_job
+    from claims_search.cache import Cache
+
+    cache = Cache.open(recency_cache)
+    job, _ = _pretrain_job(cache, recency_cache, PRESETS["debug"], PretrainSettings(steps=4, warmup=1, batch_tokens=512))
+    # Any other error makes Ray Train restart the worker group (max_failures=2) from the step-2
+    # checkpoint, and a restored run is never failed again (fail_at): a retry would succeed.
+    # The run failing is the proof that the out-of-memory error was not retried.
+    with pytest.raises(ClaimsSearchError) as e:
+        run_phases([{"job": job}], tmp_path / "run", workers=1, checkpoint_every=2, max_failures=2,
+                   fail_at=(0, 2, "cuda_oom"))
+    assert str(e.value).startswith("CUDA out of memory: the training step does not fit the GPU")
+    assert "not retried" in str(e.value)
