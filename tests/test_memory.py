@@ -209,3 +209,25 @@ def test_a_trial_that_ran_out_of_gpu_memory_says_so():
     assert "batch_tokens" in reason and "grad_accum" in reason
     ray = "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
     assert "memory monitor" in failure_reason(ray)
+
+
+def test_an_accumulated_step_under_ddp_equals_the_unsplit_step(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    size = ModelSize(width=32, depth=2, heads=2, max_len=64, dropout=0.0)
+    batch = memory_check.synthetic_batch(size, 200, 1024)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        after = []
+        for accum, wrap in ((1, False), (2, True)):
+            torch.manual_seed(0)
+            model = pretraining_model(size, 200)
+            settings = PretrainSettings(batch_tokens=1024, steps=2, warmup=0, grad_accum=accum)
+            train = TrainLoop(DDP(model) if wrap else model, lambda e: [batch], settings)
+            train._train_step(batch)  # under DDP: no_sync on the first micro-batch, all-reduce on the last
+            after.append(_params(model))
+    finally:
+        dist.destroy_process_group()
+    for a, b in zip(*after):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
