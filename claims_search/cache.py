@@ -12,7 +12,8 @@ Layout (docs/design.md)::
                            birth_days int32 (-1 if unknown), n_static int32
       labels/<task>.parquet  subject_id, prediction_time, label, split, subject_idx, end,
                            true_prob
-      tasks/<task>.yaml    the ACES config the labels came from
+      tasks/<task>.yaml    the ACES config the labels came from (none for a task given as a
+                           MEDS label table: its manifest entry names the table, ``label_table``)
       value_bins.parquet   quantile cut points per numeric code (see claims_search/vocab.py)
 
 A subject's events are its static rows first (null time in MEDS; their day is the birth day,
@@ -271,6 +272,9 @@ def write_cache(meds_root, out, tasks: list, settings: Settings, workers: int = 
             for code, values in sample.items():
                 samples.setdefault(code, []).append(values)
     report = meds.summarize(ds, scans, settings.strict, warn)
+    from claims_search.label_tables import check_against_data
+
+    check_against_data(tasks, ds.shards)  # label tables: their subjects and times, on checked data
     codes = set().union(*(sc.codes for sc in scans))
     say(f"{meds.plural(report.n_subjects, 'subject')}, {meds.plural(report.n_events, 'event')} "
         f"in {meds.plural(n, 'shard')}")
@@ -344,13 +348,15 @@ def _write_tables(ds, tmp: Path, tasks: list, n: int, say, warn, codes: set[str]
             skipped[t.name] = str(e).removeprefix(f"{t.source}: task '{t.name}' ")
             warn(left_out_warning(t.name, skipped[t.name]))
             continue
-        (tmp / "tasks" / f"{t.name}.yaml").write_text(t.text)
+        if t.table is None:
+            (tmp / "tasks" / f"{t.name}.yaml").write_text(t.text)
         per_split = lab.group_by(pl.col("split").cast(pl.String)).agg(
             pl.len().alias("n"), pl.col("label").sum().alias("positives"))
         summary[t.name] = {
             "splits": {r["split"]: {"n": r["n"], "positives": r["positives"]}
                        for r in per_split.sort("split").iter_rows(named=True)},
             "oracle": task_labels.oracle_scores(lab),
+            **({"label_table": str(Path(t.source).resolve())} if t.table is not None else {}),
         }
         say(f"task {t.name}: {len(lab):,} samples, {int(lab['label'].sum()):,} positive")
         for line in split_warnings(t.name, summary[t.name]["splits"]):

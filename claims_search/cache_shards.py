@@ -81,7 +81,7 @@ def init_worker(meds_root: str, shards: list[str], task_sources: list[str]) -> N
     root = Path(meds_root)
     empty = pl.DataFrame(schema={"subject_id": pl.Int64, "split": pl.String})
     _STATE["ds"] = meds.MedsDataset(root, [Path(s) for s in shards], empty, None)
-    _STATE["tasks"] = [labels.load_task(s) for s in task_sources]
+    _STATE["tasks"] = [labels.load_source(s) for s in task_sources]  # ACES files or label tables
     splits = pl.from_arrow(pq.read_table(root / "metadata" / "subject_splits.parquet",
                                          columns=["subject_id", "split"]))
     ids = splits["subject_id"].to_numpy()

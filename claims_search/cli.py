@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(_load(args.command).run(args) or 0)
-    except ClaimsSearchError as e:
-        print(f"claims-search {args.command}: error: {e}", file=sys.stderr)
+    except ClaimsSearchError as e:  # one line per problem (most errors have one)
+        for line in str(e).splitlines() or [""]:
+            print(f"claims-search {args.command}: error: {line}", file=sys.stderr)
         return 2
     except OSError as e:  # unwritable --out, disk full, permission denied ...
         where = f"{e.filename}: " if e.filename else ""

@@ -32,12 +32,24 @@ LABEL_SCHEMA = {
 
 @dataclass(frozen=True)
 class Task:
-    """A task: its name, the YAML text it came from, and the parsed ACES config."""
+    """A task: its name, the YAML text it came from, and the parsed ACES config; or, for a
+    precomputed MEDS label table (claims_search/label_tables.py), no config and its rows."""
 
     name: str
-    source: str  # the file it was read from, for messages
-    text: str
-    config: object  # aces.config.TaskExtractorConfig
+    source: str  # the file (or label-table folder) it was read from, for messages
+    text: str  # an ACES config's YAML; a label table's name and content hash
+    config: object  # aces.config.TaskExtractorConfig; None for a label table
+    table: pl.DataFrame | None = None  # a label table's subject_id, prediction_time, boolean_value
+
+
+def load_source(source: str | Path) -> Task:
+    """The task a ``Task.source`` names: a MEDS label table (a .parquet file or a folder), else
+    an ACES config file or a built-in task name."""
+    from claims_search import label_tables
+
+    if label_tables.is_table_source(source):
+        return label_tables.load(source)
+    return load_task(source)
 
 
 def task_path(name_or_path: str | Path) -> Path:
@@ -229,6 +241,10 @@ def extract_shard(task: Task, shard: Path, df: pl.DataFrame | None = None,
     """
     import tempfile
 
+    if task.table is not None:  # a precomputed label table: its rows of this shard's subjects
+        from claims_search.label_tables import shard_labels
+
+        return shard_labels(task, shard, df)
     # ACES logs every step, and warns when one shard happens to hold one class only.
     logging.getLogger("aces").setLevel(logging.ERROR)
     rows = None  # what ACES reads: a polars frame, a pyarrow table, or the shard file itself
@@ -367,7 +383,7 @@ def check_both_classes(task: Task, labels: pl.DataFrame, codes=None) -> None:
     if pos == 0 or pos == len(labels):
         kind = "positive" if pos == 0 else "negative"
         why = ""
-        if pos == 0 and codes is not None:
+        if pos == 0 and codes is not None and task.config is not None:
             why = unmatched_hint(task, codes() if callable(codes) else codes,
                                  samples=len(labels) > 0)
         raise ClaimsSearchError(

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -149,6 +150,23 @@ def write_files(tmp: Path, files: dict) -> None:
         (tmp / name).write_bytes(text.encode(enc))
 
 
+LABEL_TYPES = {"subject_id": pa.int64(), "prediction_time": pa.timestamp("us"), "boolean_value": pa.bool_()}
+
+
+def write_labels(tmp: Path, tables: dict) -> None:
+    """``{tmp}/labels/NAME.parquet`` per table: ``{columns: [...], rows: [[...], ...]}`` (columns
+    default to the MEDS label schema's three, typed as it says; ``types`` overrides a type)."""
+    (tmp / "labels").mkdir()
+    for name, spec in tables.items():
+        cols = spec.get("columns", list(LABEL_TYPES))
+        types = {**LABEL_TYPES, **{c: pa.type_for_alias(t) for c, t in spec.get("types", {}).items()}}
+        data = {c: [r[i] for r in spec["rows"]] for i, c in enumerate(cols)}
+        times = lambda vals: pa.array([v and datetime.fromisoformat(v) for v in vals], pa.timestamp("us"))  # noqa: E731
+        arrays = {c: times(vals).cast(types[c]) if c == "prediction_time" else pa.array(vals, types[c])
+                  for c, vals in data.items()}
+        pq.write_table(pa.table(arrays), tmp / "labels" / f"{name}.parquet")
+
+
 def write_space(tmp: Path, overrides: dict) -> None:
     """``space.yaml``: the shipped smoke space on the task the test cache has, with dotted-key
     overrides (``budget.gpus_per_worker: 1``)."""
@@ -183,6 +201,8 @@ def build(case: dict, tmp: Path, request) -> dict[str, str]:
         (name, kwargs), = m.items()
         MUTATIONS[name](root, **kwargs)
     write_files(tmp, case.get("files", {}))
+    if "labels" in case:
+        write_labels(tmp, case["labels"])
     if "space" in case:
         write_space(tmp, case["space"])
     if "cache" in case:
@@ -243,7 +263,7 @@ def test_the_corpus_is_big_and_every_case_says_what_the_user_sees():
         case = yaml.safe_load(path.read_text())
         assert case.get("what") and case.get("error") and "run" in case, path.name
         unknown = set(case) - {"what", "run", "error", "exit", "shards", "splits", "mutate",
-                               "files", "space", "cache", "env", "console", "xfail"}
+                               "files", "labels", "space", "cache", "env", "console", "xfail"}
         assert not unknown, f"{path.name}: unknown keys {unknown}"
     assert sum(bool(yaml.safe_load(p.read_text()).get("console")) for p in CASES) >= 3
 

@@ -4,8 +4,13 @@ Validates the MEDS dataset, extracts each task's labels with ACES, fits a vocabu
 train split (codes seen at least --min-count times, checkup values as quantile tokens such as
 HC//SBP//Q3) and writes per-subject token and day arrays, labels, the split and a manifest.
 
-Tasks: the built-in ones (ckd_incidence, antihypertensive_start) plus every --task; with
---only-tasks, the --task ones alone. A built-in task you did not name that has one class only
+Tasks: the built-in ones (ckd_incidence, antihypertensive_start) plus every --task and every
+label table of --labels; with --only-tasks, those alone. --labels DIR takes precomputed labels
+in the MEDS label schema (subject_id, prediction_time, boolean_value), as MEDS-DEV and ACES hand
+them over: one task per DIR/NAME.parquet or DIR/NAME/ folder of Parquet files, named NAME,
+checked with one line per problem (missing columns, wrong types, nulls, duplicate rows, subjects
+the data lacks, prediction times after a subject's last event); the samples' split is their
+subject's in metadata/subject_splits.parquet. A built-in task you did not name that has one class only
 on your data (its codes are the synthetic world's) is left out with a warning; a task you named
 is an error. A tuning or held-out split with fewer than about 30 positives gets a warning: its
 intervals will be wide.
@@ -17,6 +22,7 @@ Examples:
   claims-search prepare --meds meds/ --out prepared/
   claims-search prepare --meds meds/ --out prepared/ --task my_task.yaml
   claims-search prepare --meds meds/ --out prepared/ --task my_task.yaml --only-tasks
+  claims-search prepare --meds meds/ --out prepared/ --labels labels/ --only-tasks
 """
 
 from __future__ import annotations
@@ -39,8 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add a task: an ACES .yaml file (the task is named after the file) "
                              f"or a built-in name; repeatable; added to the built-in tasks "
                              f"({', '.join(BUILTIN_TASKS)}) unless --only-tasks")
+    parser.add_argument("--labels", metavar="DIR",
+                        help="precomputed MEDS label tables as tasks: DIR/NAME.parquet or DIR/NAME/*.parquet "
+                             "(subject_id, prediction_time, boolean_value), each a task named NAME")
     parser.add_argument("--only-tasks", action="store_true",
-                        help="prepare the --task tasks only, without the built-in ones")
+                        help="prepare the --task and --labels tasks only, without the built-in ones")
     parser.add_argument("--max-len", type=int, default=512,
                         help="events kept per sample: the last N at or before the prediction time")
     parser.add_argument("--min-count", type=int, default=5,
@@ -54,19 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
 
-def choose_tasks(given: list[str], only: bool) -> tuple[list, set[str]]:
+def choose_tasks(given: list[str], only: bool, labels_dir: str | None = None) -> tuple[list, set[str]]:
     """The tasks to prepare (:class:`claims_search.labels.Task`) and the names of those that
     may be left out: the built-in tasks added without being named."""
-    from claims_search import labels
+    from claims_search import label_tables, labels
     from claims_search.errors import ClaimsSearchError
 
-    if only and not given:
-        raise ClaimsSearchError("--only-tasks: give the tasks to prepare with --task FILE_OR_NAME")
+    if only and not given and not labels_dir:
+        raise ClaimsSearchError("--only-tasks: give the tasks to prepare with --task FILE_OR_NAME or --labels DIR")
     named = [labels.load_task(t) for t in dict.fromkeys(given)]
+    if labels_dir:
+        named += [label_tables.load(p) for p in label_tables.find(labels_dir)]
     seen: dict[str, str] = {}
     for t in named:
         if t.name in seen:
-            raise ClaimsSearchError(f"--task: {seen[t.name]} and {t.source} are both named "
+            raise ClaimsSearchError(f"{seen[t.name]} and {t.source} are both named "
                                     f"{t.name!r} (a task is named after its file); rename one")
         seen[t.name] = t.source
     implied = [] if only else [labels.load_task(b) for b in BUILTIN_TASKS if b not in seen]
@@ -86,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise ClaimsSearchError("--max-len and --min-count must be >= 1, --n-bins >= 2")
     if args.workers < 1:
         raise ClaimsSearchError(f"--workers: must be >= 1, got {args.workers}")
-    tasks, optional = choose_tasks(args.task, args.only_tasks)
+    tasks, optional = choose_tasks(args.task, args.only_tasks, args.labels)
     meds.open_dataset(args.meds)  # a folder that is not a MEDS dataset: say so before anything
     for t in tasks:
         if t.name in BUILTIN_TASKS and Path(t.source).resolve() != labels.task_path(t.name).resolve():
