@@ -11,13 +11,17 @@ up in the Makefile. Unmarked ``bash`` blocks run, in order, in a fresh folder pe
 one substitution: ``--patients N`` becomes ``--patients 300``. An unmarked block may run only the
 data-side commands (:data:`RUNNABLE`); one that needs a cloud, a cluster, a server or a long
 search (``submit``, ``aws``, ``kubectl``, ``gcloud``, ``ray up``, ``search``, ``mlflow ui``,
-``make``) must be marked, or this test fails saying so. YAML blocks are parsed; an ACES task
+``make``) must be marked, or this test fails saying so. Two tools of the MEDS ecosystem may run
+too (:data:`TOOLS`), in a subprocess: ``aces-cli`` (installed with claims-search) and
+``meds-evaluation-cli`` (its own venv, ``make meds-eval``; `make test` requires it, a hand-run
+pytest without it skips that command alone). YAML blocks are parsed; an ACES task
 (``predicates`` + ``windows``) is loaded with ``labels.load_task`` and its labels extracted on the
 README flow's data. The other docs in docs/ have their YAML blocks parsed only.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -33,7 +37,11 @@ RUN_DOCS = ("README.md", "docs/data.md", "docs/synthetic.md")
 PATIENTS = "300"
 MARKER = re.compile(r"<!--\s*docs-test:\s*parse-only\s*\((?P<why>[^)]+)\)\s*-->")
 # claims-search commands a docs block may run here: local data work, seconds each on small data.
-RUNNABLE = {"synth", "validate", "prepare", "baseline", "pretrain", "finetune"}
+RUNNABLE = {"synth", "validate", "prepare", "baseline", "pretrain", "finetune", "predict"}
+# The MEDS ecosystem's own programs a docs block may run: name -> where it is installed.
+TOOLS = {"aces-cli": lambda: Path(sys.executable).parent / "aces-cli",
+         "meds-evaluation-cli": lambda: Path(os.environ.get("MEDS_EVAL_VENV") or ROOT / ".venv-meds-eval")
+         / "bin" / "meds-evaluation-cli"}
 SHELL = {"bash", "sh", "shell", "console"}
 
 
@@ -97,7 +105,7 @@ def all_run_doc_blocks() -> list[Block]:
 
 def needs_marker(argv: list[str]) -> bool:
     """A command this test may not run (cloud, cluster, server, long search, the suite)."""
-    return not (argv[0] == "claims-search" and len(argv) > 1 and argv[1] in RUNNABLE)
+    return not (argv[0] in TOOLS or argv[0] == "claims-search" and len(argv) > 1 and argv[1] in RUNNABLE)
 
 
 def check_parses(block: Block) -> None:
@@ -144,11 +152,29 @@ def run_block(block: Block, cwd: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
         for argv in commands(block):
+            if argv[0] in TOOLS:
+                run_tool(block, argv, cwd)
+                continue
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 rc = main(substituted(argv)[1:])
             assert rc == 0, (f"{block.where}: `{shlex.join(argv)}` exited {rc}:\n"
                              f"{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}")
+
+
+def run_tool(block: Block, argv: list[str], cwd: Path) -> None:
+    """One of :data:`TOOLS`, as written, in ``cwd``."""
+    import warnings
+
+    program = TOOLS[argv[0]]()
+    if not program.exists():
+        why = f"{block.where}: {program} is missing (make meds-eval installs meds-evaluation-cli)"
+        if os.environ.get("CLAIMS_SEARCH_REQUIRE_MEDS_EVAL"):
+            pytest.fail(why)
+        warnings.warn(f"{why}: `{shlex.join(argv)}` not run")
+        return
+    got = subprocess.run([str(program), *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, f"{block.where}: `{shlex.join(argv)}` exited {got.returncode}:\n{got.stderr[-3000:]}"
 
 
 # ------------------------------------------------------------------ the marker and parsing
@@ -233,6 +259,23 @@ def test_the_readme_flow_runs_as_written(readme_flow):
     for out in ("meds/metadata/subject_splits.parquet", "prepared/manifest.json",
                 "runs/lgbm/result.json", "runs/pre/result.json", "runs/ft/result.json"):
         assert (readme_flow / out).exists(), out
+
+
+def test_the_readme_meds_section_runs_in_and_out(readme_flow):
+    """"With the MEDS tools you already use": a label table from aces-cli became a task, and
+    meds-evaluation scored what predict wrote (where its venv is installed)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((readme_flow / "prepared-labels" / "manifest.json").read_text())
+    assert list(manifest["tasks"]) == ["ckd_from_aces"] and "label_table" in manifest["tasks"]["ckd_from_aces"]
+    assert (readme_flow / "runs" / "lgbm-labels" / "result.json").exists()
+    assert pq.read_schema(readme_flow / "ckd_held_out.parquet").names == [
+        "subject_id", "prediction_time", "boolean_value", "predicted_boolean_value", "predicted_boolean_probability"]
+    if TOOLS["meds-evaluation-cli"]().exists():
+        scored = json.loads((readme_flow / "ckd_held_out.json").read_text())
+        assert 0 <= scored["samples_equally_weighted"]["roc_auc_score"] <= 1
 
 
 @pytest.mark.parametrize("doc", [d for d in RUN_DOCS if d != "README.md"])
