@@ -1,10 +1,13 @@
 """AUROC and AUPRC with a patient-level bootstrap 95 % interval.
 
-The point estimates are scikit-learn's ``roc_auc_score`` and ``average_precision_score``.
-The interval resamples *patients*, not samples: a patient with several prediction times
-(one per checkup) is drawn as a unit, because their samples are correlated and a per-sample
-bootstrap would give intervals that are too narrow. A patient drawn k times is the same as
-giving each of their samples weight k, so each replicate is one weighted scikit-learn call.
+The point estimates are scikit-learn's ``roc_auc_score`` and ``average_precision_score``
+(computed from the same sorted order as the replicates; tested equal). The interval resamples
+*patients*, not samples: a patient with several prediction times (one per checkup) is drawn as
+a unit, because their samples are correlated and a per-sample bootstrap would give intervals
+that are too narrow. Each replicate is a Poisson bootstrap: every patient gets a Poisson(1)
+weight, the number of times it is drawn, on all of its samples, and the metric is the weighted
+scikit-learn metric. A model is sorted once; every replicate comes from cumulative weighted
+sums over that order (:class:`PairedBootstrap`).
 
 The generator's oracle, whose true probability may take only a few values, is scored with
 :func:`expected_average_precision` instead (AUPRC averaged over the order of its ties).
@@ -12,6 +15,7 @@ The generator's oracle, whose true probability may take only a few values, is sc
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -55,14 +59,15 @@ def evaluate(
         cls = "positive" if positives else "negative"
         raise ClaimsSearchError(f"{where}: label: all {len(y)} samples are {cls}; AUROC/AUPRC need both classes")
 
-    # The replicates in one vectorised pass per metric (`bootstrap_replicates`, equal to the
-    # weighted scikit-learn metrics): a loop of 2 x n_boot scikit-learn calls took ~17 s per
-    # split, whatever its size, which was most of a small trial's evaluation.
+    # Both metrics' replicates in one pass (`PairedBootstrap`: one sort, every replicate from
+    # cumulative weighted sums, equal to the weighted scikit-learn metrics): a loop of 2 x n_boot
+    # scikit-learn calls took ~17 s per split, whatever its size.
+    boot = PairedBootstrap(y, [p], g, where=where)
+    reps = boot.replicates(METRICS, n_boot=n_boot, seed=seed)
     out: dict[str, float | int] = {}
     for name in ("auroc", "auprc"):
-        points, reps = bootstrap_replicates(y, [p], g, name, n_boot=n_boot, seed=seed, where=where)
-        out[name] = float(points[0])
-        out[f"{name}_low"], out[f"{name}_high"] = percentile_interval(reps[0], level)
+        out[name] = float(boot.points(name)[0])
+        out[f"{name}_low"], out[f"{name}_high"] = percentile_interval(reps[name][0], level)
     out["n"] = int(len(y))
     out["positives"] = positives
     return {k: out[k] for k in METRIC_KEYS}
@@ -88,7 +93,19 @@ def format_metrics(metrics: dict[str, dict[str, float | int]]) -> str:
 # scores are correlated, which is the normal case for sizes of one architecture.
 
 METRICS = ("auprc", "auroc")
-_CHUNK_CELLS = 4_000_000  # replicates x samples held at once (~32 MB of float64)
+# Replicates computed at once: the patient weights of a chunk, (patients x _REPLICATE_CHUNK)
+# float32, are read in patient order by every model's sparse matrix; the chunk is cut further
+# so that it holds at most _CHUNK_CELLS cells (128 MB) however many patients there are.
+_REPLICATE_CHUNK = 64
+_CHUNK_CELLS = 32_000_000
+
+# Poisson(1) drawn exactly by table: a 16-bit uniform picks a value, except in the few
+# buckets a quantile boundary crosses, where a second uniform refines the position.
+_POISSON_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.float64)) for k in range(19)])
+_POISSON_CDF[-1] = 1.0
+_BUCKET_LOW = np.searchsorted(_POISSON_CDF, np.arange(65536) / 65536.0, side="right").astype(np.uint8)
+_BUCKET_HIGH = np.searchsorted(_POISSON_CDF, (np.arange(65536) + 1) / 65536.0, side="left").astype(np.uint8)
+_BUCKET_VALUE = np.where(_BUCKET_LOW == _BUCKET_HIGH, _BUCKET_LOW, np.nan).astype(np.float32)
 
 
 def _check_paired(y: np.ndarray, probs: list[np.ndarray], g: np.ndarray, metric: str, where: str) -> None:
@@ -104,33 +121,193 @@ def _check_paired(y: np.ndarray, probs: list[np.ndarray], g: np.ndarray, metric:
         raise ClaimsSearchError(f"{where}: label: only one class; AUROC/AUPRC need both")
 
 
+def poisson_weights(rng: np.random.Generator, n_groups: int, r: int) -> np.ndarray:
+    """``(n_groups, r)`` float32 Poisson(1) counts: the patient weights of ``r`` replicates."""
+    u = rng.integers(0, 65536, size=(n_groups, r), dtype=np.uint16)
+    w = _BUCKET_VALUE[u]  # NaN where the bucket straddles a quantile
+    split = np.flatnonzero(np.isnan(w))
+    if len(split):
+        x = (u.ravel()[split] + rng.random(len(split))) / 65536.0
+        w.ravel()[split] = np.searchsorted(_POISSON_CDF, x, side="right")
+    return w
+
+
+def patient_weights(n_groups: int, n_boot: int, seed: int):
+    """The replicates' patient weights, in chunks of ``(n_groups, r)`` (column = replicate):
+    each patient drawn a Poisson(1) number of times, independently (the Poisson bootstrap)."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(_REPLICATE_CHUNK, _CHUNK_CELLS // max(n_groups, 1)))
+    for start in range(0, n_boot, chunk):
+        yield poisson_weights(rng, n_groups, min(chunk, n_boot - start))
+
+
+_buffers = threading.local()  # each worker thread's scratch arrays, reused across models
+
+
+def _scratch(name: str, shape: tuple[int, int], dtype) -> np.ndarray:
+    """A reusable uninitialised array of ``shape`` for this thread: fresh large arrays cost a page
+    fault per 4 KiB on every call, which was a third of the time."""
+    size, have = shape[0] * shape[1], getattr(_buffers, name, None)
+    if have is None or have.size < size or have.dtype != dtype:
+        have = np.empty(size, dtype=dtype)
+        setattr(_buffers, name, have)
+    return have[:size].reshape(shape)
+
+
+def _product(matrix, weights: np.ndarray, name: str) -> np.ndarray:
+    """``matrix @ weights`` (CSC sparse times dense, both float32) into this thread's buffer."""
+    out = _scratch(name, (matrix.shape[0], weights.shape[1]), np.float32)
+    out.fill(0)
+    try:
+        from scipy.sparse import _sparsetools  # the kernel behind ``@``, without its fresh output
+
+        _sparsetools.csc_matvecs(matrix.shape[0], matrix.shape[1], weights.shape[1], matrix.indptr,
+                                 matrix.indices, matrix.data, weights.ravel(), out.ravel())
+    except (ImportError, AttributeError, TypeError, ValueError):  # another SciPy: the public product
+        out[...] = matrix @ weights
+    return out
+
+
 class _Ranking:
-    """One model's samples in descending score order, with tied scores grouped into blocks
-    (scikit-learn's thresholds): per-block positive and negative counts of each patient."""
+    """One model's samples sorted once by descending score, tied scores grouped into blocks
+    (scikit-learn's thresholds). Only blocks holding a positive matter to either metric: for
+    each such *event* e, in order, a sparse (2E x patients) matrix sums a replicate's patient
+    weights into tp[e] (positives in the block) and fp[e] (negatives since the previous
+    event's block, through this block), and a (E x patients) one into tie[e] (negatives in the
+    block itself; AUROC counts them half), kept only when a negative ties with a positive."""
 
     def __init__(self, y: np.ndarray, p: np.ndarray, sample_group: np.ndarray, n_groups: int) -> None:
         from scipy import sparse
 
         order = np.argsort(p, kind="mergesort")[::-1]  # scikit-learn's order
-        ps = p[order]
+        ps, ys, gs = p[order], y[order], sample_group[order]
         block = np.concatenate([[0], np.cumsum(ps[1:] != ps[:-1])])  # tie block of each sample
-        n_blocks = int(block[-1]) + 1
-        ys, gs = y[order], sample_group[order]
-        # (blocks x patients): how many positive / negative samples of a patient sit in a block.
-        self.pos_t = sparse.csr_matrix((ys.astype(float), (block, gs)), shape=(n_blocks, n_groups))
-        self.neg_t = sparse.csr_matrix(((~ys).astype(float), (block, gs)), shape=(n_blocks, n_groups))
+        has_pos = np.zeros(int(block[-1]) + 1, dtype=bool)
+        has_pos[block[ys]] = True
+        event_of_block = np.cumsum(has_pos) - 1  # the event at or before each block
+        self.n_events = n = int(has_pos.sum())
+        # A negative counts towards fp of the first event at or after its block.
+        events_from = np.cumsum(has_pos[::-1])[::-1]  # events in this block and after it
+        neg_event = n - events_from[block[~ys]]  # (negatives,) event index; n = after the last
+        keep = neg_event < n
+        rows = np.concatenate([event_of_block[block[ys]], n + neg_event[keep]])
+        cols = np.concatenate([gs[ys], gs[~ys][keep]])
 
-    def scores(self, draws: np.ndarray, metric: str) -> np.ndarray:
-        """The weighted metric of each replicate (row of ``draws``: draws per patient)."""
-        tp_b = np.asarray(self.pos_t @ draws.T)  # (blocks, replicates) weighted positives
-        fp_b = np.asarray(self.neg_t @ draws.T)
-        tps, fps = np.cumsum(tp_b, axis=0), np.cumsum(fp_b, axis=0)
-        pos, neg = tps[-1], fps[-1]
-        if metric == "auroc":  # trapezoids under the ROC curve, ties count half
-            return (fp_b * (tps - tp_b / 2.0)).sum(axis=0) / (pos * neg)
-        total = tps + fps
-        precision = np.divide(tps, total, out=np.zeros_like(tps), where=total > 0)
-        return (tp_b * precision).sum(axis=0) / pos  # average precision: sum of dR x P
+        # CSC: the product reads the weights in patient order (sequentially) and scatters into
+        # the 2E x r result; duplicates (a patient's samples in one row) are summed.
+        def csc(rows, cols, n_rows):
+            m = sparse.csc_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_rows, n_groups))
+            m.sum_duplicates()
+            return m
+
+        self.matrix = csc(rows, cols, 2 * n)
+        tie = ~ys & has_pos[block]  # negatives tied with a positive
+        self.tie = csc(event_of_block[block[tie]], gs[tie], n) if tie.any() else None
+
+    def scores(self, weights: np.ndarray, pos: np.ndarray, neg: np.ndarray, metrics) -> dict[str, np.ndarray]:
+        """The weighted metrics of each replicate (column of ``weights``, patients x r, float32
+        counts: every sum below is an exact integer in float32), given each replicate's weighted
+        positives ``pos`` and negatives ``neg``; float64 weights (the point estimates) are
+        computed in float64 throughout."""
+        n = self.n_events
+        if weights.dtype == np.float32:
+            sums = _product(self.matrix, weights, "sums")  # (2E, r)
+            tps = _scratch("tps", (n, weights.shape[1]), np.float32)
+        else:
+            sums = np.asarray(self.matrix @ weights)
+            tps = np.empty((n, weights.shape[1]), dtype=sums.dtype)
+        tp_e, fps = sums[:n], sums[n:]
+        np.cumsum(tp_e, axis=0, out=tps)  # weighted positives through each event's block
+        np.cumsum(fps, axis=0, out=fps)  # and negatives
+        out = {}
+        if "auprc" in metrics:  # average precision: sum of dR x P at each threshold
+            t = _scratch("t", tps.shape, tps.dtype) if tps.dtype == np.float32 else np.empty_like(tps)
+            np.add(tps, fps, out=t)
+            np.maximum(t, np.finfo(t.dtype).tiny, out=t)  # t = 0 only where tps = tp_e = 0
+            np.divide(tps, t, out=t)  # precision at each event
+            np.multiply(t, tp_e, out=t)
+            out["auprc"] = t.sum(axis=0, dtype=np.float64) / pos
+        if "auroc" in metrics:  # negatives below each positive, ties count half
+            np.subtract(neg.astype(fps.dtype), fps, out=fps)
+            if self.tie is not None:
+                ties = _product(self.tie, weights, "ties") if weights.dtype == np.float32 else self.tie @ weights
+                fps += np.asarray(ties) * 0.5
+            np.multiply(fps, tp_e, out=fps)
+            out["auroc"] = fps.sum(axis=0, dtype=np.float64) / (pos * neg)
+        return out
+
+
+class PairedBootstrap:
+    """k models scored on the same samples, each sorted once: their point estimates, and their
+    replicates under any number of bootstrap seeds, every model on the *same* patient weights.
+
+    A replicate is a Poisson bootstrap over patients: each patient gets a Poisson(1) weight
+    (the number of times it is drawn), applied to all of its samples, and each metric is the
+    weighted scikit-learn metric (``roc_auc_score``/``average_precision_score`` with
+    ``sample_weight``, ties as scikit-learn treats them), computed for every replicate from the
+    one sorted order with cumulative weighted sums. For a statistic that is a ratio of sums
+    such as these, it gives the intervals of the multinomial patient bootstrap (n patients drawn
+    with replacement) within Monte-Carlo error (Hanley & MacGibbon 2006; Chamandy et al. 2012);
+    tests/test_metrics.py checks it."""
+
+    def __init__(self, labels, probs, groups, *, where: str = "predictions", metric: str = "auprc") -> None:
+        self.y = np.asarray(labels).astype(bool)
+        ps = [np.asarray(p, dtype=np.float64) for p in probs]
+        g = np.asarray(groups)
+        _check_paired(self.y, ps, g, metric, where)
+        _, sample_group = np.unique(g, return_inverse=True)
+        self.n_groups = int(sample_group.max()) + 1
+        self.pos_by_group = np.bincount(sample_group, weights=self.y, minlength=self.n_groups)
+        self.neg_by_group = np.bincount(sample_group, weights=~self.y, minlength=self.n_groups)
+        self.rankings = [_Ranking(self.y, p, sample_group, self.n_groups) for p in ps]
+        self.where = where
+        self._points: dict[str, np.ndarray] = {}
+
+    def points(self, metric: str) -> np.ndarray:
+        """``(k,)`` the metric of each model on all samples (every sample weight 1)."""
+        if metric not in self._points:
+            ones = np.ones((self.n_groups, 1), dtype=np.float64)
+            pos, neg = np.array([self.y.sum()], float), np.array([(~self.y).sum()], float)
+            for m in METRICS:
+                self._points[m] = np.array([r.scores(ones, pos, neg, METRICS)[m][0] for r in self.rankings])
+        return self._points[metric]
+
+    def replicates(self, metrics=METRICS, *, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+        """``{metric: (k, R)}`` replicates; those that weigh one class only are dropped for
+        every model, so ``R <= n_boot``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        metrics = tuple(metrics)
+        for m in metrics:
+            if m not in METRICS:
+                raise ValueError(f"metric must be one of {METRICS}, got {m!r}")
+        reps: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+        k = len(self.rankings)
+        chunks = patient_weights(self.n_groups, n_boot, seed)
+        with ThreadPoolExecutor(max_workers=max(1, min(k, _workers()))) as pool:
+            ahead = pool.submit(next, chunks, None)  # the next chunk's weights, drawn meanwhile
+            while (w := ahead.result()) is not None:
+                ahead = pool.submit(next, chunks, None)
+                pos, neg = self.pos_by_group @ w, self.neg_by_group @ w  # (r,)
+                both = (pos > 0) & (neg > 0)  # else the metrics are undefined
+                if not both.all():
+                    w, pos, neg = np.ascontiguousarray(w[:, both]), pos[both], neg[both]
+                if w.shape[1] == 0:
+                    continue
+                per_model = list(pool.map(lambda r, w=w, pos=pos, neg=neg: r.scores(w, pos, neg, metrics),
+                                          self.rankings))
+                for m in metrics:
+                    reps[m].append(np.stack([s[m] for s in per_model]))
+        return {m: np.concatenate(v, axis=1) if v else np.empty((k, 0)) for m, v in reps.items()}
+
+
+def _workers() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def bootstrap_replicates(
@@ -144,36 +321,16 @@ def bootstrap_replicates(
     where: str = "predictions",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Point estimates ``(k,)`` and bootstrap replicates ``(k, R)`` of ``metric`` for k models
-    scored on the same samples, every model on the *same* patient draws.
+    scored on the same samples, every model on the *same* patient weights.
 
-    Each replicate draws the patients (``groups``) with replacement, like :func:`evaluate`: a
-    patient drawn c times weighs c in a weighted scikit-learn metric (computed here in one
-    vectorised pass, equal to ``roc_auc_score``/``average_precision_score`` with
-    ``sample_weight``). Replicates that drew one class only are dropped for every model, so
-    ``R <= n_boot``. Raises ClaimsSearchError on mismatched, empty, non-finite or one-class input.
+    Each replicate is a Poisson bootstrap over patients (``groups``), like :func:`evaluate`: a
+    patient drawn c times weighs c in a weighted scikit-learn metric (:class:`PairedBootstrap`:
+    one sort per model, every replicate from cumulative weighted sums). Replicates that weigh
+    one class only are dropped for every model, so ``R <= n_boot``. Raises ClaimsSearchError on
+    mismatched, empty, non-finite or one-class input.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    y = np.asarray(labels).astype(bool)
-    ps = [np.asarray(p, dtype=np.float64) for p in probs]
-    g = np.asarray(groups)
-    _check_paired(y, ps, g, metric, where)
-    point_fn = roc_auc_score if metric == "auroc" else average_precision_score
-    points = np.array([point_fn(y, p) for p in ps], dtype=np.float64)
-    _, sample_group = np.unique(g, return_inverse=True)
-    n_groups = int(sample_group.max()) + 1
-    rankings = [_Ranking(y, p, sample_group, n_groups) for p in ps]
-    pos_by_group = np.bincount(sample_group, weights=y, minlength=n_groups)
-    neg_by_group = np.bincount(sample_group, weights=~y, minlength=n_groups)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_CELLS // max(len(y), n_groups))
-    reps: list[np.ndarray] = []
-    for start in range(0, n_boot, chunk):
-        draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=min(chunk, n_boot - start))
-        both = (draws @ pos_by_group > 0) & (draws @ neg_by_group > 0)  # else the metric is undefined
-        draws = draws[both].astype(np.float64)
-        reps.append(np.stack([r.scores(draws, metric) for r in rankings]) if len(draws) else np.empty((len(ps), 0)))
-    return points, np.concatenate(reps, axis=1)
+    boot = PairedBootstrap(labels, probs, groups, where=where, metric=metric)
+    return boot.points(metric), boot.replicates((metric,), n_boot=n_boot, seed=seed)[metric]
 
 
 def paired_bootstrap(
@@ -191,7 +348,7 @@ def paired_bootstrap(
     """Patient-level paired bootstrap of ``metric(a) - metric(b)`` on the same samples.
 
     ``metric`` is ``"auprc"`` (average precision) or ``"auroc"``. Every replicate resamples
-    patients (``groups``) with replacement and scores both models on that same draw, so the
+    patients (``groups``: Poisson weights) and scores both models on that same draw, so the
     interval reflects only how the two models *differ* across patients. Returns ``diff`` (on
     all samples), the percentile interval ``low``/``high`` (``level``, default 95 %), ``n``
     samples, ``patients``, ``positives``, ``n_boot`` (replicates used: those with both classes)

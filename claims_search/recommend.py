@@ -8,7 +8,8 @@ that qualifies, else the best itself.
 Every trial is scored on the same tuning samples, so when the best and a candidate both have
 per-sample predictions (``predictions.py``) they are compared *paired*: a patient-level
 bootstrap of ``best - candidate`` that scores both models on the same patient draws
-(``metrics.bootstrap_replicates``), 95 % percentile interval ``[low, high]``:
+(``metrics.PairedBootstrap``: each model sorted once, every seed's replicates from it), 95 %
+percentile interval ``[low, high]``:
 
 Each candidate is judged on its own interval only (another size never changes its verdict).
 With δ the margin, or :data:`RESOLUTION` without one, and W the interval's width:
@@ -270,9 +271,11 @@ def recommend(
     if stability_seeds:  # every judge reads the same predictions: load them once
         predictions = {str(r.trial_id): _frame(r, predictions) for r in judged}
 
+    shared: dict = {}  # the judges' aligned predictions and sorted models, built once
+
     def judge_at(s: int) -> _Judge:
         return _Judge(best, judged, predictions, metric=metric, margin=margin, tolerance=tolerance,
-                      min_gain=min_gain_per_doubling, n_boot=n_boot, seed=s)
+                      min_gain=min_gain_per_doubling, n_boot=n_boot, seed=s, shared=shared)
 
     judge = judge_at(seed)
     d = _decide(best, models, baseline, judge, margin)
@@ -366,7 +369,7 @@ class _Judge:
 
     def __init__(self, best: TrialRecord, records: list[TrialRecord], predictions: Predictions, *,
                  metric: str, margin: float | None, tolerance: float | None, min_gain: float,
-                 n_boot: int, seed: int) -> None:
+                 n_boot: int, seed: int, shared: dict | None = None) -> None:
         self.best, self.margin, self.tolerance, self.min_gain = best, margin, tolerance, min_gain
         self.fallback = "tolerance" if tolerance is not None else "unpaired"
         if tolerance is not None:
@@ -377,31 +380,48 @@ class _Judge:
         self._points = self._reps = np.empty(0)
         self._n = self._patients = 0
         self._pairs: dict[tuple[str, str], tuple[float, float, float]] = {}
-        self._bootstrap(records, predictions, metric, n_boot, seed)
+        self._bootstrap(records, predictions, metric, n_boot, seed, {} if shared is None else shared)
 
     # ---- the paired bootstrap --------------------------------------------------------------
-    def _bootstrap(self, records, predictions, metric, n_boot, seed) -> None:
-        from claims_search.metrics import bootstrap_replicates
-
-        ref = _usable(self.best, _frame(self.best, predictions))
-        if ref is None:
-            return  # nothing to pair with: everything is judged unpaired
-        ref = ref.sort_values("row", kind="stable").reset_index(drop=True)
-        probs = {str(r.trial_id): p for r in records
-                 if (p := _aligned(r, ref if r is self.best else _frame(r, predictions), ref)) is not None}
+    def _bootstrap(self, records, predictions, metric, n_boot, seed, shared) -> None:
+        # Judges of one task (the stability seeds) share the aligned predictions and each
+        # model's one sort (``shared``): a further seed costs only its replicates.
+        if "prepared" not in shared:
+            shared["prepared"] = self._prepare(records, predictions, metric)
+        if shared["prepared"] is None:
+            return  # nothing to pair with, or unusable: everything is judged unpaired
+        index, boot, n, patients = shared["prepared"]
         try:
-            points, reps = bootstrap_replicates(
-                ref["label"].to_numpy(), list(probs.values()), ref["subject_idx"].to_numpy(), metric,
-                n_boot=n_boot, seed=seed, where=f"{self.best.task}/tuning predictions")
-        except Exception as e:  # noqa: BLE001 - e.g. one class only: judge unpaired, never fail a search
+            reps = boot.replicates((metric,), n_boot=n_boot, seed=seed)[metric]
+        except Exception as e:  # noqa: BLE001 - judge unpaired, never fail a search
             log.warning("%s; every trial judged by the unpaired rule", e)
             return
         if reps.shape[1] == 0:
             log.warning("%s: no bootstrap replicate has both classes; judged unpaired", self.best.task)
             return
-        self._index = {tid: i for i, tid in enumerate(probs)}
-        self._points, self._reps = points, reps
-        self._n, self._patients = len(ref), int(ref["subject_idx"].nunique())
+        self._index = index
+        self._points, self._reps = boot.points(metric), reps
+        self._n, self._patients = n, patients
+
+    def _prepare(self, records, predictions, metric):
+        """``(trial index, PairedBootstrap, samples, patients)`` of the trials whose predictions
+        line up with the best's, or None."""
+        from claims_search.metrics import PairedBootstrap
+
+        ref = _usable(self.best, _frame(self.best, predictions))
+        if ref is None:
+            return None
+        ref = ref.sort_values("row", kind="stable").reset_index(drop=True)
+        probs = {str(r.trial_id): p for r in records
+                 if (p := _aligned(r, ref if r is self.best else _frame(r, predictions), ref)) is not None}
+        try:
+            boot = PairedBootstrap(ref["label"].to_numpy(), list(probs.values()), ref["subject_idx"].to_numpy(),
+                                   where=f"{self.best.task}/tuning predictions", metric=metric)
+        except Exception as e:  # noqa: BLE001 - e.g. one class only: judge unpaired, never fail a search
+            log.warning("%s; every trial judged by the unpaired rule", e)
+            return None
+        index = {tid: i for i, tid in enumerate(probs)}
+        return index, boot, len(ref), int(ref["subject_idx"].nunique())
 
     def paired(self, r: TrialRecord) -> bool:
         """Whether ``r`` (and so any pair with it) is judged on paired predictions."""

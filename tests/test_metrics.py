@@ -71,7 +71,7 @@ def test_format_metrics_prints_intervals():
 
 
 # ---- paired comparisons ------------------------------------------------------------------------
-from claims_search.metrics import bootstrap_replicates, paired_bootstrap, percentile_interval  # noqa: E402
+from claims_search.metrics import bootstrap_replicates, paired_bootstrap, patient_weights, percentile_interval  # noqa: E402,E501
 
 # 30 patients, one tuning sample each, listed in model A's order (highest score first): every
 # positive sits right below a negative. Model B is A with each positive moved one place down,
@@ -85,16 +85,91 @@ PATIENTS = np.arange(30)
 def test_vectorised_replicates_equal_weighted_scikit_learn_calls():
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    # Tied scores (scikit-learn counts a tie as half a pair) and patients with two samples.
-    y = np.array([1, 0, 1, 0, 0, 1, 0, 0, 1, 0], dtype=bool)
-    p = np.array([0.9, 0.9, 0.7, 0.7, 0.5, 0.4, 0.4, 0.3, 0.2, 0.1])
-    groups = np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 7])
-    for metric, fn in (("auroc", roc_auc_score), ("auprc", average_precision_score)):
-        points, reps = bootstrap_replicates(y, [p], groups, metric, n_boot=20, seed=5)
-        draws = np.random.default_rng(5).multinomial(8, np.full(8, 1 / 8), size=20)
-        weights = [d[groups] for d in draws if d[groups] @ y > 0 and d[groups] @ ~y > 0]
-        assert points[0] == pytest.approx(fn(y, p))
-        assert reps[0] == pytest.approx([fn(y, p, sample_weight=w) for w in weights], abs=1e-12)
+    # Tied scores (scikit-learn counts a tie as half a pair, and scores a tied block at the
+    # precision of its end) and patients with two samples; then a larger case, half its scores
+    # tied in blocks. Each replicate's weights are its patients' Poisson draws
+    # (`patient_weights`), on all of each patient's samples.
+    small = (np.array([1, 0, 1, 0, 0, 1, 0, 0, 1, 0], dtype=bool),
+             np.array([0.9, 0.9, 0.7, 0.7, 0.5, 0.4, 0.4, 0.3, 0.2, 0.1]), np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 7]))
+    rng = np.random.default_rng(3)
+    big_y, big_p, big_g = rng.random(400) < 0.3, rng.random(400), rng.integers(0, 150, 400)
+    big_p[::2] = np.round(big_p[::2], 1)
+    for y, p, groups in (small, (big_y, big_p, big_g)):
+        _, patient = np.unique(groups, return_inverse=True)
+        draws = np.concatenate(list(patient_weights(patient.max() + 1, 60, 5)), axis=1).T  # (60, patients)
+        weights = [d[patient] for d in draws if d[patient] @ y > 0 and d[patient] @ ~y > 0]
+        for metric, fn in (("auroc", roc_auc_score), ("auprc", average_precision_score)):
+            points, reps = bootstrap_replicates(y, [p], groups, metric, n_boot=60, seed=5)
+            assert points[0] == pytest.approx(fn(y, p), abs=1e-12)
+            # float32 sums of integer weights are exact; a precision is rounded to float32 (1e-7)
+            assert reps[0] == pytest.approx([fn(y, p, sample_weight=w) for w in weights], abs=1e-6)
+
+
+def test_patient_weights_are_poisson_one_and_reproducible():
+    w = np.concatenate(list(patient_weights(20_000, 100, 7)), axis=1)
+    assert w.shape == (20_000, 100) and w.dtype == np.float32
+    assert np.array_equal(w, np.concatenate(list(patient_weights(20_000, 100, 7)), axis=1))
+    freq = np.bincount(w.astype(int).ravel(), minlength=6)[:6] / w.size
+    assert freq == pytest.approx(np.exp(-1) / np.array([1, 1, 2, 6, 24, 120]), abs=1e-3)
+
+
+def _multinomial_replicates(y, probs, groups, metric, n_boot, seed):
+    """The bootstrap this module used until issue 26: each replicate draws the n patients with
+    replacement (multinomial counts), every model's weighted metric on that draw."""
+    from claims_search.metrics import _Ranking
+
+    _, patient = np.unique(groups, return_inverse=True)
+    n_groups = patient.max() + 1
+    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_boot)
+    pos, neg = draws @ np.bincount(patient, y, n_groups), draws @ np.bincount(patient, ~y, n_groups)
+    both = (pos > 0) & (neg > 0)
+    w = np.ascontiguousarray(draws[both].T, dtype=np.float32)
+    return np.stack([_Ranking(y, np.asarray(p, float), patient, n_groups).scores(
+        w, pos[both].astype(float), neg[both].astype(float), (metric,))[metric] for p in probs])
+
+
+def _synthetic_split(seed, patients=600, ties=False):
+    """Patients with 1-3 samples, a shared risk and two correlated models' probabilities."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(patients), rng.integers(1, 4, patients))
+    risk = rng.normal(size=patients)[groups] + 0.5 * rng.normal(size=len(groups))
+    y = rng.random(len(groups)) < 1 / (1 + np.exp(-(2 * risk - 2.5)))
+    shared = rng.normal(size=len(groups))
+    a = 1 / (1 + np.exp(-(risk + 0.6 * shared)))
+    b = 1 / (1 + np.exp(-(risk + 0.6 * shared + 0.5 * rng.normal(size=len(groups)))))
+    if ties:  # scores with few values: large tied blocks
+        a, b = np.round(a, 1), np.round(b, 1)
+    return y, a, b, groups
+
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, False), (2, True)])
+def test_poisson_intervals_equal_the_multinomial_patient_bootstrap_within_monte_carlo_error(seed, ties):
+    # Each end of a 95 % percentile interval from B = 1000 replicates has Monte-Carlo standard
+    # error sqrt(0.025 * 0.975 / B) / phi(1.96) * sd = 0.085 sd for near-normal replicates, so the
+    # ends of two independent bootstraps differ with standard error 0.12 sd (the Poisson and the
+    # multinomial bootstrap of a ratio of sums agree to O(1/patients) beyond that). Tolerance:
+    # 0.5 sd, about 4 standard errors, on the model's own interval and on the paired difference.
+    y, a, b, groups = _synthetic_split(seed, ties=ties)
+    for metric in ("auroc", "auprc"):
+        _, new = bootstrap_replicates(y, [a, b], groups, metric, n_boot=1000, seed=seed)
+        old = _multinomial_replicates(y, [a, b], groups, metric, 1000, seed)
+        for new_reps, old_reps in ((new[0], old[0]), (new[0] - new[1], old[0] - old[1])):
+            sd = old_reps.std()
+            assert sd > 0
+            assert percentile_interval(new_reps) == pytest.approx(percentile_interval(old_reps), abs=0.5 * sd)
+            assert new_reps.std() == pytest.approx(sd, rel=0.15)  # the same spread, not only the ends
+
+
+def test_every_seed_reuses_the_one_sort_of_each_model():
+    from claims_search.metrics import PairedBootstrap
+
+    y, a, b, groups = _synthetic_split(4)
+    boot = PairedBootstrap(y, [a, b], groups)
+    for seed in (0, 1):
+        _, reps = bootstrap_replicates(y, [a, b], groups, "auprc", n_boot=200, seed=seed)
+        assert np.array_equal(boot.replicates(("auprc",), n_boot=200, seed=seed)["auprc"], reps)
+    assert not np.array_equal(boot.replicates(("auprc",), n_boot=200, seed=0)["auprc"],
+                              boot.replicates(("auprc",), n_boot=200, seed=1)["auprc"])
 
 
 def test_one_model_replicates_give_evaluate_s_interval():
