@@ -35,8 +35,8 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             evaluate(y, prob, groups)
             secs.append(time.perf_counter() - t)
-        print(f"{n:>7,} samples: {np.median(secs):.2f} s per evaluate "
-              f"({min(secs):.2f}-{max(secs):.2f}, {args.repeats} calls, n_boot 1000)")
+        print(f"{n:>7,} samples: {np.median(secs):.3f} s per evaluate "
+              f"({min(secs):.3f}-{max(secs):.3f}, {args.repeats} calls, n_boot 1000)")
     return 0
 
 
