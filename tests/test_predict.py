@@ -82,12 +82,22 @@ def registered(recency_cache, tmp_path_factory):
     return work, uri, kept
 
 
+@pytest.fixture(scope="module")
+def written(recency_cache, registered):
+    """`claims-search predict` of each registered model on tuning: ``{kind: (result, file)}``."""
+    work, uri, _ = registered
+    out = {}
+    for kind in ("transformer", "lightgbm"):
+        res = cli("predict", "--model", f"models:/{kind}@recommended", "--data", str(recency_cache), "--task", TASK,
+                  "--split", "tuning", "--out", f"{kind}.parquet", "--tracking-uri", uri, cwd=work)  # relative --out
+        out[kind] = res, work / f"{kind}.parquet"
+    return out
+
+
 @pytest.mark.parametrize("kind", ["transformer", "lightgbm"])
-def test_predict_writes_what_the_trial_kept(recency_cache, registered, kind):
-    work, uri, kept = registered
-    out = work / f"{kind}.parquet"
-    res = cli("predict", "--model", f"models:/{kind}@recommended", "--data", str(recency_cache), "--task", TASK,
-              "--split", "tuning", "--out", out.name, "--tracking-uri", uri, cwd=work)  # relative --out
+def test_predict_writes_what_the_trial_kept(registered, written, kind):
+    _, _, kept = registered
+    res, out = written[kind]
     assert res.returncode == 0, res.stderr
     trial = predictions.read(kept[kind])
     threshold = meds_predictions.choose_threshold(trial["label"], trial["prob"])
@@ -114,6 +124,23 @@ def test_the_threshold_is_kept_with_the_model(registered):
         assert 0 < record["value"] < 1 and 0 < record["f1"] <= 1
 
 
+def test_a_model_trained_before_thresholds_were_kept_gets_one_chosen_on_tuning(recency_cache, registered):
+    import shutil
+
+    work, _, kept = registered
+    old = work / "old-baseline"
+    shutil.copytree(work / "baseline", old)
+    (old / meds_predictions.THRESHOLD_FILE).unlink()
+    res = cli("predict", "--model", str(old), "--data", str(recency_cache), "--task", TASK, "--out", "old.parquet",
+              cwd=work)
+    assert res.returncode == 0, res.stderr
+    assert "(chosen now on tuning: the model predates kept thresholds)" in res.stdout
+    tuning = predictions.read(kept["lightgbm"])
+    cut = meds_predictions.choose_threshold(tuning["label"], tuning["prob"])["value"]
+    got = pd.read_parquet(work / "old.parquet")
+    assert (got["predicted_boolean_value"] == (got["predicted_boolean_probability"] >= cut)).all()
+
+
 def test_the_threshold_rule_on_a_literal_table():
     #         label  prob
     rows = [(True, 0.9), (False, 0.8), (True, 0.7), (False, 0.3), (False, 0.2), (True, 0.1)]
@@ -125,11 +152,9 @@ def test_the_threshold_rule_on_a_literal_table():
 
 
 @pytest.mark.parametrize("kind", ["transformer", "lightgbm"])
-def test_meds_evaluation_accepts_and_scores_the_predictions_as_written(recency_cache, registered, kind, tmp_path):
-    work, uri, kept = registered
-    out = tmp_path / f"{kind}.parquet"
-    res = cli("predict", "--model", f"models:/{kind}@recommended", "--data", str(recency_cache), "--task", TASK,
-              "--split", "tuning", "--out", str(out), "--tracking-uri", uri, cwd=work)
+def test_meds_evaluation_accepts_and_scores_the_predictions_as_written(registered, written, kind, tmp_path):
+    _, _, kept = registered
+    res, out = written[kind]
     assert res.returncode == 0, res.stderr
     assert "predicted_boolean_probability: float" in align_with_prediction_schema(out)
     scored = subprocess.run([meds_eval("meds-evaluation-cli"), f"predictions_path={out}",
