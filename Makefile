@@ -14,7 +14,8 @@ TEST_WORKERS ?= 2
 # meds-evaluation (the MEDS ecosystem's scorer) in a virtual environment of its own: it needs
 # polars 2 and pyarrow 26, the project polars < 2 (ACES). The tests run its CLI on our prediction
 # tables (tests/test_predict.py); `make test` makes them fail, not skip, when it is missing.
-# Measured 2026-12-07: 55 s on a 2-core machine (a fresh venv; 660 MB).
+# Measured 2026-12-07 on 2 cores: 25-55 s (pip cache warm or not), 3 min 37 s wall with no pip
+# cache under a load average of 16 (27 s of CPU: the rest is download); 660 MB.
 MEDS_EVAL_VENV ?= .venv-meds-eval
 MEDS_EVAL_STAMP := $(MEDS_EVAL_VENV)/.installed
 
