@@ -1,15 +1,17 @@
 """Ray edge: does the connected cluster autoscale, and with which node types (``capacity``).
 
-Ray's GCS keeps the autoscaler's status (``__autoscaling_status``, written by the autoscaler
-every few seconds) and, with autoscaler v2 or KubeRay, the cluster config. The v1 autoscaler
-started by ``ray up`` or ``ray start --autoscaling-config`` does not publish its node types:
-they are read from its config file, which the monitor process on the head was started with.
+Ray's GCS keeps the autoscaler's status (``__autoscaling_status``, written every few seconds,
+also by the read-only autoscaler of a local instance, whose node types are its nodes) and, with
+autoscaler v2 or KubeRay, the cluster config. The v1 autoscaler started by ``ray up`` or ``ray
+start --autoscaling-config`` does not publish its node types: they are read from its config
+file, which the monitor process on the head was started with.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from claims_search.capacity import BOOTSTRAP_CONFIG, NodeType, from_gcs_config, load_launcher_config
@@ -26,22 +28,34 @@ def node_types(cluster_config: str | None = None) -> list[NodeType] | None:
     from ray.experimental.internal_kv import _internal_kv_get
 
     status = _internal_kv_get(STATUS_KEY)
+    if cluster_config:
+        return load_launcher_config(cluster_config)
     try:
         gcs = from_gcs_config(state.get_cluster_config())
     except Exception:  # noqa: BLE001 - an older GCS without the call: fall back to the files
         gcs = []
-    if cluster_config:
-        return load_launcher_config(cluster_config)
-    if status is None and not gcs:
-        return None
     if gcs:
         return gcs
-    for path in (_monitor_config(status), BOOTSTRAP_CONFIG.expanduser()):
-        if path is not None and Path(path).is_file():
-            return load_launcher_config(path)
+    path = _monitor_config(status)
+    if path is not None and Path(path).is_file():  # the monitor runs with a cluster config
+        return load_launcher_config(path)
+    if not scales(status):
+        return None  # a fixed cluster (a local instance, `ray start` nodes): its nodes are all it has
+    if BOOTSTRAP_CONFIG.expanduser().is_file():
+        return load_launcher_config(BOOTSTRAP_CONFIG.expanduser())
     log.warning("the cluster autoscales, but its node types are not readable here (no cluster config in Ray's "
                 "GCS, no %s); trials are not checked against them (pass --cluster-config FILE)", BOOTSTRAP_CONFIG)
     return []
+
+
+def scales(status: bytes | None) -> bool:
+    """Whether the autoscaler status names node types of its own: a local instance or `ray start`
+    nodes have a read-only autoscaler whose node types are the nodes themselves (``node_<id>``)."""
+    try:
+        mapping = (json.loads(status or b"{}").get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    except (ValueError, AttributeError):
+        return False
+    return any(not re.fullmatch(r"node_[0-9a-f]+", str(t)) for t in mapping.values())
 
 
 def _monitor_config(status: bytes | None) -> str | None:

@@ -69,3 +69,18 @@ def test_a_cluster_config_that_is_not_one_is_one_line(tmp_path):
         capacity.load_launcher_config(bad)
     with pytest.raises(ClaimsSearchError, match="cannot read the cluster config"):
         capacity.load_launcher_config(tmp_path / "missing.yaml")
+
+
+def test_a_local_instance_s_read_only_autoscaler_is_not_an_autoscaling_cluster():
+    import json
+
+    from claims_search.autoscaler import scales
+
+    def status(mapping):
+        return json.dumps({"monitor_pid": 1, "autoscaler_report": {"node_type_mapping": mapping}}).encode()
+
+    # ray.init() and `ray start` nodes: a read-only autoscaler whose node types are the nodes.
+    assert not scales(status({"fc2093": "node_fc209300f6be48069952b8145dfca1b0c8bc19e6c975c1457f3bd459"}))
+    assert not scales(None) and not scales(b"not json")
+    # An autoscaler with node types of its own (ray up, KubeRay, the fake multi-node provider).
+    assert scales(status({"127.0.0.1": "ray.head.default", "127.0.0.2": "trainer"}))
