@@ -48,11 +48,15 @@ def node_types(cluster_config: str | None = None) -> list[NodeType] | None:
     return []
 
 
-def scales(status: bytes | None) -> bool:
-    """Whether the autoscaler status names node types of its own: a local instance or `ray start`
-    nodes have a read-only autoscaler whose node types are the nodes themselves (``node_<id>``)."""
+def scales(status: bytes | str | dict | None) -> bool:
+    """Whether the autoscaler status (as Ray's GCS keeps it, or as the dashboard's
+    ``/api/cluster_status`` returns it, keys in camelCase) names node types of its own: a local
+    instance or `ray start` nodes have a read-only autoscaler whose node types are the nodes
+    themselves (``node_<id>``)."""
     try:
-        mapping = (json.loads(status or b"{}").get("autoscaler_report") or {}).get("node_type_mapping") or {}
+        data = status if isinstance(status, dict) else json.loads(status or b"{}")
+        report = data.get("autoscaler_report") or data.get("autoscalerReport") or {}
+        mapping = report.get("node_type_mapping") or report.get("nodeTypeMapping") or {}
     except (ValueError, AttributeError):
         return False
     return any(not re.fullmatch(r"node_[0-9a-f]+", str(t)) for t in mapping.values())

@@ -170,13 +170,17 @@ def cluster_resources(address: str, timeout: float = PROBE_TIMEOUT_S) -> dict[st
 
 
 def autoscales(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether the cluster has an autoscaler (its status is in the dashboard's cluster status)."""
+    """Whether the cluster has an autoscaler with node types of its own (the dashboard's cluster
+    status; a cluster of `ray start` nodes has a read-only one: ``autoscaler.scales``)."""
     import requests
+
+    from claims_search.autoscaler import scales
 
     try:
         r = requests.get(f"{_base(address)}/api/cluster_status", headers=_headers(auth_token()), timeout=timeout)
         r.raise_for_status()
-        return bool(r.json()["data"].get("autoscalingStatus"))
+        data = r.json()["data"]
+        return scales(data.get("clusterStatus") or data.get("cluster_status"))
     except (requests.RequestException, KeyError, ValueError, AttributeError):
         return False  # no such endpoint or no answer: judge by the nodes up now
 

@@ -91,5 +91,7 @@ def test_attn_dropout_quick_pairs_both_settings_by_seed(tmp_path):
 def test_recommend_time_quick_times_the_rule_with_and_without_more_seeds():
     text = run("recommend_time.py", "--quick")
     assert text.startswith("5 trials, 500 tuning samples;")
-    assert re.search(r"stability_seeds=0: [\d.]+ s \(recommended t\d, agreement None\)", text)
-    assert re.search(r"stability_seeds=4: [\d.]+ s \(recommended t\d, agreement [01]\.\d+\)", text)
+    assert re.search(r"1 seed\(s\): [\d.]+ s wall, [\d.]+ s CPU \(all threads; recommended t\d, agreement None\)", text)
+    assert re.search(r"5 seed\(s\): [\d.]+ s wall, [\d.]+ s CPU \(all threads; recommended t\d, agreement [01]\.\d+\)",
+                     text)
+    assert re.search(r"peak RSS [\d.]+ GiB", text)
