@@ -322,7 +322,7 @@ def _init_ray(address: str | None):
     try:
         if address or os.environ.get("RAY_ADDRESS"):  # a cluster (inside a Ray job RAY_ADDRESS is set)
             ray.init(address=address, log_to_driver=False, logging_level=logging.INFO if verbose else logging.WARNING)
-        else:  # the embedded default: its own instance, no dashboard. A bare ray.init() would join
+        else:  # the embedded default: its own instance, no dashboard. ray.init with no address would join
             # the cluster last started on this machine with `ray start` (/tmp/ray/ray_current_cluster).
             ray.init(address="local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.INFO if verbose else logging.WARNING)
