@@ -44,6 +44,10 @@ class Batch:
     sequence's [CLS]. labels: float32 (S,) and sample_index: int64 (S,) (row of
     ``cache.labels(task, split)``) for task batches. n_tokens: real (non-padding) positions.
     unpacked: True when every row is exactly one sequence with no padding (set by ``pack``).
+    masked_index: int64 (M,) flat positions (row * T + column) where ``targets >= 0``, in
+    row-major order, and masked_targets: int64 (M,) the targets there (pretraining only):
+    computed on the host in ``pack`` so that the masked-code head gathers them on the device
+    without a boolean index (which would wait for the device to learn M).
     """
 
     tokens: torch.Tensor
@@ -57,15 +61,27 @@ class Batch:
     labels: torch.Tensor | None = None
     sample_index: torch.Tensor | None = None
     unpacked: bool = False  # every row is one whole sequence without padding: no mask needed
+    masked_index: torch.Tensor | None = None
+    masked_targets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.targets is not None and self.masked_index is None:
+            self.masked_index, self.masked_targets = _masked(self.targets)
 
     def to(self, device: torch.device | str) -> "Batch":
-        """A copy with every tensor on ``device``."""
+        """A copy with every tensor on ``device``; non-blocking, so a copy from pinned memory
+        (``pin_memory``) overlaps the device's work."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked host memory (what a non-blocking copy to CUDA needs)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn) -> "Batch":
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                value = value.to(device, non_blocking=True)
-            moved[f.name] = value
+            moved[f.name] = fn(value) if isinstance(value, torch.Tensor) else value
         return Batch(**moved)
 
     @property
@@ -103,7 +119,7 @@ class Batch:
                 labels=None if self.labels is None else self.labels[old],
                 sample_index=None if self.sample_index is None else self.sample_index[old],
                 unpacked=self.unpacked,
-            )
+            )  # masked_index and masked_targets: recomputed for the part (__post_init__)
             n = int((part.targets >= 0).sum()) if part.targets is not None else part.n_sequences
             out.append((part, n / total if total else 1.0 / len(chunks)))
         return out
@@ -128,25 +144,25 @@ class Sequence:
 def make_sequence(tokens: np.ndarray, days: np.ndarray, birth_days: int, ref_day: int) -> Sequence:
     """[CLS] + events, with age (years + 1; 0 = unknown birth), months before ``ref_day`` and
     visit index (1 + distinct days before; [CLS] is visit 0)."""
-    tokens = np.asarray(tokens, dtype=np.int64)
     days = np.asarray(days, dtype=np.int64)
-    all_days = np.concatenate([[ref_day], days])  # (L,) [CLS] sits at the reference day
+    L = len(days) + 1
+    all_days = np.empty(L, dtype=np.int64)  # (L,) [CLS] sits at the reference day
+    all_days[0], all_days[1:] = ref_day, days
+    # ufuncs rather than np.clip: this runs once per patient, and np.clip's wrapper costs more
+    # than the arithmetic on a median patient.
     if birth_days == -1:
-        ages = np.zeros(len(all_days), dtype=np.int64)
+        ages = np.zeros(L, dtype=np.int64)
     else:
         years = np.floor((all_days - birth_days) / 365.25).astype(np.int64)
-        ages = np.clip(years + 1, 1, AGE_BUCKETS - 1)
-    months = np.clip((ref_day - all_days) // 30, 0, MONTH_BUCKETS - 1)
-    if len(days):
-        visits = 1 + np.concatenate([[0], np.cumsum(np.diff(days) != 0)])
-    else:
-        visits = np.zeros(0, dtype=np.int64)
-    return Sequence(
-        tokens=np.concatenate([[CLS], tokens]),
-        ages=ages,
-        months=months,
-        visits=np.concatenate([[0], visits]).astype(np.int64),
-    )
+        ages = np.minimum(np.maximum(years + 1, 1), AGE_BUCKETS - 1)
+    months = np.minimum(np.maximum((ref_day - all_days) // 30, 0), MONTH_BUCKETS - 1)
+    visits = np.zeros(L, dtype=np.int64)
+    if L > 1:
+        visits[2:] = np.cumsum(days[1:] != days[:-1])
+        visits[1:] += 1
+    with_cls = np.empty(L, dtype=np.int64)
+    with_cls[0], with_cls[1:] = CLS, tokens
+    return Sequence(tokens=with_cls, ages=ages, months=months, visits=visits)
 
 
 def mask_sequence(seq: Sequence, rng: np.random.Generator, mask_prob: float, vocab_size: int) -> Sequence:
@@ -172,62 +188,72 @@ def pack(sequences: list[Sequence], row_len: int) -> Batch:
     """Pack sequences first-fit-decreasing into rows of ``row_len`` positions.
 
     Sequence s of the batch is ``sequences[s]`` (order kept for labels and sample indices).
-    Rows are padded to the longest row, rounded up to a multiple of 8.
+    Rows are padded to the longest row, rounded up to a multiple of 8, except when every row
+    is one sequence and they are all as long: then rows are exactly that long, with no
+    padding and no mask (``unpacked``; a batch of full 513-position crops stays 513 wide, so
+    attention may take its mask-free flash path).
     """
     if not sequences:
         raise ValueError("pack: no sequences")
     lengths = np.array([len(s) for s in sequences])
     if lengths.max() > row_len:
         raise ValueError(f"pack: a sequence of {lengths.max()} positions exceeds row_len {row_len}")
-    rows: list[list[int]] = []
-    fill: list[int] = []
-    for s in np.argsort(-lengths, kind="stable"):
-        for r, used in enumerate(fill):
-            if used + lengths[s] <= row_len:
-                rows[r].append(s)
-                fill[r] += lengths[s]
-                break
-        else:
-            rows.append([s])
-            fill.append(lengths[s])
-    B = len(rows)
-    T = -(-max(fill) // 8) * 8
-    tokens = np.full((B, T), PAD, dtype=np.int64)
-    ages = np.zeros((B, T), dtype=np.int64)
-    months = np.zeros((B, T), dtype=np.int64)
-    visits = np.zeros((B, T), dtype=np.int64)
-    seq = np.full((B, T), -1, dtype=np.int64)
+    row_of, at_of, fill = _first_fit_decreasing(lengths, row_len)
+    B = len(fill)
+    one_each = B == len(sequences) and int(fill.min()) == int(fill.max())
+    T = int(fill.max()) if one_each else -(-int(fill.max()) // 8) * 8
+    # Every sequence's positions scattered at once: flat destination of each of its tokens.
+    starts = row_of * T + at_of  # (S,) flat position of each sequence's [CLS]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    dest = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))  # (N,)
+
+    def scatter(name: str, fill_value: int) -> np.ndarray:
+        out = np.full(B * T, fill_value, dtype=np.int64)
+        out[dest] = np.concatenate([getattr(x, name) for x in sequences])
+        return out.reshape(B, T)
+
+    seq = np.full(B * T, -1, dtype=np.int64)
+    seq[dest] = np.repeat(np.arange(len(sequences)), lengths)
     has_targets = sequences[0].targets is not None
-    targets = np.full((B, T), IGNORE, dtype=np.int64)
-    cls_index = np.zeros(len(sequences), dtype=np.int64)
-    for r, members in enumerate(rows):
-        at = 0
-        for s in members:
-            x, n = sequences[s], lengths[s]
-            tokens[r, at : at + n] = x.tokens
-            ages[r, at : at + n] = x.ages
-            months[r, at : at + n] = x.months
-            visits[r, at : at + n] = x.visits
-            seq[r, at : at + n] = s
-            if has_targets:
-                targets[r, at : at + n] = x.targets
-            cls_index[s] = r * T + at
-            at += n
     batch = Batch(
-        tokens=torch.from_numpy(tokens),
-        ages=torch.from_numpy(ages),
-        months=torch.from_numpy(months),
-        visits=torch.from_numpy(visits),
-        seq=torch.from_numpy(seq),
-        cls_index=torch.from_numpy(cls_index),
+        tokens=torch.from_numpy(scatter("tokens", PAD)),
+        ages=torch.from_numpy(scatter("ages", 0)),
+        months=torch.from_numpy(scatter("months", 0)),
+        visits=torch.from_numpy(scatter("visits", 0)),
+        seq=torch.from_numpy(seq.reshape(B, T)),
+        cls_index=torch.from_numpy(starts.astype(np.int64)),
         n_tokens=int(lengths.sum()),
-        targets=torch.from_numpy(targets) if has_targets else None,
-        unpacked=all(len(m) == 1 for m in rows) and all(f == T for f in fill),
+        targets=torch.from_numpy(scatter("targets", IGNORE)) if has_targets else None,
+        unpacked=one_each,
     )
     if sequences[0].label is not None:
         batch.labels = torch.tensor([s.label for s in sequences], dtype=torch.float32)
         batch.sample_index = torch.tensor([s.sample_index for s in sequences], dtype=torch.int64)
     return batch
+
+
+def _first_fit_decreasing(lengths: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row (S,), column (S,), fill (B,))``: each sequence, longest first (stable), goes to
+    the first row with room, else to a new row; its column is where that row was filled to."""
+    fill = np.zeros(len(lengths), dtype=np.int64)  # at most one row per sequence
+    row_of = np.zeros(len(lengths), dtype=np.int64)
+    at_of = np.zeros(len(lengths), dtype=np.int64)
+    B = 0
+    for s in np.argsort(-lengths, kind="stable"):
+        n = lengths[s]
+        fits = np.flatnonzero(fill[:B] <= row_len - n)
+        r = int(fits[0]) if len(fits) else B
+        B += r == B
+        row_of[s], at_of[s] = r, fill[r]
+        fill[r] += n
+    return row_of, at_of, fill[:B]
+
+
+def _masked(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions (M,) of ``targets >= 0`` in row-major order, and the targets there."""
+    flat = targets.reshape(-1).cpu().numpy()  # a host tensor (pack, split): no copy
+    index = np.flatnonzero(flat >= 0)  # (M,)
+    return torch.from_numpy(index), torch.from_numpy(flat[index])
 
 
 # Sequences sorted by length at a time, in batches' worth (transformers' Trainer sorts

@@ -139,8 +139,24 @@ def test_pack_fills_rows_first_fit_decreasing_and_keeps_sequence_order():
     assert (flat[batch.cls_index] == CLS).all()
     assert sequences_of(batch) == [[4 + i] * n for i, n in enumerate(lengths)]
     assert not batch.unpacked
-    assert pack([seqs[0]], row_len=16).unpacked is False  # 11 positions padded to 16
-    assert pack([make_sequence(np.full(7, 4), np.arange(7), -1, 7)], row_len=8).unpacked
+
+
+def test_rows_of_one_sequence_each_are_not_padded_and_need_no_mask():
+    crop = [make_sequence(np.full(512, 4), np.arange(512), -1, 512) for _ in range(3)]  # 513 positions
+    full = pack(crop, row_len=513)
+    assert full.tokens.shape == (3, 513) and full.unpacked  # not rounded up to 520
+    alone = pack(crop[:1] + [make_sequence(np.full(5, 4), np.arange(5), -1, 5)], row_len=513)
+    assert alone.tokens.shape == (2, 520) and not alone.unpacked  # unequal rows: padded, masked
+
+
+def test_masked_positions_are_computed_in_the_pack():
+    rng = np.random.default_rng(0)
+    seqs = [mask_sequence(make_sequence(np.full(n, 9), np.arange(n), -1, n), rng, 0.3, 50) for n in (20, 7, 12)]
+    batch = pack(seqs, row_len=32)
+    assert batch.masked_index.tolist() == torch.nonzero(batch.targets.reshape(-1) >= 0).reshape(-1).tolist()
+    assert (batch.masked_targets == 9).all()
+    for part, _ in batch.split(2):  # each part gets its own, in its own flat positions
+        assert torch.equal(part.targets.reshape(-1)[part.masked_index], part.masked_targets)
 
 
 def test_pretrain_batches_cover_the_split_once_per_epoch(cache):
@@ -173,14 +189,15 @@ def test_pretrain_batches_are_deterministic_and_shard_disjointly(cache):
 
 def test_batches_are_grouped_by_length_with_rows_as_long_as_their_longest_patient():
     """Like transformers' `group_by_length`: sorted by length, cut at the real-token budget (40
-    here), each batch packed into rows as long as its longest sequence rounded up to 8, not
-    row_len (65); a batch keeps the stream's order."""
+    here), each batch packed into rows as long as its longest sequence rounded up to 8 (exactly
+    as long when each row is one sequence and they are all as long), not row_len (65); a batch
+    keeps the stream's order."""
     lengths = [5, 31, 3, 28, 4, 30, 6]
     stream = [make_sequence(np.full(n - 1, 4), np.arange(n - 1), 0, n) for n in lengths]  # [CLS] + n - 1
     batches = list(grouped_batches(iter(stream), batch_tokens=40, row_len=65))
     lengths_in = lambda b: b.seq[b.seq >= 0].bincount().tolist()  # noqa: E731  (in sequence order)
     assert [(lengths_in(b), b.tokens.shape[1]) for b in batches] == [
-        ([31], 32), ([30], 32), ([5, 28, 6], 32), ([3, 4], 8)]  # 5 came before 28 and 6 in the stream
+        ([31], 31), ([30], 30), ([5, 28, 6], 32), ([3, 4], 8)]  # 5 came before 28 and 6 in the stream
     shuffled = grouped_batches(iter(stream), batch_tokens=40, row_len=65, rng=np.random.default_rng(0))
     assert sorted(b.n_tokens for b in shuffled) == sorted(b.n_tokens for b in batches)
 
