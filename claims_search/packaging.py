@@ -2,7 +2,15 @@
 pyfunc (``pyfunc_model.py``, with a signature; its threshold is in the checkpoint's
 ``meta.json``), the LightGBM baseline in MLflow's lightgbm flavour plus its ``threshold.json``.
 And the reverse: what to score from a downloaded model folder. No tracking calls here
-(``tracking.py`` logs and registers what this builds)."""
+(``tracking.py`` logs and registers what this builds).
+
+Each model carries its environment: its ``requirements.txt`` pins the exact releases of what it
+needs at predict time, as installed where it was saved (:func:`requirements`), and the pyfunc
+carries the project's own code (the ``claims_search`` package, as MLflow's ``code_paths``: copied
+to ``code/claims_search`` in the model folder and put first on ``sys.path`` when it is loaded).
+So ``python -m venv`` + ``pip install -r requirements.txt`` is enough to load it and predict
+(``mlflow models serve`` does the same); claims-search itself is on no package index and need not
+be installed (tests/test_model_env.py does this)."""
 
 from __future__ import annotations
 
@@ -13,7 +21,36 @@ from pathlib import Path
 
 from claims_search.errors import ClaimsSearchError
 
-PIP = ["claims-search", "torch", "mlflow"]
+# What each kind of model imports to predict, by distribution. The pyfunc (pyfunc_model.py):
+# mlflow and pandas; then claims_search.scoring, .worker.open_cache, .cache, .storage, .batches,
+# .model, .loop, .cost, .predictions, .meds_predictions: torch, numpy, pandas, pyarrow (read
+# in a fresh process: sys.modules after predict). No ray, polars, lightgbm or fsspec: s3:// and
+# gs:// caches are read with pyarrow's own filesystems; another scheme would need fsspec and its
+# filesystem package, which the caller installs. The baseline (mlflow.lightgbm): lightgbm, with
+# numpy and pandas for the pyfunc's input.
+PYFUNC_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "pyarrow")
+LIGHTGBM_PACKAGES = ("mlflow", "lightgbm", "numpy", "pandas")
+
+
+def requirements(packages) -> list[str]:
+    """``name==version`` for each of ``packages`` as installed in this process's environment.
+
+    A local version label is dropped (torch ``2.13.0+cpu`` or ``+cu128`` -> ``torch==2.13.0``):
+    ``==2.13.0`` matches every local build of that release (PEP 440), so a CPU machine whose pip
+    offers the CPU wheel (constraints/cpu.txt's machines, PyTorch's CPU index) takes it, and a
+    GPU machine gets PyPI's CUDA build; ``==2.13.0+cpu`` is on no default index (PyPI hosts no
+    local versions), and a looser spec (``torch``, ``torch>=2.4``) lets pip choose a newer
+    release, which on PyPI is a multi-GB CUDA build even on a CPU machine.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in packages:
+        try:
+            pins.append(f"{name}=={version(name).split('+', 1)[0]}")
+        except PackageNotFoundError:
+            raise ClaimsSearchError(f"{name} is not installed: it is needed to save this model") from None
+    return pins
 
 
 def _signature():
@@ -38,7 +75,8 @@ def save_model(folder: str | os.PathLike, dest: str | os.PathLike) -> str:
 
         from claims_search.meds_predictions import THRESHOLD_FILE
 
-        mlflow.lightgbm.save_model(lgb.Booster(model_file=str(folder / "model.txt")), str(dest))
+        mlflow.lightgbm.save_model(lgb.Booster(model_file=str(folder / "model.txt")), str(dest),
+                                   pip_requirements=requirements(LIGHTGBM_PACKAGES))
         if (folder / THRESHOLD_FILE).exists():  # the predicted-class cut travels with the trees
             shutil.copyfile(folder / THRESHOLD_FILE, dest / THRESHOLD_FILE)
         return "lightgbm"
@@ -49,7 +87,9 @@ def save_model(folder: str | os.PathLike, dest: str | os.PathLike) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         mlflow.pyfunc.save_model(str(dest), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                                 artifacts={"checkpoint": str(folder)}, signature=_signature(), pip_requirements=PIP)
+                                 artifacts={"checkpoint": str(folder)}, signature=_signature(),
+                                 pip_requirements=requirements(PYFUNC_PACKAGES),
+                                 code_paths=[str(Path(__file__).parent)])  # -> code/claims_search
     return "transformer"
 
 
