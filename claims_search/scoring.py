@@ -73,11 +73,18 @@ def predict_baseline(cache, task: str, split: str, folder: str | os.PathLike) ->
 
 def score(cache, task: str, split: str, location: str, is_baseline: bool, *, n_boot: int = 1000,
           seed: int = 0) -> dict:
-    """``metrics.evaluate`` of one model on ``split`` (aggregates only)."""
+    """``metrics.evaluate`` of one model on ``split`` (AUROC, AUPRC, their patient-bootstrap
+    intervals, n, positives) and meds-evaluation's figures of the same predictions
+    (``meds_metrics.flat``: ``meds_samples_*`` and ``meds_subjects_*``, computed on the table
+    ``predict`` writes, so that meds-evaluation-cli on that file gives the same numbers).
+    Aggregates only."""
+    from claims_search import meds_metrics
     from claims_search.metrics import evaluate
 
     df = (predict_baseline if is_baseline else predict_checkpoint)(cache, task, split, location)
-    return evaluate(df["label"], df["prob"], df["subject_idx"], where=f"{task}/{split}", n_boot=n_boot, seed=seed)
+    out = evaluate(df["label"], df["prob"], df["subject_idx"], where=f"{task}/{split}", n_boot=n_boot, seed=seed)
+    ids = with_ids(cache, task, split, df)
+    return {**out, **meds_metrics.flat(meds_metrics.evaluate(ids["subject_id"].to_numpy(), df["label"], df["prob"]))}
 
 
 def with_ids(cache, task: str, split: str, df: pd.DataFrame) -> pd.DataFrame:

@@ -450,7 +450,9 @@ class Tracker:
         client.set_terminated(parent, "FINISHED")
 
     def _push_confirmation(self, client, exp_id: str, c: dict) -> None:
-        """Held-out metrics on the task's parent run: ``held_out_<role>_<metric>[_low|_high]``."""
+        """Held-out metrics on the task's parent run: ``held_out_<role>_<metric>[_low|_high]``,
+        meds-evaluation's figures among them (``held_out_<role>_meds_samples_roc_auc_score``, ...;
+        a NaN one, undefined on that draw, is left out)."""
         from mlflow.entities import Metric, RunTag
 
         parent = self._parent(client, exp_id, c["task"])
@@ -543,7 +545,8 @@ def load_settings(tracking_uri: str, experiment_name: str) -> dict[str, Any]:
 def load_confirmation(tracking_uri: str, experiment_name: str, split: str = "held_out") -> dict[str, dict]:
     """The held-out confirmation each task's parent run holds, in the shape the search made it:
     ``{task: {role: {"trial_id", "metrics"} | {"trial_id", "error"}}}``; a task whose search
-    stopped before confirming is absent. Aggregates only (metrics, intervals, sample counts)."""
+    stopped before confirming is absent. Aggregates only (metrics, intervals, sample counts,
+    meds-evaluation's figures: ``meds_metrics.flat``'s names)."""
     client = _existing_client(tracking_uri)
     exp_id = _experiment_id(client, tracking_uri, experiment_name, create=False)
     if exp_id is None:

@@ -61,3 +61,22 @@ def test_the_baseline_is_charged_for_training_on_the_cores_it_used(trained):
 
     assert base.cost.n_devices == len(os.sched_getaffinity(0))
     assert base.cost.device_s == pytest.approx(base.cost.wall_s * base.cost.n_devices)
+
+
+def test_held_out_scores_carry_meds_evaluations_figures_of_the_file_predict_writes(recency_cache, trained,
+                                                                                     tmp_path):
+    """The confirmation's meds-evaluation figures are those meds-evaluation-cli gives for the
+    table `predict` writes from the same model and split, to the last digit."""
+    from claims_search import meds_metrics
+    from tests.test_meds_metrics import meds_evaluation_cli
+
+    ft, _, folder = trained
+    cache = open_cache(recency_cache)
+    for location, is_baseline in ((str(ft.checkpoint), False), (str(folder), True)):
+        m = scoring.score(cache, TASK, "held_out", location, is_baseline, n_boot=50)
+        table, _ = scoring.meds_predictions(cache, TASK, "held_out", location, is_baseline)
+        out = tmp_path / ("baseline" if is_baseline else "transformer")
+        out.mkdir()
+        theirs = meds_metrics.flat(meds_evaluation_cli(table, out))
+        assert {k: m[k] for k in theirs} == theirs
+        assert m["meds_samples_roc_auc_score"] == pytest.approx(m["auroc"], abs=1e-4)  # float32 vs float64

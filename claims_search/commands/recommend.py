@@ -237,7 +237,11 @@ def describe(rec, metric: str, cost: str, held_out: dict | None = None) -> list[
 
 def held_out_lines(roles: dict | None, metric: str) -> list[str]:
     """The held-out confirmation of one task: the headline figures (scored once, after the
-    search chose; the tuning figures above chose them and are optimistic). None: there is none."""
+    search chose; the tuning figures above chose them and are optimistic), each role's followed
+    by meds-evaluation's figures of the same predictions, samples and subjects equally weighted
+    (``meds_metrics``), where the confirmation holds them. None: there is none."""
+    from claims_search import meds_metrics
+
     if roles is None:
         return []
     if not roles:
@@ -253,6 +257,7 @@ def held_out_lines(roles: dict | None, metric: str) -> list[str]:
         m = got["metrics"]
         lines.append(f"    {role:<11} {metric.upper()} {m[metric]:.3f} [{m[f'{metric}_low']:.3f}, "
                      f"{m[f'{metric}_high']:.3f}]  (n={int(m['n'])}, trial {got['trial_id']})")
+        lines += meds_metrics.lines(m, " " * 16)  # none for a search confirmed before they were kept
     return lines
 
 
