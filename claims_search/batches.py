@@ -19,8 +19,10 @@ Crops and masks come from ``(seed, epoch, rank)``. So a batch stream is a pure f
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -404,6 +406,78 @@ def task_batches(
 
     grouping = np.random.default_rng([seed, epoch, rank, 2]) if shuffle else None
     return grouped_batches(sequences(), batch_tokens, max_len + 1, grouping)
+
+
+class Prefetched:
+    """``items`` iterated ``depth`` ahead in a background thread, in the same order.
+
+    The producer thread runs the whole batch pipeline (reading the cache, masking, packing, and
+    ``prepare``: e.g. splitting for gradient accumulation and pinning host memory) while the
+    loop's thread drives the device; numpy and torch release the GIL in their copies, so the
+    two overlap on a worker's CPUs. An exception in the producer is raised in the consumer at
+    the item where it happened. ``close()`` (or leaving the ``with`` block, e.g. on ``break``)
+    stops the producer and joins it: no thread outlives the loop that used it.
+    """
+
+    def __init__(self, items: Iterable, depth: int = 4, prepare: Callable | None = None):
+        if depth < 1:
+            raise ValueError(f"Prefetched: depth must be >= 1, got {depth}")
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, args=(items, prepare),
+                                        name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, items: Iterable, prepare: Callable | None) -> None:
+        try:
+            for x in items:
+                if not self._put(("item", prepare(x) if prepare else x)):
+                    return  # closed by the consumer
+            self._put(("end", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put(("error", e))
+
+    def __iter__(self) -> "Prefetched":
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self._done = True
+        self._thread.join()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the producer (it may be blocked on a full queue) and wait for it to end."""
+        self._done = True
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def __enter__(self) -> "Prefetched":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def labelled_rows(labels, n_patients: int | None, seed: int) -> np.ndarray:

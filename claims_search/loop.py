@@ -7,6 +7,10 @@ CPU. Works on a bare model or one wrapped in DistributedDataParallel. The caller
 metrics and checkpoints go through ``on_report(step, metrics)`` and ``on_checkpoint(state)``;
 ``state_dict()`` holds the whole training state (model, optimiser, scheduler, step, data
 position, RNG, cost so far), so a resumed run continues the step count and the batch stream.
+Batches are built ahead of the step in a background thread (``batches.Prefetched``): split for
+gradient accumulation there and, on CUDA, put in pinned memory, so the step's copies to the
+device are non-blocking and the step itself never waits for the device (no host sync between
+reports). The stream and its seeds are the same with or without it.
 Plain Python: no Ray here (train_ray.py runs this loop inside Ray Train workers).
 """
 
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from claims_search.batches import Batch
+from claims_search.batches import Batch, Prefetched
 from claims_search.cost import Cost, CostMeter
 from claims_search.errors import ClaimsSearchError
 
@@ -137,7 +141,8 @@ class TrainLoop:
     ``settings.log_every`` steps and at the last step; ``on_checkpoint(state_dict)`` every
     ``checkpoint_every`` steps (0 = never) and at the last step. ``on_step(step)`` runs after
     every optimiser step; when it returns True the run ends there (early stopping), and that
-    step is the last (``stopped``).
+    step is the last (``stopped``). ``prefetch``: batches built ahead in a background thread
+    (0: built in the loop's own thread, as the stream is read).
     """
 
     def __init__(
@@ -151,7 +156,9 @@ class TrainLoop:
         on_checkpoint: Callable[[dict], None] | None = None,
         checkpoint_every: int = 0,
         on_step: Callable[[int], None] | None = None,
+        prefetch: int = 4,
     ):
+        self.prefetch = prefetch
         self.on_step = on_step  # after every optimiser step, before checkpoints (best-step tracking)
         self.model = model
         self.batches = batches
@@ -208,39 +215,55 @@ class TrainLoop:
         with self.meter:
             while self.step < s.steps and not self.stopped:
                 seen_any = False
-                for i, batch in enumerate(self.batches(self.epoch)):
-                    seen_any = True
-                    if i < self.batch_in_epoch:
-                        continue  # replaying a resumed epoch up to where it stopped
-                    loss, grad_norm = self._train_step(batch)
-                    self.batch_in_epoch = i + 1
-                    self.step += 1
-                    window_loss += loss  # a device tensor: no host sync until the report
-                    window_n += 1
-                    window_tokens += batch.n_tokens
-                    if self.step % s.log_every == 0 or self.step == s.steps:
-                        flush(grad_norm)
-                    if self.on_step:  # the best-step evaluation: beside the training time, not in it
-                        with self.meter.aside("eval"):
-                            self.stopped = bool(self.on_step(self.step))
-                    if self.stopped and window_n:  # an early last step reports its window too
-                        flush(grad_norm)
-                    last = self.stopped or self.step == s.steps
-                    every = self.checkpoint_every
-                    if self.on_checkpoint and ((every and self.step % every == 0) or last):
-                        with self.meter.aside("checkpoint"):
-                            self.on_checkpoint(self.state_dict())
-                    if last:
-                        break
-                else:
-                    if not seen_any:
-                        raise ClaimsSearchError(f"epoch {self.epoch}: no training batches (empty split?)")
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
+                # Leaving the block (the epoch's end, a break, an error) ends the producer thread.
+                with self._stream(self.batches(self.epoch)) as stream:
+                    for i, (batch, parts) in enumerate(stream):
+                        seen_any = True
+                        if i < self.batch_in_epoch:
+                            continue  # replaying a resumed epoch up to where it stopped
+                        loss, grad_norm = self._train_step(batch, parts)
+                        self.batch_in_epoch = i + 1
+                        self.step += 1
+                        window_loss += loss  # a device tensor: no host sync until the report
+                        window_n += 1
+                        window_tokens += batch.n_tokens
+                        if self.step % s.log_every == 0 or self.step == s.steps:
+                            flush(grad_norm)
+                        if self.on_step:  # the best-step evaluation: beside the training time, not in it
+                            with self.meter.aside("eval"):
+                                self.stopped = bool(self.on_step(self.step))
+                        if self.stopped and window_n:  # an early last step reports its window too
+                            flush(grad_norm)
+                        last = self.stopped or self.step == s.steps
+                        every = self.checkpoint_every
+                        if self.on_checkpoint and ((every and self.step % every == 0) or last):
+                            with self.meter.aside("checkpoint"):
+                                self.on_checkpoint(self.state_dict())
+                        if last:
+                            break
+                    else:
+                        if not seen_any:
+                            raise ClaimsSearchError(f"epoch {self.epoch}: no training batches (empty split?)")
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
         return self.cost()
 
-    def _train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = batch.split(self.settings.grad_accum) if self.settings.grad_accum > 1 else [(batch, 1.0)]
+    def _stream(self, batches: Iterable[Batch]):
+        """``(batch, parts)`` of each batch: its micro-batches with their weights, in pinned
+        memory on CUDA; built ahead in a background thread unless ``prefetch`` is 0."""
+        accum, pin = self.settings.grad_accum, self.device.type == "cuda"
+
+        def prepare(batch: Batch):
+            parts = batch.split(accum) if accum > 1 else [(batch, 1.0)]
+            return batch, [(p.pin_memory() if pin else p, w) for p, w in parts]
+
+        if not self.prefetch:
+            return nullcontext(map(prepare, batches))
+        return Prefetched(batches, depth=self.prefetch, prepare=prepare)
+
+    def _train_step(self, batch: Batch, parts: list[tuple[Batch, float]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if parts is None:
+            parts = batch.split(self.settings.grad_accum) if self.settings.grad_accum > 1 else [(batch, 1.0)]
         loss = None
         for i, (part, weight) in enumerate(parts):
             # Under DDP, all-reduce gradients once, on the last micro-batch.

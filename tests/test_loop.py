@@ -204,3 +204,44 @@ def test_bad_settings_are_refused_before_training():
         FinetuneSettings(patience=-1)
     with pytest.raises(ClaimsSearchError, match="patience needs best_step"):
         FinetuneSettings(patience=2, best_step=False)
+
+
+def prefetch_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "batch-prefetch" and t.is_alive()]
+
+
+def test_batches_built_ahead_in_a_thread_train_exactly_as_batches_built_in_the_loop(cache):
+    """Prefetching changes when batches are built, not which: same batches, same seeds, same
+    weights after a run that ends mid-epoch (the producer is stopped, not left running)."""
+    settings = PretrainSettings(lr=1e-3, batch_tokens=120, steps=7, warmup=2, log_every=1, grad_accum=2)
+    seen, weights = {}, {}
+    for prefetch in (0, 4):
+        torch.manual_seed(0)
+        stream = pretrain_stream(cache, settings)
+        built = seen.setdefault(prefetch, [])
+        loop = TrainLoop(pretraining_model(SIZE, cache.vocab_size),
+                         lambda e, stream=stream, built=built: (built.append(b.tokens) or b for b in stream(e)),
+                         settings, prefetch=prefetch)
+        loop.run()
+        weights[prefetch] = loop.model.state_dict()
+        assert prefetch_threads() == []
+    assert len(seen[0]) >= 7 and all(torch.equal(a, b) for a, b in zip(seen[0], seen[4][:len(seen[0])]))
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[4][name], w, rtol=0, atol=0, msg=name)
+
+
+def test_an_error_while_building_batches_reaches_the_loop_and_no_thread_is_left(cache):
+    settings = PretrainSettings(lr=1e-3, batch_tokens=120, steps=20, warmup=2)
+
+    def broken(epoch):
+        for i, batch in enumerate(pretrain_stream(cache, settings)(epoch)):
+            if i == 2:
+                raise OSError("cache read failed")
+            yield batch
+
+    loop = TrainLoop(pretraining_model(SIZE, cache.vocab_size), broken, settings)
+    with pytest.raises(OSError, match="cache read failed"):
+        loop.run()
+    assert loop.step == 2 and prefetch_threads() == []

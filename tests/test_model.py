@@ -108,3 +108,44 @@ def test_attention_dropout_is_its_own_setting_and_off_by_default():
     torch.testing.assert_close(*twice(ModelSize(width=32, depth=2, heads=4, max_len=24, dropout=0.0)))
     first, second = twice(ModelSize(width=32, depth=2, heads=4, max_len=24, dropout=0.0, attn_dropout=0.5))
     assert not torch.allclose(first, second)
+
+
+def test_flex_attention_with_a_document_block_mask_equals_the_dense_mask():
+    """The packed path a GPU takes (flex_attention, no T x T mask) gives the reference attention's
+    outputs, here on CPU (eager flex: slow, but the same arithmetic). Flex has no backward on
+    CPU: bench/gpu_check.py compares the gradients on CUDA."""
+    batch = pack([sequence("A"), sequence("B"), sequence("C"), sequence("A")], row_len=16)
+    assert not batch.unpacked
+    outputs = {}
+    for path in ("sdpa-mask", "flex"):
+        torch.manual_seed(0)
+        model = ClaimsEncoder(SIZE, VOCAB).eval()
+        model.attention = path
+        with torch.no_grad():
+            outputs[path] = model(batch)[batch.seq >= 0]  # (N, W) real positions
+        assert model.last_kernel == path
+    torch.testing.assert_close(outputs["flex"], outputs["sdpa-mask"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("row_len, unpacked, device, expected", [
+    (513, True, "cuda", "flash"),       # a batch of full crops: one sequence a row, no mask
+    (520, False, "cuda", "flex"),       # packed rows on a GPU: document block mask
+    (40, False, "cpu", "sdpa-mask"),    # packed rows on CPU: dense additive mask
+    (513, True, "cpu", "sdpa"),
+])
+def test_attention_kernel_names_the_path_each_batch_takes(row_len, unpacked, device, expected):
+    from claims_search.model import attention_kernel
+    from claims_search.sizes import PRESETS
+
+    assert attention_kernel(PRESETS["11M"], row_len, unpacked, device) == expected
+    assert attention_kernel(PRESETS["11M"], row_len, False, device, attn_dropout=True) == "sdpa-mask"
+
+
+def test_the_dense_mask_is_built_once_per_forward_in_the_compute_dtype(encoder, monkeypatch):
+    from claims_search import model as M
+
+    made = []
+    real = M.additive_mask
+    monkeypatch.setattr(M, "additive_mask", lambda seq, dtype: made.append(dtype) or real(seq, dtype))
+    encoder(pack([sequence("A"), sequence("B")], row_len=32))
+    assert made == [torch.float32]  # once for both blocks; bf16 under CUDA autocast
