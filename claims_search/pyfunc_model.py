@@ -7,6 +7,13 @@ in the MEDS prediction schema (claims_search/meds_predictions.py): ``subject_id`
 ``prediction_time``, ``boolean_value``, ``predicted_boolean_value`` (at the threshold kept in the
 checkpoint's meta.json), ``predicted_boolean_probability``. Per-patient output stays with the
 caller: nothing here logs it.
+
+Its environment (packaging.save_model): the model's requirements.txt pins
+``packaging.PYFUNC_PACKAGES`` (mlflow, torch, numpy, pandas, pyarrow), and ``claims_search`` comes
+from the model's own ``code/`` folder, which MLflow puts first on ``sys.path`` before it runs
+this file; a process that has already imported ``claims_search`` (the project's own) keeps that
+one. So what ``predict`` imports, here and in the modules it reaches, must stay within those
+packages (no Ray: tests/test_model_env.py predicts in a fresh environment and checks).
 """
 
 import mlflow.pyfunc
