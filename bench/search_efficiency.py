@@ -1,40 +1,95 @@
-"""Search efficiency against the study's grid, replayed on the size ladder (not a test).
+"""Search efficiency without hindsight: the size policy replayed on committed unit tables (not a test).
 
-    .venv/bin/python bench/search_efficiency.py [--study runs/bench-scaling] [--seeds 5]
-        [--report docs/search_efficiency.md]
+    .venv/bin/python bench/search_efficiency.py --results bench/results --out DIR [--seeds 5]
+    .venv/bin/python bench/search_efficiency.py --study runs/pilot-lr [--seeds 5] [--report FILE]   (old mode)
 
-Reads the units ``bench/scaling_study.py`` trained (every size of its ladder, pretrained once
-and fine-tuned per task and labelled-set size) and replays search strategies on them, as
-tabular benchmarks of hyper-parameter search do: a strategy picks sizes one at a time, each pick
-costs what that size really cost (its pretraining plus its fine-tuning on every task, in
-training FLOPs: noise-free on a shared machine), and after each pick the paired rule (``recommend.recommend``) recommends a size
-from the picks so far. Strategies:
+**Tables mode** (``--results``, the default). Every ``<results>/<study>/units.json`` (schema
+below) is one ladder of sizes, each pretrained once and fine-tuned per task and labelled-set
+size. A *search* is one (study, labelled size): all of that study's tasks at that number of
+labelled patients, as one live search would run them. A trial of the replay is a lookup into the
+table, charged its compute up to where the strategy stopped it. Strategies, each driven exactly
+as a live search would be (no strategy sees a size it has not paid for):
+
+- ``policy``: ``claims_search.policy.SizePolicy`` with the product's settings (``Settings()``, or
+  ``--z/--rungs/--warmup``): sizes in order of cost; a size is asked at each rung with its
+  pretraining validation loss at that fraction and stopped there or trained fully; the search
+  ends when the policy itself says ``Done``. A size stopped at rung f costs f x its pretraining
+  (its fine-tunings never run); a size trained fully costs its pretraining plus its
+  fine-tunings on the search's tasks.
+- ``grid``: every size fully; its answer is **the grid's answer**: the paired rule over all sizes.
+- ``random``: every size fully, in a random order; ``tpe``: the product's TPE sampler on a ladder.
+  ``search._no_repeats`` queues every configuration of a finite space that its budget covers, in
+  a shuffled order (``random.Random(seed).shuffle``), before TPE proposes anything, so on a
+  ladder the product's TPE *is* a random order (replayed with its own shuffle, not Optuna).
+  Neither has a rule for done: it declares its answer after the last size (100 %).
+- ``ascent``: cheapest first, each size fully; it stops at the first size that is not the
+  paired rule's pick on any task, and declares the picks then.
+
+The pick after each fully trained size is the paired rule of ``claims_search.recommend`` with
+margin δ (``--delta``, the policy's δ): with per-patient tuning predictions in the table,
+``recommend()`` itself on them; without, its verdicts mimicked from the table's paired-difference
+standard error (``paired_se``): a cheaper size qualifies when the upper end of the 95 %
+interval of (best - it), ``diff + 1.96 se``, is below δ; the answer is the cheapest that
+qualifies, else the best (as ``recommend.py``'s module docstring says).
+
+Measured per search, *without hindsight*: the compute spent until the strategy declares its
+answer, as a share of the grid's (training every size fully); whether its declared answer equals
+the grid's per task ("agrees"); whether it is worse than the grid's answer by more than δ on
+held-out; and, for contrast only, the hindsight figure of the old replay (compute until the
+running pick equals the grid's and stays so). The closing line reads ``default policy: median X %
+of the grid's compute to its declared answer; Y % agree with the grid's answer (N tasks x S
+seeds)``. The policy, grid, ascent are deterministic on a table; ``--seeds`` varies the random
+and TPE orders. Where no tables are committed it says so in one line and exits 0.
+
+**The table format** (``bench/results/<study>/units.json``; JSON, one file per study; sizes in
+any order; every number a plain float; nothing patient-level but the optional predictions)::
+
+    {"format": "claims-search-units/1",
+     "study": "pilot-lr",                 # a name; the folder's name if absent
+     "metric": "auprc",                   # the tuning metric the paired rule reads
+     "sizes": [{"key": "w16d2h2", "n_params": 6144,
+                "pretrain": {"steps": 4000, "flops": 2.0e12,       # compute of the whole pretraining;
+                             # a step's compute is flops / steps (every step holds the same tokens)
+                             "val_loss": [[0.0625, 4.91], [0.125, 4.20], ..., [1.0, 3.35]]}}],
+                             # [fraction of steps, pretraining validation loss] at every evaluation
+     "units": [{"size": "w16d2h2", "task": "ckd_incidence", "n_labelled": 2000,
+                "finetune": {"steps": 1200, "flops": 1.7e11,       # all of this unit's fine-tuning
+                             "carve_out": [[120, 0.31], ...]},     # optional: [step, carve-out metric]
+                "tuning": 0.334, "held_out": 0.304,                # final metrics, the table's "metric"
+                "predictions": "predictions/w16d2h2.ckd_incidence.2000.parquet"}],
+                             # optional: per-patient tuning predictions (relative path; columns as
+                             # claims_search/predictions.py: row, subject_idx, label, prob;
+                             # synthetic patients only)
+     "paired_se": {"ckd_incidence/2000": 0.0075}}
+                             # the paired rule's standard error of a difference per task/labelled
+                             # size: read where the units lack predictions, and as the policy's noise
+
+A rung f reads the last evaluation at or before f (its loss, charged at f). Compact: the
+study's five sizes x six tasks x two labelled sizes are about 30 kB without predictions.
+No tables are committed today: the study's units were lost with a machine (issue 26, item 4),
+and ``bench/ladder_sim.py`` measures the policy on simulated ladders meanwhile.
+
+**Study mode** (``--study``, kept as it was): reads the units ``bench/scaling_study.py`` trained
+(every size of its ladder, pretrained once and fine-tuned per task and labelled-set size) and
+replays search strategies on them, as tabular benchmarks of hyper-parameter search do: a
+strategy picks sizes one at a time, each pick costs what that size really cost (its pretraining
+plus its fine-tuning on every task, in training FLOPs), and after each pick the paired rule
+(``recommend.recommend``) recommends a size from the picks so far. Strategies:
 
 - ``grid``: every size, cheapest first (what the study did);
 - ``default`` (reported as "TPE, 2 start-up trials, univariate"): Optuna's multi-objective TPE
   (maximise each task's metric, minimise cost) with 2 start-up trials and no multivariate
-  option, never repeating a size. Not claims-search's own policy: ``search`` uses
-  ``TPESampler(multivariate=True)`` with Optuna's 10 start-up trials, and for a finite space
-  that its budget covers (as this ladder) it queues every configuration once in a shuffled
-  order, which is what ``random`` replays;
+  option, never repeating a size. Not claims-search's own policy;
 - ``random``: sizes in a random order;
 - ``ascend``: cheapest first, but stop growing once, for every task, the fitted saturating curve
   ``m(N) = a - b N^-c`` (on the sizes so far, at least 3) predicts a gain below ``--delta`` at
   the next size, or the paired rule finds the newest size no better than the one before it;
 - ``ascend+patience``: ascend's sizes, each fine-tuning charged only up to where ``--patience``
-  evaluations without a better carve-out AUPRC would have ended it (``FinetuneSettings.patience``),
-  read from the curve each unit kept (``carve_out_auprc`` in its ``result.json``). Where the full
-  run's best step came after that stop, the stopped run's model would differ: the report counts
-  those units (their metrics here are the full run's, so a nonzero count makes that column an
-  approximation).
+  evaluations without a better carve-out AUPRC would have ended it.
 
-Per task: the compute spent until the strategy's recommendation equals the grid's and stays so
-(over ``--seeds`` seeds; median reported), as a fraction of the grid's compute (with hindsight:
-``all(correct[i:])`` looks at picks still to come, which no running strategy can know; what a
-strategy spent before it stopped is the figure without hindsight), and the
-hypervolume of the (metric, cost) frontier against cumulative compute (``<report>_hv.png``).
-A replay cannot stop a pretraining part-way: early stopping of pretraining from partial curves
-needs the curves, which the study does not keep (said in the report).
+Per task: the compute spent until the strategy's recommendation equals the grid's and stays so,
+with hindsight, and the hypervolume of the (metric, cost) frontier against cumulative compute
+(``<report>_hv.png``). That mode needs the study's unit folders, which no machine has today.
 """
 
 from __future__ import annotations
@@ -42,25 +97,360 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import platform
+import random
+import statistics
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from claims_search import worker
+from claims_search.policy import Candidate, Done, Pick, Settings, SizePolicy, Train, Wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scaling_study as S  # noqa: E402
 
-STRATEGIES = ("grid", "default", "random", "ascend", "ascend+patience")
+FORMAT = "claims-search-units/1"
+Z95 = 1.959964  # the two-sided 95 % interval's half-width in standard errors
+STRATEGIES = ("policy", "grid", "random", "tpe", "ascent")
+LABELS = {"policy": "default policy", "grid": "grid", "random": "random order",
+          "tpe": "product TPE (= shuffled queue)", "ascent": "plain ascent"}
+
+
+def _S():
+    """``bench/scaling_study.py``, imported when the study mode needs it (it imports torch)."""
+    import scaling_study
+
+    return scaling_study
+
+
+# ---- the replay engine: one ladder, any strategy -------------------------------------------------
+
+@dataclass
+class Ladder:
+    """One search's ladder as a replay sees it: sizes (cheapest first by ``full_cost``), their
+    costs, what each would show if trained (rung losses, final tuning and held-out metric per
+    task) and the paired rule. ``rung_loss(key, f) -> (loss, fraction charged)``;
+    ``pick(trained, task) -> Pick`` (the paired rule over sizes trained fully)."""
+
+    name: str
+    keys: list[str]
+    n_params: dict[str, int]
+    pre_cost: dict[str, float]
+    ft_cost: dict[str, float]
+    tasks: list[str]
+    tuning: dict[str, dict[str, float]]      # key -> task -> final tuning metric
+    held_out: dict[str, dict[str, float]]    # key -> task -> held-out (true) metric
+    rung_loss: Callable[[str, float], tuple[float, float]]
+    pick: Callable[[list[str], str], Pick]
+    info: dict = field(default_factory=dict)
+
+    def full(self, key: str) -> float:
+        return self.pre_cost[key] + self.ft_cost[key]
+
+    @property
+    def grid_cost(self) -> float:
+        return sum(self.full(k) for k in self.keys)
+
+
+def paired_pick(trained: list[str], obs: dict[str, float], cost: dict[str, float], se: float, delta: float,
+                rule: str = "margin") -> str:
+    """The paired rule's answer over ``trained`` sizes from their tuning metrics ``obs``, its
+    verdicts mimicked with a paired-difference standard error ``se`` (``recommend.py``): best =
+    highest metric (ties: cheapest); a cheaper size qualifies, with ``rule="margin"``, when the
+    95 % interval's upper end of best - it is below δ; with ``rule="indistinguishable"`` (margin
+    None) when the interval contains 0 and is at most 2 x 0.01 wide. The cheapest qualifying, else the best."""
+    order = sorted(trained, key=lambda k: cost[k])
+    best = max(order, key=lambda k: (obs[k], -cost[k]))
+    for k in order:
+        if cost[k] >= cost[best] or k == best:
+            break
+        d = obs[best] - obs[k]
+        lo, hi, width = d - Z95 * se, d + Z95 * se, 2 * Z95 * se
+        if (hi < delta) if rule == "margin" else (lo <= 0 and width <= 2 * 0.01):
+            return k
+    return best
+
+
+@dataclass
+class Outcome:
+    """What one strategy did on one ladder: compute spent to its declared answer, the answer per
+    task, the sizes trained fully / stopped (key -> rung), the running picks after each event
+    (cumulative compute, {task: key}), and the policy's closing line."""
+
+    spent: float
+    answer: dict[str, str]
+    trained: list[str]
+    stopped: dict[str, float]
+    trace: list[tuple[float, dict[str, str]]]
+    line: str = ""
+
+
+def run_policy(lad: Ladder, settings: Settings, policy_cls=SizePolicy) -> Outcome:
+    """Drive the size policy on ``lad`` to its own ``Done``, one size at a time."""
+    cands = [Candidate(k, lad.full(k), lad.n_params[k]) for k in lad.keys]
+    p = policy_cls(cands, lad.tasks, settings)
+    spent, trained, stopped, trace, picks = 0.0, [], {}, [], {}
+    while not isinstance(step := p.propose(), Done):
+        if isinstance(step, Wait):  # one at a time: nothing can be running here
+            raise RuntimeError("the policy waits with nothing running")
+        assert isinstance(step, Train)
+        stop_at = None
+        for f in step.rungs:
+            loss, charged = lad.rung_loss(step.key, f)
+            if not p.at_rung(step.key, f, loss).go_on:
+                stop_at = charged
+                break
+        if stop_at is not None:
+            p.stopped(step.key)
+            stopped[step.key] = stop_at
+            spent += stop_at * lad.pre_cost[step.key]
+        else:
+            spent += lad.full(step.key)
+            trained.append(step.key)
+            picks = {t: lad.pick(trained, t) for t in lad.tasks}
+            p.finished(step.key, {t: lad.tuning[step.key][t] for t in lad.tasks}, picks)
+        trace.append((spent, {t: pk.key for t, pk in picks.items()}))
+    return Outcome(spent, dict(step.answer), trained, stopped, trace, step.line)
+
+
+def run_order(lad: Ladder, order: list[str], stop_when_no_gain: bool = False) -> Outcome:
+    """Train ``order`` fully, one at a time; with ``stop_when_no_gain`` (plain ascent) stop after
+    the first size that is not the pick on any task."""
+    spent, trained, trace, picks = 0.0, [], [], {}
+    for k in order:
+        spent += lad.full(k)
+        trained.append(k)
+        picks = {t: lad.pick(trained, t).key for t in lad.tasks}
+        trace.append((spent, dict(picks)))
+        if stop_when_no_gain and len(trained) > 1 and all(v != k for v in picks.values()):
+            break
+    return Outcome(spent, picks, trained, {}, trace, "")
+
+
+def strategy(lad: Ladder, name: str, seed: int, settings: Settings) -> Outcome:
+    if name == "policy":
+        return run_policy(lad, settings)
+    if name == "grid":
+        return run_order(lad, list(lad.keys))
+    if name == "random":
+        return run_order(lad, list(np.random.default_rng([seed, 7]).permutation(lad.keys)))
+    if name == "tpe":  # search._no_repeats: every configuration queued, random.Random(sampler seed).shuffle
+        keys = list(lad.keys)
+        random.Random(seed).shuffle(keys)
+        return run_order(lad, keys)
+    if name == "ascent":
+        return run_order(lad, list(lad.keys), stop_when_no_gain=True)
+    raise ValueError(name)
+
+
+def hindsight(out: Outcome, grid: dict[str, str], task: str) -> float | None:
+    """The old replay's figure: compute until the running pick equals the grid's and stays so
+    (it reads picks still to come); None if the declared answer is not the grid's."""
+    ok = [picks.get(task) == grid[task] for _, picks in out.trace]
+    for i in range(len(ok)):
+        if all(ok[i:]):
+            return out.trace[i][0]
+    return None
+
+
+def score(lad: Ladder, out: Outcome, grid: Outcome, delta: float) -> dict[str, dict]:
+    """Per task: share of the grid's compute to the declared answer, agreement, worse than the
+    grid's answer by more than δ on held-out, the hindsight share."""
+    res = {}
+    for t in lad.tasks:
+        h = hindsight(out, grid.answer, t)
+        res[t] = {"share": out.spent / lad.grid_cost, "answer": out.answer.get(t), "grid": grid.answer[t],
+                  "agree": out.answer.get(t) == grid.answer[t],
+                  "worse": lad.held_out[out.answer[t]][t] < lad.held_out[grid.answer[t]][t] - delta
+                  if t in out.answer else True,
+                  "hindsight_share": None if h is None else h / lad.grid_cost,
+                  "trained": list(out.trained), "stopped": dict(out.stopped)}
+    return res
+
+
+# ---- the committed tables ------------------------------------------------------------------------
+
+def find_tables(results: Path) -> list[Path]:
+    return sorted(results.glob("*/units.json")) if results.is_dir() else []
+
+
+def load_tables(path: Path, delta: float, rule: str = "margin") -> list[Ladder]:
+    """One Ladder per labelled size of the study in ``path`` (``units.json``; module docstring)."""
+    doc = json.loads(path.read_text())
+    if doc.get("format", FORMAT) != FORMAT:
+        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    study = doc.get("study", path.parent.name)
+    sizes = {s["key"]: s for s in doc["sizes"]}
+    se_of = doc.get("paired_se", {})
+    ladders = []
+    for n in sorted({u["n_labelled"] for u in doc["units"]}):
+        units = [u for u in doc["units"] if u["n_labelled"] == n]
+        tasks = sorted({u["task"] for u in units})
+        keys = [k for k in sizes if all(any(u["size"] == k and u["task"] == t for u in units) for t in tasks)]
+        if len(keys) < 2:
+            continue
+        by = {(u["size"], u["task"]): u for u in units if u["size"] in keys}
+        ft = {k: sum(by[(k, t)]["finetune"]["flops"] for t in tasks) for k in keys}
+        pre = {k: float(sizes[k]["pretrain"]["flops"]) for k in keys}
+        keys.sort(key=lambda k: (pre[k] + ft[k], sizes[k]["n_params"], k))
+        tuning = {k: {t: float(by[(k, t)]["tuning"]) for t in tasks} for k in keys}
+        held = {k: {t: float(by[(k, t)]["held_out"]) for t in tasks} for k in keys}
+        curves = {k: sorted((float(f), float(v)) for f, v in sizes[k]["pretrain"]["val_loss"]) for k in keys}
+        cost = {k: pre[k] + ft[k] for k in keys}
+
+        def rung_loss(key, f, curves=curves):
+            seen = [(g, v) for g, v in curves[key] if g <= f + 1e-12]
+            if not seen:
+                raise ValueError(f"{path}: {key} has no pretraining evaluation at or before rung {f:g}")
+            return seen[-1][1], f
+
+        preds = {(k, t): path.parent / by[(k, t)]["predictions"] for k in keys for t in tasks
+                 if by[(k, t)].get("predictions")}
+        metric = doc.get("metric", "auprc")
+
+        def pick(trained, task, tuning=tuning, cost=cost, preds=preds, n=n, metric=metric):
+            se = float(se_of.get(f"{task}/{n}", se_of.get(task, 0.005)))
+            if all((k, task) in preds for k in trained):
+                return _recommend_pick(trained, task, tuning, cost, preds, metric, delta, se)
+            k = paired_pick(trained, {x: tuning[x][task] for x in trained}, cost, se, delta, rule)
+            return Pick(k, tuning[k][task], se)
+
+        ladders.append(Ladder(f"{study}/n{n}", keys, {k: int(sizes[k]["n_params"]) for k in keys}, pre, ft,
+                              tasks, tuning, held, rung_loss, pick, {"study": study, "n_labelled": n}))
+    return ladders
+
+
+def _recommend_pick(trained, task, tuning, cost, preds, metric, delta, se) -> Pick:
+    """The product's paired rule on the units' per-patient tuning predictions (margin δ)."""
+    from claims_search import predictions as P
+    from claims_search.frontier import TrialRecord
+    from claims_search.recommend import recommend
+
+    records = [TrialRecord(trial_id=k, task=task, status="complete", params={"model": {}}, n_params=None,
+                           metric=tuning[k][task], metric_low=None, metric_high=None, cost=cost[k],
+                           pretrain_cost=None, finetune_cost=None) for k in trained]
+    frames = {k: P.read(preds[(k, task)]) for k in trained}
+    rec = recommend(records, task, frames, metric=metric, margin=delta, n_boot=1000, seed=0)
+    key = rec.record.trial_id
+    widths = [c.high - c.low for c in rec.comparisons if c.low is not None and c.high is not None]
+    noise = statistics.median(widths) / (2 * Z95) if widths else se
+    return Pick(key, tuning[key][task], noise)
+
+
+def replay_all(ladders: list[Ladder], seeds: int, settings: Settings, delta: float,
+               strategies=STRATEGIES) -> dict:
+    """{strategy: [per (ladder, seed, task) rows]} (policy, grid and ascent are deterministic:
+    one run, counted once per seed so that every strategy has the same rows)."""
+    rows = {s: [] for s in strategies}
+    for lad in ladders:
+        grid = strategy(lad, "grid", 0, settings)
+        fixed = {s: strategy(lad, s, 0, settings) for s in strategies if s in ("policy", "grid", "ascent")}
+        for seed in range(seeds):
+            for s in strategies:
+                out = fixed.get(s) or strategy(lad, s, seed, settings)
+                for t, r in score(lad, out, grid, delta).items():
+                    rows[s].append({"ladder": lad.name, "task": t, "seed": seed, **r,
+                                    "line": out.line if s == "policy" else ""})
+    return rows
+
+
+def summary_line(rows: list[dict], n_tasks: int, seeds: int) -> str:
+    share = 100 * float(np.median([r["share"] for r in rows]))
+    agree = 100 * float(np.mean([r["agree"] for r in rows]))
+    return (f"default policy: median {share:.0f} % of the grid's compute to its declared answer; "
+            f"{agree:.0f} % agree with the grid's answer ({n_tasks} tasks x {seeds} seeds)")
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def tables_main(args) -> int:
+    t0 = time.time()
+    results = Path(args.results)
+    paths = find_tables(results)
+    if not paths:
+        print(f"search_efficiency: no unit tables are committed under {results} (no <study>/units.json): "
+              "nothing to replay; bench/ladder_sim.py measures the policy on simulated ladders")
+        return 0
+    settings = Settings(delta=args.delta, **({"z": args.z} if args.z is not None else {}),
+                        **({"rungs": tuple(args.rungs)} if args.rungs else {}),
+                        **({"warmup_sizes": args.warmup} if args.warmup else {}))
+    ladders = [lad for p in paths for lad in load_tables(p, args.delta, args.rule)]
+    rows = replay_all(ladders, args.seeds, settings, args.delta)
+    n_tasks = sum(len(lad.tasks) for lad in ladders)
+    lines = [f"Replayed {len(ladders)} search(es) from {len(paths)} table(s) under `{results}` "
+             f"({n_tasks} tasks); {settings}; `python bench/search_efficiency.py --results {args.results} "
+             f"--out {args.out} --seeds {args.seeds}`; {datetime.date.today().isoformat()}; {machine()}.", "",
+             "| strategy | median share of the grid to its declared answer | agree with the grid | "
+             "worse than the grid's by > δ (held-out) | with hindsight (old figure) |",
+             "|---|---:|---:|---:|---:|"]
+    for s in STRATEGIES:
+        rs = rows[s]
+        hs = [r["hindsight_share"] for r in rs]
+        hmed = float(np.median([h if h is not None else np.inf for h in hs]))
+        lines.append(f"| {LABELS[s]} | {100 * np.median([r['share'] for r in rs]):.0f} % | "
+                     f"{100 * np.mean([r['agree'] for r in rs]):.0f} % | {100 * np.mean([r['worse'] for r in rs]):.0f} % | "
+                     + (f"{100 * hmed:.0f} %" if np.isfinite(hmed) else "never") + " |")
+    lines += ["", "Per search (policy): " + "; ".join(
+        f"{lad.name}: {next(r['line'] for r in rows['policy'] if r['ladder'] == lad.name)}" for lad in ladders)]
+    closing = summary_line(rows["policy"], n_tasks, args.seeds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search_efficiency.json").write_text(json.dumps({"settings": settings.__dict__ | {"rungs": list(settings.rungs)},
+                                                            "rows": rows, "closing": closing}, indent=1, default=str))
+    (out / "search_efficiency.md").write_text("\n".join(lines + ["", closing]) + "\n")
+    print("\n".join(lines))
+    print(f"({time.time() - t0:.1f} s)")
+    print(closing)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="bench/results", help="tables mode: folder of <study>/units.json")
+    p.add_argument("--out", default="runs/search-efficiency", help="tables mode: where the report goes")
+    p.add_argument("--study", default=None, help="study mode: a bench/scaling_study.py output folder")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--metric", default="auprc", choices=("auprc", "auroc"))
+    p.add_argument("--delta", type=float, default=None,
+                   help="δ of the paired rule and the policy (tables: 0.01, the policy's; study mode's ascend: 0.005)")
+    p.add_argument("--rule", default="margin", choices=("margin", "indistinguishable"),
+                   help="tables without predictions: the paired rule's verdict to mimic")
+    p.add_argument("--z", type=float, default=None)
+    p.add_argument("--rungs", type=float, nargs="+", default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--patience", type=int, default=3, help="study mode: ascend+patience's evaluations")
+    p.add_argument("--report", default=None, help="study mode: the markdown report")
+    args = p.parse_args(argv)
+    if args.study:
+        args.delta = 0.005 if args.delta is None else args.delta
+        return study_main(args, argv)
+    args.delta = Settings().delta if args.delta is None else args.delta
+    return tables_main(args)
+
+
+
+# ---- the study mode (--study): unchanged but for lazy imports ----------------------------------
+
+STUDY_STRATEGIES = ("grid", "default", "random", "ascend", "ascend+patience")
 # What the report and the plot call each strategy: "default" is the replay's TPE, not the product's.
-LABELS = {"default": "TPE, 2 start-up trials, univariate"}
+STUDY_LABELS = {"default": "TPE, 2 start-up trials, univariate"}
 
 
 def patience_stop(curve: list, steps: int, patience: int) -> int:
     """The step where the product's early stopping (``worker.patience_stop``) would have ended a
     run of ``steps`` steps whose carve-out curve is ``curve``; ``steps`` if never (or no curve
     was kept)."""
+    from claims_search import worker
+
     stop = worker.patience_stop(curve, patience)
     return steps if stop is None else stop
 
@@ -78,7 +468,7 @@ def load(study: Path, metric: str, patience: int = 0):
         pre = json.loads((study / "pretrain" / s / "summary.json").read_text())["cost"]["flops"]
         cost[s] = cost_p[s] = pre
         for t in tables:
-            for d in (u for r in t["rows"] if r["size"] == s and "pre" in r for u in S.units_of(study, t, r)[1]):
+            for d in (u for r in t["rows"] if r["size"] == s and "pre" in r for u in _S().units_of(study, t, r)[1]):
                 flops = json.loads((d / "summary.json").read_text())["cost"]["flops"]
                 run = json.loads((d / "run" / "result.json").read_text())
                 stop = patience_stop(run.get("carve_out_auprc", []), run["step"], patience)
@@ -91,7 +481,7 @@ def load(study: Path, metric: str, patience: int = 0):
         rows = {r["size"]: r for r in t["rows"] if "pre" in r}
         if set(rows) != set(sizes):
             continue
-        frames = {s: P.read(json.loads((S.units_of(study, t, rows[s])[0] / "summary.json").read_text())
+        frames = {s: P.read(json.loads((_S().units_of(study, t, rows[s])[0] / "summary.json").read_text())
                             ["predictions"]["tuning"]) for s in sizes}
         per_task[(t["task"], t["n_labelled"])] = {"rows": rows, "frames": frames, "grid": t["recommended"]}
     return sizes, cost, per_task, cost_p, changed
@@ -109,7 +499,7 @@ def recommend_from(picks: list[str], task: str, data: dict, metric: str) -> str 
                                    n_params=r["non_embedding"], metric=m[metric], metric_low=m[f"{metric}_low"],
                                    metric_high=m[f"{metric}_high"], cost=r["pre"]["cost"], pretrain_cost=None,
                                    finetune_cost=None))
-    rec = recommend(records, task, {s: data["frames"][s] for s in picks}, metric=metric, n_boot=S.RULE_BOOT, seed=0)
+    rec = recommend(records, task, {s: data["frames"][s] for s in picks}, metric=metric, n_boot=_S().RULE_BOOT, seed=0)
     return rec.record.trial_id if rec else None
 
 
@@ -160,7 +550,7 @@ def order(strategy: str, sizes: list[str], cost: dict, per_task: dict, metric: s
 def _saturated(picked: list[str], data: dict, metric: str, delta: float, task: str) -> bool:
     xs = [data["rows"][s]["non_embedding"] for s in picked]
     ys = [data["rows"][s]["pre"]["tuning"][metric] for s in picked]
-    f = S.saturating_fit(xs, ys)
+    f = _S().saturating_fit(xs, ys)
     next_x = xs[-1] * xs[-1] / xs[-2]  # the ladder is geometric: one more step of it
     if f is not None and f(next_x) - ys[-1] < delta:
         return True
@@ -202,26 +592,19 @@ def replay(strategy, sizes, cost, per_task, metric, seed, delta) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default="runs/bench-scaling")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--metric", default="auprc", choices=("auprc", "auroc"))
-    p.add_argument("--delta", type=float, default=0.005, help="ascend: smallest gain worth another size")
-    p.add_argument("--patience", type=int, default=3, help="ascend+patience: evaluations without a better one")
-    p.add_argument("--report", default=None)
-    args = p.parse_args(argv)
+def study_main(args, argv) -> int:
+    """The study-replay mode (``--study``): the units of ``bench/scaling_study.py``, with hindsight."""
     study = Path(args.study)
     sizes, cost, per_task, cost_p, changed = load(study, args.metric, args.patience)
     grid_compute = sum(cost.values())  # the grid trains every step of every size, as the study did
     results = {s: [replay(s, sizes, cost_p if s == "ascend+patience" else cost, per_task, args.metric, seed,
                           args.delta)
-                   for seed in (range(args.seeds) if s in ("default", "random") else [0])] for s in STRATEGIES}
+                   for seed in (range(args.seeds) if s in ("default", "random") else [0])] for s in STUDY_STRATEGIES}
     n_units = sum(len(r["pre"].get("tried", [1])) for t in json.loads((study / "report.json").read_text())["tables"]
                   for r in t["rows"] if "pre" in r)
     lines = [f"Replayed on `{study}` ({len(sizes)} sizes; grid compute {grid_compute:.2e} FLOPs); "
              f"`{' '.join(['python bench/search_efficiency.py', *(argv if argv is not None else sys.argv[1:])])}`; "
-             f"{datetime.date.today().isoformat()}; {S.machine()}.", "",
+             f"{datetime.date.today().isoformat()}; {_S().machine()}.", "",
              "Each cell: with hindsight, the median compute until the strategy's answer equals the grid's and "
              "stays so, as a share of the grid's compute (runs that got there / runs): it looks at the picks "
              "still to come, which no running strategy can know; then, without hindsight, the median compute "
@@ -239,15 +622,15 @@ def main(argv=None) -> int:
              "floor: the compute of the grid's answer, trained fully (pretraining and its fine-tunings), as a "
              "share of the grid's: no strategy that trains fully can recommend that size for less; where it "
              "is above 30 %, neither can any of them.", "",
-             "| task | floor | " + " | ".join(LABELS.get(s, s) for s in STRATEGIES) + " |",
-             "|---|---|" + "---|" * len(STRATEGIES)]
+             "| task | floor | " + " | ".join(STUDY_LABELS.get(s, s) for s in STUDY_STRATEGIES) + " |",
+             "|---|---|" + "---|" * len(STUDY_STRATEGIES)]
     summary = {}
     for (task, n), data in sorted(per_task.items()):
         key = f"{task}/n{n}"
         floor = floor_share(data, cost) / grid_compute
         summary[key] = {"floor_share": floor}
         cells = [f"{floor:.0%}" if np.isfinite(floor) else "-"]
-        for s in STRATEGIES:
+        for s in STUDY_STRATEGIES:
             vals = [r["tasks"][key]["compute_to_grid"] for r in results[s]]
             hits = [v for v in vals if v is not None]
             med = float(np.median([v if v is not None else np.inf for v in vals]))
@@ -257,7 +640,7 @@ def main(argv=None) -> int:
             cells.append((f"{med / grid_compute:.0%}" if np.isfinite(med) else "never")
                          + f" ({len(hits)}/{len(vals)}); stops at {spent:.0%}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    S.write_json(study / "search_efficiency.json", {"summary": summary, "results": results, "sizes": sizes,
+    _S().write_json(study / "search_efficiency.json", {"summary": summary, "results": results, "sizes": sizes,
                                                     "cost": cost, "cost_patience": cost_p,
                                                     "patience": args.patience, "changed_by_patience": changed})
     if args.report:
@@ -277,10 +660,10 @@ def _plot(results: dict, per_task: dict, path: Path) -> None:
     keys = sorted(f"{t}/n{n}" for t, n in per_task)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for s in STRATEGIES:
+        for s in STUDY_STRATEGIES:
             for i, r in enumerate(results[s]):
                 xs, ys = zip(*r["tasks"][key]["curve"])
-                ax.step(xs, ys, where="post", alpha=0.6, label=LABELS.get(s, s) if i == 0 else None,
+                ax.step(xs, ys, where="post", alpha=0.6, label=STUDY_LABELS.get(s, s) if i == 0 else None,
                         color={"grid": "k", "default": "tab:blue", "random": "tab:orange", "ascend": "tab:green",
                                "ascend+patience": "tab:red"}[s])
         ax.set_title(key, fontsize=8)
