@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class SearchResult:
     train_share: float | None = None  # training loop time / trial wall time, complete trials
     held_out: dict[str, dict] = field(default_factory=dict)  # task -> role -> held-out metrics
     time_shares: dict[str, float] = field(default_factory=dict)  # phase -> share of trial wall time
+    policy_line: str | None = None  # the ladder policy's last word: why it stopped (None: another sampler)
 
     def summary(self) -> str:
         """One line: how the trials ended, the first failure's reason, and the share of the
@@ -139,7 +141,8 @@ def run_search(req: SearchRequest) -> SearchResult:
         if space.baseline:
             _baselines(ray, space, data, st.join(req.storage, req.name, "baseline"), tracker)
             state.push()
-        _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs, experiment, waiting)
+        policy_line = _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs,
+                            experiment, waiting)
         # Per-task summaries computed in plain Python (summary.py: frontier, paired rule, plots),
         # then recorded by the tracker.
         recs = tracker.publish(for_space(tracker.records(), space, tracker.outbox_dir / "artifacts"))
@@ -159,7 +162,7 @@ def run_search(req: SearchRequest) -> SearchResult:
         log.warning("MLflow unreachable: %d result(s) wait in %s; deliver them later with `claims-search sync "
                     "--name %s --storage %s --tracking-uri %s`", len(tracker.pending()), state.outbox, req.name,
                     req.storage, req.tracking_uri)
-    result = _outcome(recs, tracker.records(), confirmed)
+    result = dataclasses.replace(_outcome(recs, tracker.records(), confirmed), policy_line=policy_line)
     if result.complete == 0:
         raise SearchFailed(f"search {req.name}: no Transformer trial completed ({result.summary()})")
     return result
@@ -391,7 +394,7 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
     cfg = json.loads(result["trial_config"]) if "trial_config" in result else {}
     pre_cost = json.loads(result["pretrain_cost"]) if "pretrain_cost" in result else None
     n_params = result.get("n_params")
-    tags = {k: str(result[k]) for k in ("reason",) if result.get(k)}
+    tags = {k: str(result[k]) for k in ("reason", "rung") if result.get(k) is not None}
     if result.get("node_id"):  # where it ran: the trial driver's node and every Train rank's
         tags["driver_node"] = str(result["node_id"])
         tags["rank_nodes"] = ",".join(json.loads(result.get("rank_nodes") or "[]"))
@@ -399,8 +402,10 @@ def records_from_result(trial_id: str, result: dict, tasks: list[str], space) ->
         tags["device"] = device_kind(json.loads(result["total_cost"]).get("device", ""))
     if status != "complete":
         st = "failed" if status == "failed" else "pruned"
+        # A size stopped at a rung is charged what it trained (its pretraining so far).
+        extras = {"rung": float(result["rung"])} if result.get("rung") is not None else {}
         return [TrialRecord(trial_id, t, st, cfg, n_params, None, None, None, None,
-                            cost_value(pre_cost, space.cost), None, tags=tags) for t in tasks]
+                            cost_value(pre_cost, space.cost), None, tags=tags, extras=dict(extras)) for t in tasks]
     per_task = json.loads(result["tasks"])
     out = []
     for t in tasks:
@@ -441,10 +446,18 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
     if b.driver_resources or (not b.workers_per_trial and b.worker_resources):
         driver["custom_resources"] = {**(b.worker_resources if not b.workers_per_trial else {}),
                                       **b.driver_resources}
+    ladder = space.sampler.kind == "ladder"
+    if ladder:  # the size policy: one actor the searcher and every pretraining's rank 0 ask
+        from claims_search import search_policy as sp
+
+        cands = sp.candidates(space, cache.vocab_size)
+        actor_name = f"policy-{req.name}-{experiment}"
+        actor = sp.start_actor(actor_name, [c for c, _ in cands.values()], space.task_names, sp.settings(space))
+        ctx = dataclasses.replace(ctx, policy_actor=actor_name, rungs=tuple(space.sampler.rungs))
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
+    total = len(cands) if ladder else space.num_samples() if not space.is_grid else len(space.grid_samples())
     callbacks = [TrackingCallback(tracker, space, progress=req.progress, state=state, concurrency=concurrency,
-                                  waiting=waiting,
-                                  total=space.num_samples() if not space.is_grid else len(space.grid_samples()))]
+                                  waiting=waiting, total=total)]
     # The experiment's name is also the folder Ray stages the driver's Tune files in on this node
     # (<session>/artifacts/<start second>/<name>): a name shared by two searches that start in the
     # same second mixes their experiment states, so each search has its own.
@@ -458,14 +471,16 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
         search_alg, num_samples = None, space.num_samples()
-        if not space.is_grid:
+        if ladder:
+            search_alg, num_samples = sp.PolicySearcher(actor_name, cands, space), len(cands)
+        elif not space.is_grid:
             metrics, modes = _directions(space)
             points, num_samples = _no_repeats(space)
             search_alg = GuardedOptunaSearch(
                 metric=metrics, mode=modes, sampler=make_sampler(space), points_to_evaluate=points,
                 storage=_optuna_storage(state.optuna_db), study_name=req.name)
         tuner = tune.Tuner(
-            trainable, param_space=space.tune_param_space(),
+            trainable, param_space={} if ladder else space.tune_param_space(),
             tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
                                         max_concurrent_trials=concurrency, reuse_actors=False,
                                         time_budget_s=b.time_budget_s),
@@ -475,6 +490,15 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
     log.info("search %s: trials finished in %.0f s", req.name, time.monotonic() - started)
     _fail_orphans(state.optuna_db, req.name)
     _recover_records(ctx.artifacts, space, tracker)
+    if not ladder:
+        return None
+    import ray
+
+    done = ray.get(actor.propose.remote())  # Done once every trial ended (Tune ran out of sizes)
+    ray.kill(actor)
+    line = done.line if hasattr(done, "line") else "stopped: the search ended before the policy declared done"
+    log.info("search %s: %s", req.name, line)
+    return line
 
 
 def _fail_orphans(db: Path, name: str) -> int:

@@ -135,8 +135,22 @@ class Objective(_Strict):
 
 
 class Sampler(_Strict):
-    kind: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    """How trials are chosen. ``ladder`` is the size policy (``policy.py``): sizes in order of
+    cost, later ones judged at ``rungs`` of their pretraining, done when no untried size can gain
+    more than ``delta`` (its other fields: ``policy.Settings``)."""
+
+    kind: Literal["ladder", "tpe", "nsga2", "random", "grid"] = "tpe"
     seed: int = 0
+    delta: float = Field(default=0.01, ge=0, lt=1)
+    rungs: list[float] = [0.125, 0.25]
+    z: float = Field(default=1.645, gt=0)
+    warmup_sizes: int = Field(default=2, ge=2)
+
+    @model_validator(mode="after")
+    def _rungs(self) -> "Sampler":
+        if any(not 0 < r < 1 for r in self.rungs) or self.rungs != sorted(set(self.rungs)):
+            raise ValueError(f"rungs: increasing fractions of pretraining in (0, 1), got {self.rungs}")
+        return self
 
 
 class Budget(_Strict):
@@ -254,6 +268,16 @@ class Space(_Strict):
             for key, p in self._params():
                 if isinstance(p, Range):
                     raise ValueError(f"{key}: the grid sampler needs choices, not a range")
+        if self.sampler.kind == "ladder":
+            points = self.distinct_points()
+            if points is None:
+                raise ValueError("sampler: the ladder policy needs finitely many sizes (choices or integer "
+                                 "ranges), not a continuous range")
+            sizes = {"model/head_dim", "model/width", "model/heads", "model/depth", "model/preset"}
+            other = sorted({k.replace("/", ".") for p in points for k in p} - {k.replace("/", ".") for k in sizes})
+            if other:
+                raise ValueError(f"sampler: the ladder policy searches sizes (width, heads, depth or presets) "
+                                 f"only; {', '.join(other)} vary: fix them, or use sampler tpe")
         return self
 
     # ---- the parameters, flat -------------------------------------------------------------

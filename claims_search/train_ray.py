@@ -170,7 +170,9 @@ def _phases_fn(config: dict) -> dict:
                 stop = None
                 if rank == 0:
                     outcome = json.loads(st.read_bytes(st.join(storage, "phases", str(gate["phase"]), "outcome.json")))
-                    stop = diverged(outcome["val_loss"], gate["value"])
+                    # Diverged, or stopped at a rung by the search policy.
+                    stop = diverged(outcome["val_loss"], gate["value"]) or (
+                        (outcome.get("rungs") or {}).get("stopped_at") is not None)
                 if ray.train.collective.broadcast_from_rank_zero(stop):
                     skipped = True
                     break
@@ -201,6 +203,7 @@ def _phases_fn(config: dict) -> dict:
                 state=state,
                 on_checkpoint=on_checkpoint,
                 checkpoint_every=config["checkpoint_every"],
+                ask_rung=_asker(gate, i, rank),
             )
             state = None
             best = outcome.pop("_best_model", None)
@@ -221,6 +224,15 @@ def _phases_fn(config: dict) -> dict:
         shutil.rmtree(_scratch(storage, f"rank{rank}"), ignore_errors=True)
     return {"started_at": started_at, "skipped": skipped, "rank_nodes": nodes, "entered": entered,
             "scheduling_wait": _scheduling_wait() if rank == 0 else None}
+
+
+def _asker(gate: dict | None, phase: int, rank: int):
+    """Rank 0 of the gated phase asks the search policy at its rungs (``search_policy.asker``)."""
+    if gate is None or gate.get("ask") is None or phase != gate["phase"] or rank != 0:
+        return None
+    from claims_search.search_policy import asker
+
+    return asker(gate["ask"])
 
 
 def _plan_matches(storage: str, plan: dict) -> None:

@@ -63,6 +63,13 @@ class PretrainResult:
     steps: int = 0
     resumed_from_step: int = 0
     splits_read: tuple[str, ...] = ()  # the splits the run read from the cache (worker.execute)
+    # The search policy's rungs (worker.Rungs.outcome): losses, and where and why it stopped.
+    rungs: dict | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Ended at a rung by the search policy (its fine-tunings are skipped)."""
+        return bool(self.rungs and self.rungs.get("stopped_at") is not None)
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,7 @@ def _device(use_gpu: bool):
 
 
 def _run(job: dict, meta: dict, out_dir: Path, *, workers, use_gpu, resume, checkpoint_every, on_report,
-         ray_options) -> tuple[dict, Path]:
+         ray_options, ask_rung=None) -> tuple[dict, Path]:
     """Run ``job`` in-process or on Ray Train; return its outcome and the final state file."""
     import torch
 
@@ -227,7 +234,7 @@ def _run(job: dict, meta: dict, out_dir: Path, *, workers, use_gpu, resume, chec
 
     state = torch.load(start, map_location="cpu", weights_only=True) if start else None
     outcome = execute(job, device=_device(use_gpu), state=state, on_report=on_report,
-                      on_checkpoint=save, checkpoint_every=checkpoint_every)
+                      on_checkpoint=save, checkpoint_every=checkpoint_every, ask_rung=ask_rung)
     best = outcome.pop("_best_model", None)
     last = partial / "state.pt" if (partial / "state.pt").exists() else start
     if best is not None and last is not None:  # the run's checkpoint is its best step, as its metrics are
@@ -279,10 +286,10 @@ def _pretrain_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path,
     cost = Cost.from_dict(outcome["cost"])
     result = {"step": outcome["step"], "resumed_from_step": outcome["resumed_from_step"],
               "val_loss": outcome["val_loss"], "cost": cost.to_dict(), "workers": workers,
-              "splits_read": outcome.get("splits_read", [])}
+              "splits_read": outcome.get("splits_read", []), "rungs": outcome.get("rungs")}
     _finish(out_dir, state_file, meta, result)
     return PretrainResult(out_dir / "checkpoint", outcome["val_loss"], cost, outcome["step"],
-                          outcome["resumed_from_step"], tuple(result["splits_read"]))
+                          outcome["resumed_from_step"], tuple(result["splits_read"]), outcome.get("rungs"))
 
 
 def _finetune_result(out_dir: Path, meta: dict, outcome: dict, state_file: Path, workers,
@@ -317,6 +324,7 @@ def pretrain(
     checkpoint_every: int = 200,
     on_report: Callable[[int, dict], None] | None = None,
     ray_options: dict | None = None,
+    ask_rung: Callable[[float, float], tuple[bool, str]] | None = None,
 ) -> PretrainResult:
     """Masked-code pretraining of ``size`` on the cache's train split; validation loss on its
     tuning split. ``on_report(step, metrics)`` sees progress (in-process runs only);
@@ -326,7 +334,8 @@ def pretrain(
     job, meta = _pretrain_job(cache, cache_dir, as_size(size), settings)
     out_dir = Path(out_dir)
     outcome, state_file = _run(job, meta, out_dir, workers=workers, use_gpu=use_gpu, resume=resume,
-                               checkpoint_every=checkpoint_every, on_report=on_report, ray_options=ray_options)
+                               checkpoint_every=checkpoint_every, on_report=on_report, ray_options=ray_options,
+                               ask_rung=ask_rung)
     return _pretrain_result(out_dir, meta, outcome, state_file, workers)
 
 
@@ -427,6 +436,7 @@ def pretrain_and_finetune(
     max_pretrain_loss: float | None = None,
     storage: str | None = None,
     ray_options: dict | None = None,
+    rungs: dict | None = None,
 ) -> TrialTraining:
     """Pretrain ``size`` once, then fine-tune it on each task: the same outputs as
     :func:`pretrain` into ``OUT/pretrain`` and :func:`finetune` (from that checkpoint) into
@@ -439,6 +449,9 @@ def pretrain_and_finetune(
     no disk) until the trial finishes. When pretraining diverged (``worker.diverged`` against
     ``max_pretrain_loss``) the fine-tunings are skipped. ``finetune_settings.from_scratch``
     skips pretraining altogether (it pays for none). ``ray_options`` go to ``run_phases``.
+    ``rungs``: the search policy's ``{"fractions", "actor", "namespace", "key"}``
+    (``search_policy.rung_spec``): the pretraining asks it at each fraction, and a pretraining it
+    stops skips the fine-tunings, as a diverged one does.
     """
     import time
 
@@ -448,6 +461,8 @@ def pretrain_and_finetune(
     out_dir = Path(out_dir)
     scratch = finetune_settings.from_scratch
     pre_job, pre_meta = _pretrain_job(cache, cache_dir, size, pretrain_settings)
+    if rungs:
+        pre_job["rungs"] = list(rungs["fractions"])
     pre_out = out_dir / "pretrain"
     init = None if scratch else str((pre_out / "checkpoint").resolve())
     plans = {}
@@ -459,10 +474,12 @@ def pretrain_and_finetune(
         setup = {"setup": time.perf_counter() - t0}
         pre = None
         if not scratch:
+            from claims_search.search_policy import asker
+
             pre = pretrain(cache_dir, size, pretrain_settings, pre_out, use_gpu=use_gpu,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every, ask_rung=asker(rungs) if rungs else None)
             setup["pretrain"] = pre.cost.wall_s
-            if diverged(pre.val_loss, max_pretrain_loss):
+            if diverged(pre.val_loss, max_pretrain_loss) or pre.stopped:
                 return TrialTraining(pre, {}, [], setup)
         fts = {task: finetune(
             cache_dir, task, size, finetune_settings, out_dir / f"finetune-{task}",
@@ -486,6 +503,9 @@ def pretrain_and_finetune(
             phase["init_state"] = str(start) if start else None
     gate = None if max_pretrain_loss is None or scratch else {"phase": 0, "value": max_pretrain_loss}
     t1 = time.perf_counter()
+    if rungs and not scratch:  # asked by rank 0 of the pretraining phase, stopped like a divergence
+        gate = {"phase": 0, "value": max_pretrain_loss if max_pretrain_loss is not None else float("inf"),
+                "ask": dict(rungs)}
     done = run_phases(phases, storage, workers=workers, use_gpu=use_gpu, checkpoint_every=checkpoint_every,
                       max_loss=gate, local_dir=out_dir / ".states", **(ray_options or {}))
     timings = phase_timings(t1 - t0, time.perf_counter() - t1, done.startup,

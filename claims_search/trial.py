@@ -17,7 +17,8 @@ Train run that spent its own retries, e.g. a model the workers' memory cannot ho
 driver's node lost). No ``final.json`` is written for it.
 
 A trial whose pretraining diverged (non-finite loss, or no better than guessing uniformly
-over the vocabulary) skips its fine-tunings and reports ``status: pruned``: the searcher is
+over the vocabulary), or that the ladder policy stopped at a rung (``reason`` and ``rung`` say
+where and why), skips its fine-tunings and reports ``status: pruned``: the searcher is
 told PRUNED and the frontier never sees it (see `search_tune.GuardedOptunaSearch`).
 """
 
@@ -54,6 +55,9 @@ class TrialContext:
     gpus_per_worker: float
     vocab_size: int
     worker_resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources per Train worker
+    # The ladder policy's actor (search_policy.py) and its rungs: the pretraining asks it there.
+    policy_actor: str | None = None
+    rungs: tuple[float, ...] = ()
 
 
 def cost_value(cost: dict | None, measure: str) -> float | None:
@@ -184,7 +188,12 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
         # The Train run's state lives on the search's storage, never on this node's disk.
         run_kw["storage"] = st.join(ctx.artifacts, trial_id, "train")
 
-    # Fine-tunings are skipped in the same fit when pretraining did no better than a uniform guess.
+    if ctx.policy_actor:
+        from claims_search.search_policy import rung_spec, size_key
+
+        run_kw["rungs"] = rung_spec(ctx.policy_actor, size_key(cfg["model"]), ctx.rungs)
+    # Fine-tunings are skipped in the same fit when pretraining did no better than a uniform guess
+    # (or the search policy stopped it at a rung).
     done = training.pretrain_and_finetune(cache_dir, size, PretrainSettings(**cfg["pretrain"]),
                                           FinetuneSettings(**cfg["finetune"]), list(ctx.tasks), out,
                                           max_pretrain_loss=math.log(ctx.vocab_size), **run_kw)
@@ -203,6 +212,9 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
         # Tune insists every result carries the searcher's metrics: None for a pruned trial
         # (the guarded searcher tells Optuna PRUNED for anything without status "complete").
         unset = {m: None for m in directions(space)[0]}
+        if pre.stopped:  # the search policy's verdict at a rung: charged what it trained, never on a frontier
+            return {**base, **unset, "status": "pruned", "reason": pre.rungs["reason"],
+                    "rung": pre.rungs["stopped_at"], "rung_losses": json.dumps(pre.rungs["losses"])}
         return {**base, **unset, "status": "pruned", "reason": f"pretraining loss {pre.val_loss:.3f} diverged"}
 
     per_task, results = {}, {}

@@ -42,6 +42,7 @@ def execute(
     on_report: Callable[[int, dict], None] | None = None,
     on_checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
+    ask_rung: Callable[[float, float], tuple[bool, str]] | None = None,
 ) -> dict:
     """Run one training job (a plain dict from :func:`pretrain` / :func:`finetune`) on this
     worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
@@ -49,7 +50,10 @@ def execute(
     ``devices_per_worker``: what each worker holds (GPUs, or CPU cores): the cost counts
     ``world_size x devices_per_worker`` devices. ``prepare(model)`` wraps the model for DDP (Ray Train's ``prepare_model``). Returns
     ``{"step", "resumed_from_step", "cost", "cache_s", "val_loss" | "metrics", "eval_s",
-    "splits_read"}`` and, fine-tuning, ``"trained_on"`` (see ``batches.trained_on``); evaluation on
+    "splits_read"}`` and, fine-tuning, ``"trained_on"`` (see ``batches.trained_on``); pretraining
+    with ``job["rungs"]`` (fractions of its steps) and ``ask_rung(fraction, loss) -> (go_on,
+    reason)`` (the search policy, asked on rank 0), ``"rungs"``: ``{"losses": {fraction: loss},
+    "stopped_at": fraction | None, "reason": str | None}``. Evaluation on
     rank 0 only, other ranks return the same keys without it. ``splits_read`` is
     ``Cache.splits_read`` of this rank's cache: the splits the job read, evaluation included.
     """
@@ -111,6 +115,10 @@ def execute(
     on_step = best.observe if best is not None else None
     if job["kind"] == "finetune" and settings.patience and world_size > 1:
         on_step = _shared_stop(on_step, settings, device)  # every rank stops where rank 0 does
+    rungs = None
+    if job["kind"] == "pretrain" and job.get("rungs"):  # rank 0 asks (ask_rung); the others hear it
+        rungs = Rungs(bare, cache, size, settings, job["rungs"], ask_rung)
+        on_step = rungs.observe if world_size == 1 else _broadcast(rungs.observe, rungs.steps, device)
     trainer = loop.TrainLoop(model, batches, settings, n_devices=world_size * devices_per_worker, on_report=on_report,
                              on_checkpoint=save if on_checkpoint else None, checkpoint_every=checkpoint_every,
                              on_step=on_step)
@@ -121,6 +129,8 @@ def execute(
     out: dict = {"step": trainer.step, "resumed_from_step": resumed_from, "cost": cost.to_dict(), "cache_s": cache_s}
     if job["kind"] == "finetune":
         out["trained_on"] = B.trained_on(train, labelled)
+    if rungs is not None and rank == 0:
+        out["rungs"] = rungs.outcome()  # the phase's outcome file is rank 0's
     if rank != 0:
         out["splits_read"] = cache.splits_read()
         return out
@@ -160,6 +170,59 @@ def _shared_stop(observe, settings, device) -> Callable[[int], bool]:
         return bool(flag.item())
 
     return on_step
+
+
+def _broadcast(observe, steps, device) -> Callable[[int], bool]:
+    """``on_step`` for every DDP rank when only rank 0 decides, at ``steps`` only."""
+    import torch
+
+    def on_step(step: int) -> bool:
+        stop = bool(observe(step))
+        if step not in steps:
+            return stop
+        flag = torch.tensor([int(stop)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    return on_step
+
+
+class Rungs:
+    """The search policy's rungs in a pretraining: at each fraction of its steps, rank 0 takes
+    the validation loss on the first ``RUNG_BATCHES`` tuning batches (the same batches for every
+    size, so sizes compare at the same point) and asks whether to go on."""
+
+    RUNG_BATCHES = 16
+
+    def __init__(self, model, cache, size: ModelSize, settings, fractions: Sequence[float], ask):
+        self.model, self.cache, self.size, self.settings, self.ask = model, cache, size, settings, ask
+        self.steps = {max(1, round(f * settings.steps)): float(f) for f in fractions}
+        self.losses: dict[float, float] = {}
+        self.stopped_at: float | None = None
+        self.reason: str | None = None
+
+    def observe(self, step: int) -> bool:
+        if step not in self.steps or self.ask is None:
+            return False
+        import itertools
+
+        from claims_search import batches as B
+        from claims_search.loop import evaluate_loss
+
+        s = self.settings
+        val = B.pretrain_batches(self.cache, "tuning", batch_tokens=s.batch_tokens, max_len=self.size.max_len,
+                                 mask_prob=s.mask_prob, seed=s.seed, epoch=0)
+        fraction = self.steps[step]
+        loss = evaluate_loss(self.model, itertools.islice(val, self.RUNG_BATCHES))
+        self.losses[fraction] = loss
+        go_on, reason = self.ask(fraction, loss)
+        if not go_on:
+            self.stopped_at, self.reason = fraction, reason
+        return not go_on
+
+    def outcome(self) -> dict:
+        return {"losses": {str(f): v for f, v in self.losses.items()}, "stopped_at": self.stopped_at,
+                "reason": self.reason}
 
 
 def patience_stop(curve: Sequence, patience: int) -> int | None:

@@ -107,6 +107,13 @@ BAD = {
     "negative stability seeds": (mutate(recommend={"stability_seeds": -1}),
                                  "recommend.stability_seeds: Input should be greater than or equal to 0"),
     "unknown training key": (mutate(training={"pretrain": {"learning_rate": 1.0e-3}}), "training.pretrain.learning_rate: unknown key"),
+    "ladder over a learning rate": (
+        mutate(sampler={"kind": "ladder"}, model={"width": [32, 64], "heads": [2], "depth": [1, 2]},
+               training={"pretrain": {"lr": [1.0e-3, 3.0e-4]}}),
+        "the ladder policy searches sizes (width, heads, depth or presets) only; pretrain.lr vary",
+    ),
+    "ladder rungs out of order": (mutate(sampler={"kind": "ladder", "rungs": [0.5, 0.25]}),
+                                  "sampler: rungs: increasing fractions of pretraining in (0, 1)"),
     "settings that can't train": (
         mutate(training={"pretrain": {"steps": [5, 500], "warmup": 100}}),
         "training.pretrain: PretrainSettings: warmup (100) must be in [0, steps=5]",

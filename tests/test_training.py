@@ -172,3 +172,25 @@ def test_fine_tuning_and_lightgbm_learn_from_the_subset_only(recency_cache, tmp_
     assert json.loads((tmp_path / "lgbm" / "result.json").read_text())["trained_on"] == lgbm.trained_on
     # Without train_patients, LightGBM learns from all 160.
     assert baseline(recency_cache, "antihypertensive_start", num_threads=1, n_boot=50).trained_on["samples"] == 160
+
+
+def test_the_search_policy_stops_a_pretraining_at_its_rung(recency_cache):
+    """A pretraining with rungs asks at each (rank 0, in-process here) and ends where told."""
+    from claims_search.cache import Cache
+    from claims_search.sizes import ModelSize
+    from claims_search.training import _pretrain_job
+    from claims_search.worker import execute
+
+    job, _ = _pretrain_job(Cache.open(recency_cache), recency_cache, ModelSize.from_name("debug"),
+                           PretrainSettings(**{**TINY_PT, "steps": 8}))
+    asked = []
+
+    def ask(fraction, loss):  # the policy: go on at 1/4, stop at 1/2
+        asked.append((fraction, loss))
+        return fraction < 0.5, f"rung {fraction}: said so"
+
+    out = execute({**job, "rungs": [0.25, 0.5]}, ask_rung=ask)
+    assert [f for f, _ in asked] == [0.25, 0.5] and all(loss > 0 for _, loss in asked)
+    assert out["step"] == 4  # half of 8 steps: stopped at the second rung
+    assert out["rungs"] == {"losses": {"0.25": asked[0][1], "0.5": asked[1][1]}, "stopped_at": 0.5,
+                            "reason": "rung 0.5: said so"}

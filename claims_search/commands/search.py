@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     link = experiment_url(uri, name)
     print(f"\nsearch {name} finished: {result.summary()}." + (f" MLflow: {link}" if link else ""))
+    if result.policy_line:  # the ladder policy says why it stopped
+        print(result.policy_line)
     if result.time_line():
         print(result.time_line())
     print("Recommendation per task:")
