@@ -200,48 +200,64 @@ def pack(sequences: list[Sequence], row_len: int) -> Batch:
     lengths = np.array([len(s) for s in sequences])
     if lengths.max() > row_len:
         raise ValueError(f"pack: a sequence of {lengths.max()} positions exceeds row_len {row_len}")
-    row_of, at_of, fill = _first_fit_decreasing(lengths, row_len)
-    B = len(fill)
-    one_each = B == len(sequences) and int(fill.min()) == int(fill.max())
-    T = int(fill.max()) if one_each else -(-int(fill.max()) // 8) * 8
-    # Every sequence's positions scattered at once: flat destination of each of its tokens.
-    starts = row_of * T + at_of  # (S,) flat position of each sequence's [CLS]
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    dest = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))  # (N,)
-
-    def scatter(name: str, fill_value: int) -> np.ndarray:
-        out = np.full(B * T, fill_value, dtype=np.int64)
-        out[dest] = np.concatenate([getattr(x, name) for x in sequences])
-        return out.reshape(B, T)
-
-    seq = np.full(B * T, -1, dtype=np.int64)
-    seq[dest] = np.repeat(np.arange(len(sequences)), lengths)
-    has_targets = sequences[0].targets is not None
-    batch = Batch(
-        tokens=torch.from_numpy(scatter("tokens", PAD)),
-        ages=torch.from_numpy(scatter("ages", 0)),
-        months=torch.from_numpy(scatter("months", 0)),
-        visits=torch.from_numpy(scatter("visits", 0)),
-        seq=torch.from_numpy(seq.reshape(B, T)),
-        cls_index=torch.from_numpy(starts.astype(np.int64)),
-        n_tokens=int(lengths.sum()),
-        targets=torch.from_numpy(scatter("targets", IGNORE)) if has_targets else None,
-        unpacked=one_each,
-    )
+    fields = [f for f in FIELDS if f != "targets" or sequences[0].targets is not None]
+    flat = {f: np.concatenate([getattr(x, f) for x in sequences]) for f in fields}
+    batch = _pack_flat(lengths, flat, row_len)
     if sequences[0].label is not None:
         batch.labels = torch.tensor([s.label for s in sequences], dtype=torch.float32)
         batch.sample_index = torch.tensor([s.sample_index for s in sequences], dtype=torch.int64)
     return batch
 
 
+# Per-position arrays of a sequence, and what a padding position holds in each.
+FIELDS = {"tokens": PAD, "ages": 0, "months": 0, "visits": 0, "targets": IGNORE}
+
+
+def _pack_flat(lengths: np.ndarray, flat: dict[str, np.ndarray], row_len: int) -> Batch:
+    """``pack`` of sequences given as their lengths (S,) and, per field of ``FIELDS``, all
+    their positions concatenated in sequence order (N,)."""
+    row_of, at_of, fill = _first_fit_decreasing(lengths, row_len)
+    B = len(fill)
+    one_each = B == len(lengths) and int(fill.min()) == int(fill.max())
+    T = int(fill.max()) if one_each else -(-int(fill.max()) // 8) * 8
+    # Every sequence's positions scattered at once: flat destination of each of its positions.
+    starts = row_of * T + at_of  # (S,) flat position of each sequence's [CLS]
+    dest = _segments(starts, lengths)  # (N,)
+
+    def scatter(values: np.ndarray, pad: int) -> torch.Tensor:
+        out = np.full(B * T, pad, dtype=np.int64)
+        out[dest] = values
+        return torch.from_numpy(out.reshape(B, T))
+
+    return Batch(
+        **{f: scatter(v, FIELDS[f]) for f, v in flat.items()},
+        seq=scatter(np.repeat(np.arange(len(lengths)), lengths), -1),
+        cls_index=torch.from_numpy(starts.astype(np.int64)),
+        n_tokens=int(lengths.sum()),
+        unpacked=one_each,
+    )
+
+
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices of consecutive runs, concatenated: ``starts[i] .. starts[i] + lengths[i] - 1``."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets, lengths) + np.arange(int(lengths.sum()))
+
+
 def _first_fit_decreasing(lengths: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(row (S,), column (S,), fill (B,))``: each sequence, longest first (stable), goes to
     the first row with room, else to a new row; its column is where that row was filled to."""
+    longest_first = np.argsort(-lengths, kind="stable")
+    if 2 * int(lengths.min()) > row_len:  # no two fit in a row (a length-grouped batch, mostly)
+        row_of = np.empty(len(lengths), dtype=np.int64)
+        row_of[longest_first] = np.arange(len(lengths))
+        return row_of, np.zeros(len(lengths), dtype=np.int64), lengths[longest_first].astype(np.int64)
     fill = np.zeros(len(lengths), dtype=np.int64)  # at most one row per sequence
     row_of = np.zeros(len(lengths), dtype=np.int64)
     at_of = np.zeros(len(lengths), dtype=np.int64)
     B = 0
-    for s in np.argsort(-lengths, kind="stable"):
+    for s in longest_first:
         n = lengths[s]
         fits = np.flatnonzero(fill[:B] <= row_len - n)
         r = int(fits[0]) if len(fits) else B
@@ -338,30 +354,271 @@ def pretrain_batches(
     epoch: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    draws: str = "patient",
+    workers: int = 0,
 ) -> Iterator[Batch]:
     """One epoch of masked-code batches over the subjects of ``split`` (shuffled, sharded).
 
     Each subject longer than ``max_len`` events contributes a random crop of ``max_len``
     consecutive events; the reference day for the month embedding is the crop's last event.
+
+    The epoch is cut into windows of ``GROUP_WINDOW`` batches' worth of sequences (as
+    :func:`grouped_batches` cuts it), and each window is built at once, in numpy over all its
+    positions. ``draws`` says where the crops and masks come from:
+
+    - "patient": one generator for the epoch, drawn patient after patient (the stream of
+      ``make_sequence`` + ``mask_sequence`` + ``grouped_batches``, batch for batch). Those
+      draws run patient by patient and bound the pipeline's speed.
+    - "window": a generator per window (``(seed, epoch, rank, 3, window)``; its grouping from
+      ``(seed, epoch, rank, 2, window)``), drawn for the whole window at once. The same recipe,
+      another stream; windows are independent, so ``workers`` processes build them ahead (in
+      order: the stream does not depend on ``workers``).
     """
     max_len = _check(cache, batch_tokens, max_len)
-    subjects = cache.subjects
-    lengths = subjects["length"].to_numpy()
-    births = subjects["birth_days"].to_numpy()
+    if draws not in ("patient", "window"):
+        raise ValueError(f"pretrain_batches: draws must be 'patient' or 'window', got {draws!r}")
+    if workers and draws != "window":
+        raise ValueError("pretrain_batches: workers need draws='window' (patient draws are one sequence)")
+    lengths = cache.subjects["length"].to_numpy()
     order = np.asarray(cache.subject_indices(split), dtype=np.int64)
     order = order[lengths[order] > 0]
     order = _shard(np.random.default_rng([seed, epoch]).permutation(order), rank, world_size)
-    rng = np.random.default_rng([seed, epoch, rank, 1])
+    windows = _windows(np.minimum(lengths[order], max_len) + 1, GROUP_WINDOW * batch_tokens)
+    spec = (max_len, mask_prob, batch_tokens)
 
-    def sequences() -> Iterator[Sequence]:
-        for i in order:
-            n = int(lengths[i])
-            end = int(rng.integers(max_len, n + 1)) if n > max_len else None
-            tokens, days = cache.sequence(int(i), end=end, max_len=max_len)
-            s = make_sequence(tokens, days, int(births[i]), int(days[-1]))
-            yield mask_sequence(s, rng, mask_prob, cache.vocab_size)
+    def patient_draws() -> Iterator[Batch]:
+        rng = np.random.default_rng([seed, epoch, rank, 1])
+        grouping = np.random.default_rng([seed, epoch, rank, 2])
+        for lo, hi in windows:
+            plan = _draw_per_patient(lengths[order[lo:hi]], max_len, mask_prob, cache.vocab_size, rng)
+            yield from _build_window(cache, order[lo:hi], plan, spec, grouping)
 
-    return grouped_batches(sequences(), batch_tokens, max_len + 1, np.random.default_rng([seed, epoch, rank, 2]))
+    def window_draws() -> Iterator[Batch]:
+        jobs = [(order[lo:hi], (seed, epoch, rank, w)) for w, (lo, hi) in enumerate(windows)]
+        if not workers:
+            for subjects, key in jobs:
+                yield from _window_job(cache, subjects, key, spec)
+            return
+        cache._events_read[order] = True  # read in the workers' own Cache objects
+        yield from _in_processes(cache.path, jobs, spec, workers)
+
+    return patient_draws() if draws == "patient" else window_draws()
+
+
+def _windows(positions: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each window: a window closes after the sequence that brings it to
+    ``limit`` positions (the rule of :func:`grouped_batches`)."""
+    out, lo, used = [], 0, 0
+    for i, n in enumerate(positions.tolist()):
+        used += n
+        if used >= limit:
+            out.append((lo, i + 1))
+            lo, used = i + 1, 0
+    if lo < len(positions):
+        out.append((lo, len(positions)))
+    return out
+
+
+@dataclass
+class _Plan:
+    """A window's draws: crop ends (k,), -1 uncropped; masked events as flat event indices of
+    the window (M,), each one's fate (0 [MASK], 1 random code, 2 kept) and the random codes."""
+
+    ends: np.ndarray
+    masked: np.ndarray
+    fate: np.ndarray
+    codes: np.ndarray
+
+
+def _draw_per_patient(n: np.ndarray, max_len: int, mask_prob: float, vocab_size: int,
+                      rng: np.random.Generator) -> _Plan:
+    """The draws of ``pretrain_batches``'s crop and of :func:`mask_sequence`, call for call."""
+    ends = np.full(len(n), -1, dtype=np.int64)
+    masked, fate, codes = [], [], []
+    first = 0  # the window's flat index of this patient's first event
+    high = max(vocab_size, FIRST_CODE + 1)
+    for j, total in enumerate(n.tolist()):
+        if total > max_len:
+            ends[j] = int(rng.integers(max_len, total + 1))
+        m = min(total, max_len)
+        chosen = rng.random(m) < mask_prob
+        if not chosen.any():
+            chosen[rng.integers(m)] = True
+        where = np.flatnonzero(chosen)
+        roll = rng.random(len(where))
+        f = np.where(roll < 0.8, 0, np.where(roll < 0.9, 1, 2))
+        codes.append(rng.integers(FIRST_CODE, high, int((f == 1).sum())))
+        masked.append(where + first)
+        fate.append(f)
+        first += m
+    return _Plan(ends, np.concatenate(masked), np.concatenate(fate), np.concatenate(codes).astype(np.int64))
+
+
+def _draw_per_window(n: np.ndarray, max_len: int, mask_prob: float, vocab_size: int,
+                     rng: np.random.Generator) -> _Plan:
+    """The same recipe drawn for a whole window at once."""
+    ends = np.full(len(n), -1, dtype=np.int64)
+    long = n > max_len
+    ends[long] = rng.integers(max_len, n[long] + 1)
+    m = np.minimum(n, max_len)
+    firsts = np.cumsum(m) - m
+    chosen = rng.random(int(m.sum())) < mask_prob
+    none = np.add.reduceat(chosen, firsts) == 0  # at least one masked event per patient
+    chosen[firsts[none] + rng.integers(0, m[none])] = True
+    masked = np.flatnonzero(chosen)
+    roll = rng.random(len(masked))
+    fate = np.where(roll < 0.8, 0, np.where(roll < 0.9, 1, 2))
+    codes = rng.integers(FIRST_CODE, max(vocab_size, FIRST_CODE + 1), int((fate == 1).sum()))
+    return _Plan(ends, masked, fate, codes.astype(np.int64))
+
+
+def _window_job(cache, subjects: np.ndarray, key: tuple, spec: tuple) -> list[Batch]:
+    seed, epoch, rank, w = key
+    max_len, mask_prob = spec[0], spec[1]
+    lengths = cache.subjects["length"].to_numpy()
+    plan = _draw_per_window(lengths[subjects], max_len, mask_prob, cache.vocab_size,
+                            np.random.default_rng([seed, epoch, rank, 3, w]))
+    return list(_build_window(cache, subjects, plan, spec, np.random.default_rng([seed, epoch, rank, 2, w])))
+
+
+def _build_window(cache, subjects: np.ndarray, plan: _Plan, spec: tuple,
+                  grouping: np.random.Generator) -> Iterator[Batch]:
+    """The window's sequences, in numpy over all positions at once (what ``cache.sequence``,
+    ``make_sequence`` and the masking do per patient), grouped and packed as
+    :func:`grouped_batches` does."""
+    max_len, _, batch_tokens = spec
+    n = cache._length[subjects].astype(np.int64)
+    off = cache._offset[subjects].astype(np.int64)
+    cache._events_read[subjects] = True
+    cropped = plan.ends > max_len  # cache.sequence keeps the static events in front then
+    end = np.where(plan.ends >= 0, plan.ends, n)
+    m = np.minimum(n, max_len)  # events per sequence
+    n_static = np.where(cropped, np.minimum(np.minimum(cache._n_static[subjects], end), max_len), 0)
+    tail = m - n_static
+    starts = np.stack([off, off + end - tail], axis=1).reshape(-1)  # static run, then the tail run
+    events = _segments(starts, np.stack([n_static, tail], axis=1).reshape(-1))  # (E,) into the cache
+    tokens = np.asarray(cache.tokens[events], dtype=np.int64)
+    days = np.asarray(cache.days[events], dtype=np.int64)
+
+    L = m + 1  # positions with [CLS]
+    first_pos = np.cumsum(L) - L  # (k,) each [CLS]
+    first_ev = np.cumsum(m) - m  # (k,) each sequence's first event
+    at = _segments(first_pos + 1, m)  # (E,) position of each event
+    ref = np.repeat(days[first_ev + m - 1], L)  # (P,) the last event's day
+    all_days = ref.copy()
+    all_days[at] = days
+    birth = np.repeat(cache.subjects["birth_days"].to_numpy()[subjects].astype(np.int64), L)
+    years = np.floor((all_days - birth) / 365.25).astype(np.int64)
+    ages = np.where(birth == -1, 0, np.minimum(np.maximum(years + 1, 1), AGE_BUCKETS - 1))
+    months = np.minimum(np.maximum((ref - all_days) // 30, 0), MONTH_BUCKETS - 1)
+    new_day = np.zeros(len(days), dtype=np.int64)
+    new_day[1:] = days[1:] != days[:-1]
+    new_day[first_ev] = 0
+    climbed = np.cumsum(new_day)
+    visits = np.zeros(int(L.sum()), dtype=np.int64)
+    visits[at] = 1 + climbed - np.repeat(climbed[first_ev], m)
+    flat_tokens = np.full(int(L.sum()), CLS, dtype=np.int64)
+    flat_tokens[at] = tokens
+    targets = np.full(int(L.sum()), IGNORE, dtype=np.int64)
+    where = at[plan.masked]
+    targets[where] = flat_tokens[where]
+    flat_tokens[where[plan.fate == 0]] = MASK
+    flat_tokens[where[plan.fate == 1]] = plan.codes
+    flat = {"tokens": flat_tokens, "ages": ages, "months": months, "visits": visits, "targets": targets}
+
+    # Grouping, as _grouped: longest first (stable), cut at the budget, batches shuffled.
+    cuts: list[list[int]] = []
+    used = 0
+    for i in np.argsort(-L, kind="stable").tolist():
+        if cuts and used + L[i] <= batch_tokens:
+            cuts[-1].append(i)
+            used += L[i]
+        else:
+            cuts.append([i])
+            used = L[i]
+    for c in grouping.permutation(len(cuts)):
+        members = np.sort(np.array(cuts[c]))
+        index = _segments(first_pos[members], L[members])
+        lens = L[members]
+        yield _pack_flat(lens, {f: v[index] for f, v in flat.items()},
+                         min(max_len + 1, -(-int(lens.max()) // 8) * 8))
+
+
+_WORKER_CACHE = None
+
+
+def _worker_init(path) -> None:
+    global _WORKER_CACHE
+    import torch as _torch
+
+    from claims_search.cache import Cache
+
+    _torch.set_num_threads(1)
+    _WORKER_CACHE = Cache(path)
+
+
+# What a worker sends back per batch: its tensors as numpy arrays in the narrowest dtype that
+# holds them (a third of the bytes through the pipe), widened to int64 again on arrival.
+_NARROW = {"tokens": np.int32, "ages": np.int16, "months": np.int16, "visits": np.int32, "seq": np.int32,
+           "targets": np.int32, "masked_index": np.int32, "masked_targets": np.int32, "cls_index": np.int64}
+
+
+def _worker_job(subjects, key, spec) -> list[dict]:
+    out = []
+    for batch in _window_job(_WORKER_CACHE, subjects, key, spec):
+        sent = {f: getattr(batch, f).numpy().astype(dt) for f, dt in _NARROW.items()}
+        sent.update(n_tokens=batch.n_tokens, unpacked=batch.unpacked)
+        out.append(sent)
+    return out
+
+
+def _widen(sent: dict) -> Batch:
+    arrays = {f: torch.from_numpy(sent[f].astype(np.int64)) for f in _NARROW}
+    return Batch(**arrays, n_tokens=sent["n_tokens"], unpacked=sent["unpacked"])
+
+
+# Worker pools by (cache path, processes): started once (spawning imports torch, seconds) and
+# kept for the following epochs; shut down at exit or by shutdown_workers().
+_POOLS: dict = {}
+
+
+def _pool(path, workers: int):
+    import atexit
+    from concurrent.futures import ProcessPoolExecutor
+
+    import multiprocessing
+
+    key = (str(path), workers)
+    if key not in _POOLS:
+        if not _POOLS:
+            atexit.register(shutdown_workers)
+        _POOLS[key] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_worker_init, initargs=(path,))
+    return _POOLS[key]
+
+
+def shutdown_workers() -> None:
+    """Stop the processes that build windows (``pretrain_batches(workers=...)``)."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_processes(path, jobs: list, spec: tuple, workers: int) -> Iterator[Batch]:
+    """Windows built by ``workers`` processes, up to two each ahead, yielded in order. Tensors
+    come back as narrow numpy arrays (``_NARROW``)."""
+    pool = _pool(path, workers)
+    pending = []
+    try:
+        for job in jobs:
+            pending.append(pool.submit(_worker_job, *job, spec))
+            if len(pending) > 2 * workers:
+                yield from map(_widen, pending.pop(0).result())
+        while pending:
+            yield from map(_widen, pending.pop(0).result())
+    finally:
+        for future in pending:  # an epoch left early: drop what was built ahead
+            future.cancel()
 
 
 def task_batches(

@@ -159,32 +159,98 @@ def test_masked_positions_are_computed_in_the_pack():
         assert torch.equal(part.targets.reshape(-1)[part.masked_index], part.masked_targets)
 
 
-def test_pretrain_batches_cover_the_split_once_per_epoch(cache):
-    batches = list(pretrain_batches(cache, "train", batch_tokens=17, max_len=16, seed=3))
+@pytest.mark.parametrize("draws", ["patient", "window"])
+def test_pretrain_batches_cover_the_split_once_per_epoch(cache, draws):
+    batches = list(pretrain_batches(cache, "train", batch_tokens=17, max_len=16, seed=3, draws=draws))
     seen = sorted(s for b in batches for s in sequences_of(b))
     expected = sorted(cache.sequence(i)[0].tolist() for i in cache.subject_indices("train"))
     assert seen == expected
     assert all(b.n_tokens <= 17 and b.targets is not None for b in batches)
 
 
-def test_pretrain_batches_crop_long_patients_to_max_len(cache):
-    (batch,) = pretrain_batches(cache, "train", batch_tokens=64, max_len=4, seed=0)
+@pytest.mark.parametrize("draws", ["patient", "window"])
+def test_pretrain_batches_crop_long_patients_to_max_len(cache, draws):
+    (batch,) = pretrain_batches(cache, "train", batch_tokens=64, max_len=4, seed=0, draws=draws)
     for s in sequences_of(batch):
         assert len(s) == 4
     # Patient 1 keeps its sex in front of a 3-event window of its history.
     assert any(s[0] == CODES.index("GENDER//F") for s in sequences_of(batch))
 
 
-def test_pretrain_batches_are_deterministic_and_shard_disjointly(cache):
+@pytest.mark.parametrize("draws", ["patient", "window"])
+def test_pretrain_batches_are_deterministic_and_shard_disjointly(cache, draws):
     def stream(**kw):
         return [(b.tokens.tolist(), b.targets.tolist())
-                for b in pretrain_batches(cache, "train", batch_tokens=17, max_len=16, **kw)]
+                for b in pretrain_batches(cache, "train", batch_tokens=17, max_len=16, draws=draws, **kw)]
 
     assert stream(seed=1, epoch=0) == stream(seed=1, epoch=0)
     assert stream(seed=1, epoch=0) != stream(seed=1, epoch=1)
-    shards = [[s for b in pretrain_batches(cache, "train", batch_tokens=17, max_len=16, rank=r,
-                                           world_size=2) for s in sequences_of(b)] for r in (0, 1)]
+    shards = [[s for b in pretrain_batches(cache, "train", batch_tokens=17, max_len=16, rank=r, world_size=2,
+                                           draws=draws) for s in sequences_of(b)] for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 1 and shards[0] != shards[1]
+
+
+def many_patients(root: Path, n: int = 80, seed: int = 0) -> Cache:
+    """``n`` patients of 1 to 40 events (some with a sex row, some without a birth date), on
+    few distinct days so that visits repeat; max_len 16, so long histories are cropped."""
+    rng = np.random.default_rng(seed)
+    charts = []
+    for sid in range(1, n + 1):
+        if sid % 3:
+            charts += [(sid, "1950-01-01", "GENDER//F"), (sid, "1950-01-01", "MEDS_BIRTH")]
+        day = np.datetime64("2015-01-01") + int(rng.integers(0, 900))
+        for _ in range(int(rng.integers(1, 40))):
+            charts.append((sid, str(day), CODES[int(rng.integers(7, len(CODES)))]))
+            day += int(rng.integers(0, 3)) * int(rng.integers(1, 200))
+    splits = {sid: "train" for sid in range(1, n + 1)}
+    return write_cache(root, charts, splits, [(1, "2030-01-01", True)], CODES, max_len=16)
+
+
+def test_patient_draws_build_the_batches_patient_by_patient_recipe_would(tmp_path):
+    """pretrain_batches builds each window at once in numpy; with draws="patient" its batches
+    are, position for position, those of the per-patient recipe below (crop, make_sequence,
+    mask_sequence, grouped_batches), drawn from one generator in the same order."""
+    cache = many_patients(tmp_path)
+    seed, epoch, max_len, budget = 4, 1, 16, 60
+
+    def recipe():
+        lengths = cache.subjects["length"].to_numpy()
+        order = np.random.default_rng([seed, epoch]).permutation(cache.subject_indices("train"))
+        rng = np.random.default_rng([seed, epoch, 0, 1])
+        for i in order:
+            n = int(lengths[i])
+            end = int(rng.integers(max_len, n + 1)) if n > max_len else None
+            tokens, days = cache.sequence(int(i), end=end, max_len=max_len)
+            yield mask_sequence(make_sequence(tokens, days, int(cache.subjects["birth_days"][i]), int(days[-1])),
+                                rng, 0.15, cache.vocab_size)
+
+    expected = list(grouped_batches(recipe(), budget, max_len + 1, np.random.default_rng([seed, epoch, 0, 2])))
+    got = list(pretrain_batches(cache, "train", batch_tokens=budget, max_len=max_len, seed=seed, epoch=epoch))
+    assert len(got) == len(expected) > 10
+    for a, b in zip(got, expected):
+        for f in ("tokens", "ages", "months", "visits", "seq", "targets", "cls_index"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_window_draws_follow_the_masking_recipe_and_do_not_depend_on_worker_processes(tmp_path):
+    from claims_search.batches import shutdown_workers
+
+    cache = many_patients(tmp_path, n=200)
+    here = list(pretrain_batches(cache, "train", batch_tokens=60, max_len=16, seed=2, draws="window"))
+    try:
+        there = list(pretrain_batches(cache, "train", batch_tokens=60, max_len=16, seed=2, draws="window",
+                                      workers=1))
+    finally:
+        shutdown_workers()
+    assert len(here) == len(there)
+    for a, b in zip(here, there):
+        for f in ("tokens", "ages", "months", "visits", "seq", "targets", "masked_index"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+    targets = torch.cat([b.targets.reshape(-1) for b in here])
+    real = sum(b.n_tokens for b in here) - sum(b.n_sequences for b in here)  # events, [CLS] excluded
+    assert 0.12 < float((targets >= 0).sum()) / real < 0.2  # about mask_prob = 0.15
+    for b in here:  # at least one masked event per sequence
+        assert torch.bincount(b.seq.reshape(-1)[b.masked_index], minlength=b.n_sequences).min() >= 1
 
 
 def test_batches_are_grouped_by_length_with_rows_as_long_as_their_longest_patient():
