@@ -111,6 +111,7 @@ def task_labels(prepared, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # 47 s to 129 s on two shared cores
 def test_meds_dev_runs_every_command_and_meds_evaluation_scores_the_predictions(synthetic_meds, task_labels,
                                                                               tmp_path):
     elsewhere = tmp_path / "elsewhere"  # MEDS-DEV's working folder: neither this repository nor an output
