@@ -367,18 +367,19 @@ def pretrain_batches(
     positions. ``draws`` says where the crops and masks come from:
 
     - "patient": one generator for the epoch, drawn patient after patient (the stream of
-      ``make_sequence`` + ``mask_sequence`` + ``grouped_batches``, batch for batch). Those
-      draws run patient by patient and bound the pipeline's speed.
+      ``make_sequence`` + ``mask_sequence`` + ``grouped_batches``, batch for batch). The draws
+      run here, patient by patient, and bound the pipeline's speed; ``workers`` processes
+      build the windows from them.
     - "window": a generator per window (``(seed, epoch, rank, 3, window)``; its grouping from
       ``(seed, epoch, rank, 2, window)``), drawn for the whole window at once. The same recipe,
-      another stream; windows are independent, so ``workers`` processes build them ahead (in
-      order: the stream does not depend on ``workers``).
+      another stream; windows are independent, so ``workers`` processes draw and build them.
+
+    With ``workers`` the windows are built ahead in that many processes and come back in order:
+    the stream does not depend on ``workers``.
     """
     max_len = _check(cache, batch_tokens, max_len)
     if draws not in ("patient", "window"):
         raise ValueError(f"pretrain_batches: draws must be 'patient' or 'window', got {draws!r}")
-    if workers and draws != "window":
-        raise ValueError("pretrain_batches: workers need draws='window' (patient draws are one sequence)")
     lengths = cache.subjects["length"].to_numpy()
     order = np.asarray(cache.subject_indices(split), dtype=np.int64)
     order = order[lengths[order] > 0]
@@ -386,23 +387,23 @@ def pretrain_batches(
     windows = _windows(np.minimum(lengths[order], max_len) + 1, GROUP_WINDOW * batch_tokens)
     spec = (max_len, mask_prob, batch_tokens)
 
-    def patient_draws() -> Iterator[Batch]:
+    def patient_draws() -> Iterator[tuple]:  # the draws, in order; the building can wait
         rng = np.random.default_rng([seed, epoch, rank, 1])
         grouping = np.random.default_rng([seed, epoch, rank, 2])
         for lo, hi in windows:
             plan = _draw_per_patient(lengths[order[lo:hi]], max_len, mask_prob, cache.vocab_size, rng)
-            yield from _build_window(cache, order[lo:hi], plan, spec, grouping)
+            cuts = _cuts(np.minimum(lengths[order[lo:hi]], max_len) + 1, batch_tokens)
+            yield order[lo:hi], plan, cuts, grouping.permutation(len(cuts))
 
-    def window_draws() -> Iterator[Batch]:
-        jobs = [(order[lo:hi], (seed, epoch, rank, w)) for w, (lo, hi) in enumerate(windows)]
-        if not workers:
-            for subjects, key in jobs:
-                yield from _window_job(cache, subjects, key, spec)
-            return
-        cache._events_read[order] = True  # read in the workers' own Cache objects
-        yield from _in_processes(cache.path, jobs, spec, workers)
+    def window_draws() -> Iterator[tuple]:
+        for w, (lo, hi) in enumerate(windows):
+            yield order[lo:hi], (seed, epoch, rank, w)
 
-    return patient_draws() if draws == "patient" else window_draws()
+    jobs = patient_draws() if draws == "patient" else window_draws()
+    if not workers:
+        return (b for job in jobs for b in _job(cache, job, spec))
+    cache._events_read[order] = True  # read in the workers' own Cache objects
+    return _in_processes(cache.path, jobs, spec, workers)
 
 
 def _windows(positions: np.ndarray, limit: int) -> list[tuple[int, int]]:
@@ -472,20 +473,25 @@ def _draw_per_window(n: np.ndarray, max_len: int, mask_prob: float, vocab_size: 
     return _Plan(ends, masked, fate, codes.astype(np.int64))
 
 
-def _window_job(cache, subjects: np.ndarray, key: tuple, spec: tuple) -> list[Batch]:
-    seed, epoch, rank, w = key
-    max_len, mask_prob = spec[0], spec[1]
-    lengths = cache.subjects["length"].to_numpy()
-    plan = _draw_per_window(lengths[subjects], max_len, mask_prob, cache.vocab_size,
-                            np.random.default_rng([seed, epoch, rank, 3, w]))
-    return list(_build_window(cache, subjects, plan, spec, np.random.default_rng([seed, epoch, rank, 2, w])))
+def _job(cache, job: tuple, spec: tuple) -> Iterator[Batch]:
+    """The batches of one window: ``(subjects, plan, cuts, perm)`` drawn patient by patient, or
+    ``(subjects, (seed, epoch, rank, window))`` to draw here."""
+    if len(job) == 4:
+        return _build_window(cache, *job[:2], spec, *job[2:])
+    subjects, (seed, epoch, rank, w) = job
+    max_len, mask_prob, batch_tokens = spec
+    n = cache._length[subjects].astype(np.int64)
+    plan = _draw_per_window(n, max_len, mask_prob, cache.vocab_size, np.random.default_rng([seed, epoch, rank, 3, w]))
+    cuts = _cuts(np.minimum(n, max_len) + 1, batch_tokens)
+    perm = np.random.default_rng([seed, epoch, rank, 2, w]).permutation(len(cuts))
+    return _build_window(cache, subjects, plan, spec, cuts, perm)
 
 
-def _build_window(cache, subjects: np.ndarray, plan: _Plan, spec: tuple,
-                  grouping: np.random.Generator) -> Iterator[Batch]:
+def _build_window(cache, subjects: np.ndarray, plan: _Plan, spec: tuple, cuts: list[list[int]],
+                  perm: np.ndarray) -> Iterator[Batch]:
     """The window's sequences, in numpy over all positions at once (what ``cache.sequence``,
-    ``make_sequence`` and the masking do per patient), grouped and packed as
-    :func:`grouped_batches` does."""
+    ``make_sequence`` and the masking do per patient), packed batch by batch: the batches of
+    ``cuts`` (:func:`_cuts`) in the order ``perm``, as :func:`grouped_batches` does."""
     max_len, _, batch_tokens = spec
     n = cache._length[subjects].astype(np.int64)
     off = cache._offset[subjects].astype(np.int64)
@@ -526,22 +532,28 @@ def _build_window(cache, subjects: np.ndarray, plan: _Plan, spec: tuple,
     flat_tokens[where[plan.fate == 1]] = plan.codes
     flat = {"tokens": flat_tokens, "ages": ages, "months": months, "visits": visits, "targets": targets}
 
-    # Grouping, as _grouped: longest first (stable), cut at the budget, batches shuffled.
-    cuts: list[list[int]] = []
-    used = 0
-    for i in np.argsort(-L, kind="stable").tolist():
-        if cuts and used + L[i] <= batch_tokens:
-            cuts[-1].append(i)
-            used += L[i]
-        else:
-            cuts.append([i])
-            used = L[i]
-    for c in grouping.permutation(len(cuts)):
+    for c in perm:
         members = np.sort(np.array(cuts[c]))
         index = _segments(first_pos[members], L[members])
         lens = L[members]
         yield _pack_flat(lens, {f: v[index] for f, v in flat.items()},
                          min(max_len + 1, -(-int(lens.max()) // 8) * 8))
+
+
+def _cuts(positions: np.ndarray, batch_tokens: int) -> list[list[int]]:
+    """A window's batches, as :func:`_grouped` cuts them: longest first (stable), cut greedily
+    at the budget."""
+    cuts: list[list[int]] = []
+    used = 0
+    for i in np.argsort(-positions, kind="stable").tolist():
+        n = int(positions[i])
+        if cuts and used + n <= batch_tokens:
+            cuts[-1].append(i)
+            used += n
+        else:
+            cuts.append([i])
+            used = n
+    return cuts
 
 
 _WORKER_CACHE = None
@@ -563,9 +575,9 @@ _NARROW = {"tokens": np.int32, "ages": np.int16, "months": np.int16, "visits": n
            "targets": np.int32, "masked_index": np.int32, "masked_targets": np.int32, "cls_index": np.int64}
 
 
-def _worker_job(subjects, key, spec) -> list[dict]:
+def _worker_job(job, spec) -> list[dict]:
     out = []
-    for batch in _window_job(_WORKER_CACHE, subjects, key, spec):
+    for batch in _job(_WORKER_CACHE, job, spec):
         sent = {f: getattr(batch, f).numpy().astype(dt) for f, dt in _NARROW.items()}
         sent.update(n_tokens=batch.n_tokens, unpacked=batch.unpacked)
         out.append(sent)
@@ -611,7 +623,7 @@ def _in_processes(path, jobs: list, spec: tuple, workers: int) -> Iterator[Batch
     pending = []
     try:
         for job in jobs:
-            pending.append(pool.submit(_worker_job, *job, spec))
+            pending.append(pool.submit(_worker_job, job, spec))
             if len(pending) > 2 * workers:
                 yield from map(_widen, pending.pop(0).result())
         while pending:

@@ -232,20 +232,25 @@ def test_patient_draws_build_the_batches_patient_by_patient_recipe_would(tmp_pat
             assert torch.equal(getattr(a, f), getattr(b, f)), f
 
 
-def test_window_draws_follow_the_masking_recipe_and_do_not_depend_on_worker_processes(tmp_path):
+def test_the_stream_does_not_depend_on_the_worker_processes_that_build_it(tmp_path):
     from claims_search.batches import shutdown_workers
 
-    cache = many_patients(tmp_path, n=200)
-    here = list(pretrain_batches(cache, "train", batch_tokens=60, max_len=16, seed=2, draws="window"))
+    cache = many_patients(tmp_path, n=120)
     try:
-        there = list(pretrain_batches(cache, "train", batch_tokens=60, max_len=16, seed=2, draws="window",
-                                      workers=1))
+        for draws in ("patient", "window"):
+            here, there = (list(pretrain_batches(cache, "train", batch_tokens=60, max_len=16, seed=2, draws=draws,
+                                                 workers=w)) for w in (0, 1))
+            assert len(here) == len(there) > 10
+            for a, b in zip(here, there):
+                for f in ("tokens", "ages", "months", "visits", "seq", "targets", "masked_index"):
+                    assert torch.equal(getattr(a, f), getattr(b, f)), (draws, f)
     finally:
         shutdown_workers()
-    assert len(here) == len(there)
-    for a, b in zip(here, there):
-        for f in ("tokens", "ages", "months", "visits", "seq", "targets", "masked_index"):
-            assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_window_draws_follow_the_masking_recipe(tmp_path):
+    cache = many_patients(tmp_path, n=200)
+    here = list(pretrain_batches(cache, "train", batch_tokens=60, max_len=16, seed=2, draws="window"))
     targets = torch.cat([b.targets.reshape(-1) for b in here])
     real = sum(b.n_tokens for b in here) - sum(b.n_sequences for b in here)  # events, [CLS] excluded
     assert 0.12 < float((targets >= 0).sum()) / real < 0.2  # about mask_prob = 0.15
