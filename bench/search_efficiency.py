@@ -62,10 +62,11 @@ any order; every number a plain float; nothing patient-level but the optional pr
                              # synthetic patients only)
      "paired_se": {"ckd_incidence/2000": 0.0075}}
                              # the paired rule's standard error of a difference per task/labelled
-                             # size: read where the units lack predictions, and as the policy's noise
+                             # size ("task" alone also read; 0.005 where absent): read where the units
+                             # lack predictions, and as the policy's noise
 
 A rung f reads the last evaluation at or before f (its loss, charged at f). Compact: the
-study's five sizes x six tasks x two labelled sizes are about 30 kB without predictions.
+study's five sizes x six tasks x two labelled sizes are about 20 kB without predictions.
 No tables are committed today: the study's units were lost with a machine (issue 26, item 4),
 and ``bench/ladder_sim.py`` measures the policy on simulated ladders meanwhile.
 
