@@ -10,8 +10,9 @@ The default ("ladder") policy, in words a user can act on:
    its pretraining validation loss predicts, per task, its final tuning metric: the line through
    (loss at that rung, final metric) of the two largest sizes trained fully. It goes on only if, on
    some task, that prediction's upper bound beats the current pick by more than ``delta``.
-4. Before a size starts, the line through (log parameters, final metric) of the two largest sizes
-   seen (a stopped size counts with its prediction) says what it could reach. The search is done when
+4. Before a size starts, the line through (log training cost, final metric) of the two largest
+   sizes seen (a stopped size counts with its prediction) says what it could reach. Cost, not
+   parameters: it is the order sizes are tried in, so the line never runs backwards. The search is done when
    no untried size could beat the pick by more than ``delta`` on any task, or every size was tried.
 
 Both lines are secants through the two largest sizes trained (see :func:`secant`): on a curve that
@@ -223,18 +224,18 @@ class SizePolicy:
 
     def _could_gain(self, nxt: _Size) -> tuple[bool, str]:
         """Whether untried size ``nxt`` could beat the pick by more than δ on some task, from the
-        line in log parameters through the two largest sizes seen (a stopped one at its prediction)."""
+        line in log cost through the two largest sizes seen (a stopped one at its prediction)."""
         if len(self._complete()) < self.settings.warmup_sizes or not self.picks:
             return True, "warm-up"
         seen = [s for s in self.sizes.values() if s.status in ("complete", "pruned") and (s.metrics or s.predicted)]
         a, b = seen[-2], seen[-1]
-        x = (math.log(a.cand.n_params), math.log(b.cand.n_params))
+        x = (math.log(a.cand.cost), math.log(b.cand.cost))
         best_gain, said = -math.inf, "no task to judge on"
         for task in self.tasks:
             y = (a.metrics.get(task, a.predicted.get(task)), b.metrics.get(task, b.predicted.get(task)))
             if None in y or task not in self.picks:
                 continue
-            pred, r = secant(x, y, math.log(nxt.cand.n_params))
+            pred, r = secant(x, y, math.log(nxt.cand.cost))
             _, (gain, err) = self._gain(pred, r, b.cand.key, task)
             if gain + self.settings.z * err > best_gain:
                 best_gain = gain + self.settings.z * err

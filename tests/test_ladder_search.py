@@ -24,7 +24,7 @@ def _answers(work: Path, name: str) -> dict[str, str]:
     out = subprocess.run([sys.executable, "-m", "claims_search.cli", "recommend", "--experiment", name,
                           "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--json"],
                          capture_output=True, text=True, check=True).stdout
-    return {task: size_key(rec["record"]["params"]["model"]) for task, rec in json.loads(out).items()}
+    return {task: size_key(rec["recommended"]["model"]) for task, rec in json.loads(out).items()}
 
 
 def test_the_policy_stops_early_and_declares_the_grids_answer(prepared, tmp_path):
