@@ -104,7 +104,7 @@ class ExactError(SizePolicy):
 
 class SkipAhead(ExactError):
     """A candidate change, measured here: a size that passes its rung is still stopped there when
-    the next untried size is predicted (the line in log parameters through the largest size
+    the next untried size is predicted (the line in log cost, as the policy's own, through the largest size
     trained fully and this one's predicted final metric) to beat it by more than δ even at its
     lower bound, on every task: it cannot be the answer, so its fine-tuning and the rest of its
     pretraining are not paid. Sizes are never revisited."""
@@ -115,9 +115,9 @@ class SkipAhead(ExactError):
         if not v.go_on or not v.predicted or not untried or not self._complete():
             return v
         nxt, b, me = untried[0], self._complete()[-1], self.sizes[key]
-        x = (math.log(b.cand.n_params), math.log(me.cand.n_params))
+        x = (math.log(b.cand.cost), math.log(me.cand.cost))
         for task, (p, e) in v.predicted.items():
-            pred, r = secant(x, (b.metrics[task], p), math.log(nxt.cand.n_params))
+            pred, r = secant(x, (b.metrics[task], p), math.log(nxt.cand.cost))
             noise = self.picks[task].noise
             if pred - p - self.settings.z * (noise * (1 + r) + e) <= self.settings.delta:
                 return v
