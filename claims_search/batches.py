@@ -708,13 +708,17 @@ class Prefetched:
         return False
 
     def _produce(self, items: Iterable, prepare: Callable | None) -> None:
+        it = iter(items)
         try:
-            for x in items:
+            for x in it:
                 if not self._put(("item", prepare(x) if prepare else x)):
                     return  # closed by the consumer
             self._put(("end", None))
         except BaseException as e:  # handed to the consumer, raised there
             self._put(("error", e))
+        finally:
+            if hasattr(it, "close"):
+                it.close()  # a generator's own clean-up (e.g. windows built ahead) runs here
 
     def __iter__(self) -> "Prefetched":
         return self

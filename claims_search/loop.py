@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from claims_search.batches import Batch, Prefetched
+from claims_search.batches import Batch, Prefetched, shutdown_workers
 from claims_search.cost import Cost, CostMeter
 from claims_search.errors import ClaimsSearchError
 
@@ -212,40 +212,43 @@ class TrainLoop:
             self._report(float(window_loss) / window_n, float(grad_norm), window_tokens / max(elapsed, 1e-9))
             window_loss, window_n, window_start, window_tokens = 0.0, 0, time.perf_counter(), 0
 
-        with self.meter:
-            while self.step < s.steps and not self.stopped:
-                seen_any = False
-                # Leaving the block (the epoch's end, a break, an error) ends the producer thread.
-                with self._stream(self.batches(self.epoch)) as stream:
-                    for i, (batch, parts) in enumerate(stream):
-                        seen_any = True
-                        if i < self.batch_in_epoch:
-                            continue  # replaying a resumed epoch up to where it stopped
-                        loss, grad_norm = self._train_step(batch, parts)
-                        self.batch_in_epoch = i + 1
-                        self.step += 1
-                        window_loss += loss  # a device tensor: no host sync until the report
-                        window_n += 1
-                        window_tokens += batch.n_tokens
-                        if self.step % s.log_every == 0 or self.step == s.steps:
-                            flush(grad_norm)
-                        if self.on_step:  # the best-step evaluation: beside the training time, not in it
-                            with self.meter.aside("eval"):
-                                self.stopped = bool(self.on_step(self.step))
-                        if self.stopped and window_n:  # an early last step reports its window too
-                            flush(grad_norm)
-                        last = self.stopped or self.step == s.steps
-                        every = self.checkpoint_every
-                        if self.on_checkpoint and ((every and self.step % every == 0) or last):
-                            with self.meter.aside("checkpoint"):
-                                self.on_checkpoint(self.state_dict())
-                        if last:
-                            break
-                    else:
-                        if not seen_any:
-                            raise ClaimsSearchError(f"epoch {self.epoch}: no training batches (empty split?)")
-                        self.epoch += 1
-                        self.batch_in_epoch = 0
+        try:
+            with self.meter:
+                while self.step < s.steps and not self.stopped:
+                    seen_any = False
+                    # Leaving the block (the epoch's end, a break, an error) ends the producer thread.
+                    with self._stream(self.batches(self.epoch)) as stream:
+                        for i, (batch, parts) in enumerate(stream):
+                            seen_any = True
+                            if i < self.batch_in_epoch:
+                                continue  # replaying a resumed epoch up to where it stopped
+                            loss, grad_norm = self._train_step(batch, parts)
+                            self.batch_in_epoch = i + 1
+                            self.step += 1
+                            window_loss += loss  # a device tensor: no host sync until the report
+                            window_n += 1
+                            window_tokens += batch.n_tokens
+                            if self.step % s.log_every == 0 or self.step == s.steps:
+                                flush(grad_norm)
+                            if self.on_step:  # the best-step evaluation: beside the training time, not in it
+                                with self.meter.aside("eval"):
+                                    self.stopped = bool(self.on_step(self.step))
+                            if self.stopped and window_n:  # an early last step reports its window too
+                                flush(grad_norm)
+                            last = self.stopped or self.step == s.steps
+                            every = self.checkpoint_every
+                            if self.on_checkpoint and ((every and self.step % every == 0) or last):
+                                with self.meter.aside("checkpoint"):
+                                    self.on_checkpoint(self.state_dict())
+                            if last:
+                                break
+                        else:
+                            if not seen_any:
+                                raise ClaimsSearchError(f"epoch {self.epoch}: no training batches (empty split?)")
+                            self.epoch += 1
+                            self.batch_in_epoch = 0
+        finally:
+            shutdown_workers()  # processes that built windows ahead (pretrain_batches(workers=...))
         return self.cost()
 
     def _stream(self, batches: Iterable[Batch]):

@@ -245,3 +245,22 @@ def test_an_error_while_building_batches_reaches_the_loop_and_no_thread_is_left(
     with pytest.raises(OSError, match="cache read failed"):
         loop.run()
     assert loop.step == 2 and prefetch_threads() == []
+
+
+def test_windows_built_in_worker_processes_train_like_windows_built_here_and_stop_with_the_run(cache):
+    import multiprocessing
+    import threading
+
+    settings = PretrainSettings(lr=1e-3, batch_tokens=120, steps=6, warmup=2, log_every=1)
+    weights = []
+    for workers in (0, 1):
+        torch.manual_seed(0)
+        stream = lambda e, w=workers: pretrain_batches(cache, "train", batch_tokens=120, seed=0, epoch=e,  # noqa: E731
+                                                       draws="window", workers=w)
+        loop = TrainLoop(pretraining_model(SIZE, cache.vocab_size), stream, settings)
+        loop.run()
+        weights.append(loop.model.state_dict())
+        assert multiprocessing.active_children() == [] and prefetch_threads() == []
+        assert not [t for t in threading.enumerate() if "ExecutorManager" in type(t).__name__]
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[1][name], w, rtol=0, atol=0, msg=name)
