@@ -5,11 +5,12 @@ the replays (``bench/search_efficiency.py``, ``bench/ladder_sim.py``) drive the 
 The default ("ladder") policy, in words a user can act on:
 
 1. Sizes are tried in order of their full training cost, cheapest first.
-2. The first ``warmup_sizes`` sizes train fully: a prediction needs at least two points.
+2. The first ``warmup_sizes`` sizes (3) train fully: a prediction needs at least two points.
 3. Every later size first trains to a rung (``rungs``, fractions of its pretraining steps). There
    its pretraining validation loss predicts, per task, its final tuning metric: the line through
    (loss at that rung, final metric) of the two largest sizes trained fully. It goes on only if, on
-   some task, that prediction's upper bound beats the current pick by more than ``delta``.
+   some task, that prediction's upper bound beats the current pick by more than ``delta``, and
+   (``skip_ahead``) the next size is not predicted to beat it by more than ``delta`` for sure.
 4. Before a size starts, the line through (log training cost, final metric) of the two largest
    sizes seen (a stopped size counts with its prediction) says what it could reach. Cost, not
    parameters: it is the order sizes are tried in, so the line never runs backwards. The search is done when
@@ -47,12 +48,16 @@ class Candidate:
 class Settings:
     """``delta``: a gain no larger than this is no gain (the paired rule's δ). ``rungs``:
     fractions of pretraining where a size is judged. ``z``: standard errors in an upper bound
-    (1.645: one-sided 95 %). ``warmup_sizes``: sizes trained fully before any is stopped."""
+    (1.645: one-sided 95 %). ``warmup_sizes``: sizes trained fully before any is stopped.
+    ``skip_ahead``: a size that passes its rung is still stopped there when the next size is
+    predicted to beat it by more than δ even at its lower bound, on every task (it cannot be the
+    answer). Defaults chosen on simulated ladders (``bench/ladder_sim.py``, docs/ladder_sim.md)."""
 
     delta: float = 0.01
     rungs: tuple[float, ...] = (0.125, 0.25)
     z: float = 1.645
-    warmup_sizes: int = 2
+    warmup_sizes: int = 3
+    skip_ahead: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.delta < 1:
@@ -153,7 +158,11 @@ class SizePolicy:
             return Wait()  # warm-up sizes first: the rest are judged against them
         if untried:
             nxt = untried[0]
-            could, why = self._could_gain(nxt)
+            # Any untried size, not only the next: a curve may rise by less than δ per size and
+            # by more than δ over several.
+            verdicts = [self._could_gain(u) for u in untried]
+            could = any(c for c, _ in verdicts)
+            why = verdicts[-1][1]
             if could:
                 nxt.status = "running"
                 return Train(nxt.cand.key, self.settings.rungs)  # warm-up sizes record their rung losses too
@@ -189,7 +198,13 @@ class SizePolicy:
         said = (f"{task}: predicted {p:.3f} ± {self.settings.z * e:.3f} against {self.picks[task].key} "
                 f"{self.picks[task].metric:.3f}")
         if gains[task] > self.settings.delta:
-            return Verdict(True, f"{at}: could gain more than δ = {self.settings.delta:g} ({said})", predicted)
+            ahead = self._skip_ahead(s, predicted) if self.settings.skip_ahead else None
+            if ahead is None:
+                return Verdict(True, f"{at}: could gain more than δ = {self.settings.delta:g} ({said})", predicted)
+            said = f"{ahead} is predicted better by more than δ = {self.settings.delta:g} on every task"
+            s.status, s.stopped_at = "pruned", fraction
+            s.predicted = {t: v for t, (v, _) in predicted.items()}
+            return Verdict(False, f"{at}: skipped ahead: {said}", predicted)
         s.status, s.stopped_at = "pruned", fraction
         s.predicted = {t: v for t, (v, _) in predicted.items()}
         return Verdict(False, f"{at}: cannot gain more than δ = {self.settings.delta:g} on any task ({said})",
@@ -216,10 +231,11 @@ class SizePolicy:
 
     def _gain(self, pred: float, r: float, last: str, task: str) -> tuple[tuple[float, float], tuple[float, float]]:
         """((prediction, its error), (gain over the pick, its error)) of a secant prediction ``r``
-        spacings beyond size ``last``: the slope's noise times r, plus the pick's own when the
-        pick is not ``last`` (the gain is then measured from another size)."""
+        spacings beyond size ``last``."""
         pick = self.picks[task]
-        err = pick.noise * math.sqrt(r * r + (0.0 if pick.key == last else 1.0))
+        # pred - pick = r (y1 - y0) when the pick is y1, (1 + r)(y1 - y0) when it is y0; (1 + r)
+        # bounds the other cases: times the paired noise of one difference.
+        err = pick.noise * (r if pick.key == last else 1 + r)
         return (pred, pick.noise * r), (pred - pick.metric, err)
 
     def _could_gain(self, nxt: _Size) -> tuple[bool, str]:
@@ -243,6 +259,21 @@ class SizePolicy:
         if best_gain == -math.inf:
             return True, said
         return best_gain > self.settings.delta, said
+
+    def _skip_ahead(self, me: _Size, predicted: dict[str, tuple[float, float]]) -> str | None:
+        """The next untried size's key when the line in log cost through the largest size trained
+        fully and ``me`` (at its prediction) puts it more than δ above ``me`` at its lower bound
+        on every task; else None."""
+        untried = [x for x in self.sizes.values() if x.status == "untried"]
+        if not untried or not predicted or not self._complete():
+            return None
+        nxt, b = untried[0], self._complete()[-1]
+        x = (math.log(b.cand.cost), math.log(me.cand.cost))
+        for task, (p, e) in predicted.items():
+            pred, r = secant(x, (b.metrics[task], p), math.log(nxt.cand.cost))
+            if pred - p - self.settings.z * (self.picks[task].noise * (1 + r) + e) <= self.settings.delta:
+                return None
+        return nxt.cand.key
 
     def _finish(self, line: str) -> Done:
         self.done = Done({t: p.key for t, p in self.picks.items()}, line)
