@@ -127,7 +127,7 @@ def check_flex(size, device) -> bool:
         real = h[batch.seq >= 0].float()
         real.square().mean().backward()
         out[path] = (real.detach(), enc.blocks[0].qkv.weight.grad.detach(), enc.last_kernel)
-    (h0, g0, k0), (h1, g1, k1) = out["sdpa-mask"], out["flex"]
+    (h0, g0, _), (h1, g1, k1) = out["sdpa-mask"], out["flex"]
     dh = ((h1 - h0).norm() / h0.norm()).item()
     dg = ((g1 - g0).norm() / g0.norm()).item()
     ok = k1 == "flex" and dh < 2e-2 and dg < 5e-2

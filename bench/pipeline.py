@@ -1,20 +1,30 @@
-"""Does the batch pipeline feed an H100? Real tokens/s it delivers on this CPU, against what an H100
-would consume at 45 % MFU for each preset (issue 25, item 2).
+"""Does the batch pipeline feed a GPU? Real tokens/s it delivers with a worker's CPUs, against what an
+H100 would consume at 45 % MFU for each preset (issue 25, item 2).
 
-    .venv/bin/python bench/pipeline.py [--data demo/prepared] [--batch-tokens 65536] [--seconds 5]
+    .venv/bin/python bench/pipeline.py [--data demo/prepared] [--batch-tokens 65536] [--seconds 3]
 
-1. The pipeline as training reads it: ``batches.pretrain_batches`` over the train split (crop,
-   BERT masking, length grouping, packing), epoch after epoch, on one thread; then the same
-   stream through ``batches.Prefetched`` (the loop's background thread, with the loop's
-   gradient-accumulation split), counted by a consumer that does nothing else.
-2. The CPUs a worker has: ``budget.cpus_per_worker`` of search_spaces/default.yaml and
-   paper.yaml. The pipeline runs on one producer thread beside the loop's thread, so it uses two
-   of them: a larger ``cpus_per_worker`` does not make it faster (the stream is one numpy
-   random generator drawn patient by patient: the same batches with or without prefetching).
-3. What an H100 consumes: 989 TFLOP/s dense bf16 (SXM, NVIDIA's data sheet) x 45 % MFU over the
-   preset's training FLOPs per real token, ``ModelSize.flops_per_token`` at the row length of
-   each batch the pipeline made (attention grows with it), token-weighted, at 15 % masked.
-   Headroom = delivered / consumed; the target is at least 2x.
+The pipeline (``batches.pretrain_batches``) cuts an epoch into windows of 50 batches' worth of
+patients and builds each window at once in numpy. A worker's CPUs share the work:
+
+- the loop's thread drives the GPU (1 CPU);
+- the loop's prefetch thread (``batches.Prefetched``) reads the stream: with ``draws="patient"``
+  (the stream as it always was) it draws every patient's crop and mask from one generator,
+  in order; it receives the built windows from the processes (1 CPU);
+- ``workers`` processes build windows ahead: the other ``cpus_per_worker - 2`` CPUs. With
+  ``draws="window"`` each window draws from its own generator, so they draw too.
+
+Each stage is timed on one thread, per CPU second of that thread (what a CPU of its own gives;
+this machine is shared, so wall rates fall with its load): A, the draws patient by patient; B,
+a process building a window (from those draws, or drawing its own) and pickling it; R,
+receiving one. With c CPUs and k = c - 2 builders the pipeline delivers
+``min(1 / (1/A + 1/R), k B)`` (patient draws) or ``min(R, k B)`` (window draws), and the
+one-thread rate when k = 0. The wall rate through ``Prefetched`` with those processes is
+measured too, on this machine's own cores.
+
+An H100 consumes 989 TFLOP/s dense bf16 (SXM, NVIDIA's data sheet) x 45 % MFU over the preset's
+training FLOPs per real token: ``ModelSize.flops_per_token`` at the row length of each batch
+the pipeline made (attention grows with it), token-weighted, 15 % masked. Headroom = delivered
+/ consumed; the target is 2x. An A10G (70 TFLOP/s, the shipped g5 nodes' card) is shown beside.
 
 Without ``--data`` it reads ``demo/prepared`` (``make demo`` makes it), or else generates 2,000
 synthetic patients and prepares them in a temporary folder (about a minute).
@@ -23,6 +33,8 @@ synthetic patients and prepares them in a temporary folder (about a minute).
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
 import platform
 import sys
 import tempfile
@@ -35,7 +47,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-H100_BF16 = 989e12  # dense bf16, H100 SXM
+PEAKS = {"H100": 989e12, "A10G": 70e12}  # dense bf16 FLOP/s
 MFU = 0.45
 TARGET = 2.0
 SPACES = ("default", "paper")
@@ -66,32 +78,29 @@ def open_cache(data: str | None):
     return Cache(tmp / "prepared")
 
 
-def stream(cache, batch_tokens: int):
-    """Batches of the train split, epoch after epoch, as the loop reads them."""
-    from claims_search.batches import pretrain_batches
-
-    epoch = 0
-    while True:
-        yield from pretrain_batches(cache, "train", batch_tokens=batch_tokens, max_len=cache.max_len,
-                                    mask_prob=0.15, seed=0, epoch=epoch)
-        epoch += 1
-
-
-def rate(batches, seconds: float) -> tuple[float, float, list[tuple[int, int]]]:
-    """Real tokens per wall second and per CPU second of this thread, over ``seconds`` (after one
-    warm-up batch), and (tokens, row length) of every batch."""
-    def unwrap(b):
-        return b[0] if isinstance(b, tuple) else b  # Prefetched yields (batch, parts)
-
-    first = unwrap(next(batches))
-    seen = [(first.n_tokens, first.tokens.shape[1])]
-    t0, c0 = time.perf_counter(), time.thread_time()
-    tokens = 0
+def per_cpu_second(work, seconds: float) -> float:
+    """Tokens per CPU second of this thread: ``work(i)`` returns the tokens it handled."""
+    work(0)  # warm-up
+    c0, t0, tokens, i = time.thread_time(), time.perf_counter(), 0, 1
     while time.perf_counter() - t0 < seconds:
-        b = unwrap(next(batches))
-        tokens += b.n_tokens
+        tokens += work(i)
+        i += 1
+    return tokens / (time.thread_time() - c0)
+
+
+def wall_rate(batches, seconds: float) -> tuple[float, list[tuple[int, int]]]:
+    """Real tokens per wall second, and (tokens, row length) of every batch."""
+    seen, t0, tokens = [], None, 0
+    for item in batches:
+        b = item[0] if isinstance(item, tuple) else item  # Prefetched yields (batch, parts)
         seen.append((b.n_tokens, b.tokens.shape[1]))
-    return tokens / (time.perf_counter() - t0), tokens / (time.thread_time() - c0), seen
+        if t0 is None:
+            t0 = time.perf_counter()  # after the first batch (processes start, imports)
+            continue
+        tokens += b.n_tokens
+        if time.perf_counter() - t0 > seconds:
+            break
+    return tokens / (time.perf_counter() - t0), seen
 
 
 def main() -> int:
@@ -99,59 +108,129 @@ def main() -> int:
     p.add_argument("--data", help="a prepared cache (default: demo/prepared)")
     p.add_argument("--batch-tokens", type=int, default=65536, help="paper.yaml's pretraining batch")
     p.add_argument("--grad-accum", type=int, default=2, help="paper.yaml's micro-batches")
-    p.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
+    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     args = p.parse_args()
 
     import torch
 
-    from claims_search.batches import Prefetched
+    from claims_search import batches as B
     from claims_search.sizes import PRESETS, REFERENCE_VOCAB
 
     torch.set_num_threads(1)
     cache = open_cache(args.data)
-    lengths = cache.subjects["length"].to_numpy()[np.asarray(cache.subject_indices("train"))]
-    print(f"CPU: {cpu_name()}, {__import__('os').cpu_count()} cores; torch {torch.__version__}")
-    print(f"data: {cache.path} ({len(lengths):,} train subjects, events median {np.median(lengths):.0f}, "
-          f"mean {lengths.mean():.0f}, max_len {cache.max_len}); batch_tokens {args.batch_tokens:,}")
+    lengths = cache.subjects["length"].to_numpy()
+    train = np.asarray(cache.subject_indices("train"))
+    max_len, bt = cache.max_len, args.batch_tokens
+    spec = (max_len, 0.15, bt)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}")
+    print(f"data: {cache.path} ({len(train):,} train subjects, events median {np.median(lengths[train]):.0f}, "
+          f"mean {lengths[train].mean():.0f}, max_len {max_len}); batch_tokens {bt:,}")
 
-    one, per_cpu, seen = rate(stream(cache, args.batch_tokens), args.seconds)
-    print(f"producer, one thread:            {one / 1e6:6.2f} M real tokens/s "
-          f"({per_cpu / 1e6:.2f} M per CPU second of that thread: a core of its own)")
+    def epoch_windows(e):
+        order = np.random.default_rng([0, e]).permutation(train)
+        return order, B._windows(np.minimum(lengths[order], max_len) + 1, B.GROUP_WINDOW * bt)
 
-    def split(batch):
-        return batch, batch.split(args.grad_accum)
+    def draws(e):  # A: the patient-by-patient draws of one epoch, as jobs for the builders
+        order, windows = epoch_windows(e)
+        rng, grouping, jobs = np.random.default_rng([0, e, 0, 1]), np.random.default_rng([0, e, 0, 2]), []
+        for lo, hi in windows:
+            n = lengths[order[lo:hi]]
+            plan = B._draw_per_patient(n, max_len, 0.15, cache.vocab_size, rng)
+            cuts = B._cuts(np.minimum(n, max_len) + 1, bt)
+            jobs.append((order[lo:hi], plan, cuts, grouping.permutation(len(cuts))))
+        return jobs
 
-    with Prefetched(stream(cache, args.batch_tokens), depth=4, prepare=split) as ahead:
-        delivered, _, _ = rate(ahead, args.seconds)
-    print(f"delivered through Prefetched:    {delivered / 1e6:6.2f} M real tokens/s "
-          f"(with the loop's split into {args.grad_accum} micro-batches)")
-    # On a shared machine wall rates fall with the load; a worker's CPUs are its own, so the
-    # headroom uses the producer's rate per CPU second (slower of it and the delivered rate
-    # when the machine is idle).
-    supply = per_cpu if per_cpu < 1.5 * delivered else delivered
+    tokens_of = int((np.minimum(lengths[train], max_len) + 1).sum())  # positions of one epoch
+    B._WORKER_CACHE = cache  # the builders' stage, run here
+    jobs = draws(0)
+    blobs = [pickle.dumps(B._worker_job(job, spec), protocol=5) for job in jobs]
 
-    for name in SPACES:
-        cpus = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())["budget"]["cpus_per_worker"]
-        print(f"space {name}: cpus_per_worker {cpus}; the pipeline uses 2 of them (the loop's thread and "
-              f"one producer thread), so it delivers the figure above")
+    def stage_a(i):
+        draws(i)
+        return tokens_of
+
+    def stage_b_patient(i):
+        for job in jobs:
+            pickle.dumps(B._worker_job(job, spec), protocol=5)
+        return tokens_of
+
+    def stage_b_window(i):
+        order, windows = epoch_windows(i)
+        for w, (lo, hi) in enumerate(windows):
+            pickle.dumps(B._worker_job((order[lo:hi], (0, i, 0, w)), spec), protocol=5)
+        return tokens_of
+
+    def stage_r(i):
+        return sum(b.n_tokens for blob in blobs for b in map(B._widen, pickle.loads(blob)))
+
+    A, Bp, Bw, R = (per_cpu_second(f, args.seconds) for f in (stage_a, stage_b_patient, stage_b_window, stage_r))
+
+    def one_thread(draw):
+        def work(i):
+            return sum(b.n_tokens for b in B.pretrain_batches(cache, "train", batch_tokens=bt, max_len=max_len,
+                                                              epoch=i, draws=draw))
+        return per_cpu_second(work, args.seconds)
+
+    P1, W1 = one_thread("patient"), one_thread("window")
+    print("\nper CPU second of one thread (M real tokens/s):")
+    print(f"  A  draws, patient by patient:                     {A / 1e6:7.2f}")
+    print(f"  B  a process builds a window from those draws:    {Bp / 1e6:7.2f}")
+    print(f"  B  a process draws and builds a window:           {Bw / 1e6:7.2f}")
+    print(f"  R  receiving a built window:                      {R / 1e6:7.2f}")
+    print(f"  the whole pipeline on one thread, patient draws:  {P1 / 1e6:7.2f}")
+    print(f"  the whole pipeline on one thread, window draws:   {W1 / 1e6:7.2f}")
+
+    def delivered(draw: str, cpus: int) -> float:
+        k = int(cpus) - 2
+        if draw == "patient":
+            return P1 if k <= 0 else min(1 / (1 / A + 1 / R), k * Bp)
+        return W1 if k <= 0 else min(R, k * Bw)
+
+    def cpus_for(draw: str, rate: float) -> str:
+        for c in range(2, 257):
+            if delivered(draw, c) >= rate:
+                return str(c)
+        return "never"
+
+    spaces = {n: int(yaml.safe_load((ROOT / "search_spaces" / f"{n}.yaml").read_text())["budget"]["cpus_per_worker"])
+              for n in SPACES}
+    seen = None
+    print("\nmeasured wall rate through Prefetched (the loop's thread; this machine's "
+          f"{os.cpu_count()} cores, shared):")
+    for draw in ("patient", "window"):
+        for c in sorted(set(spaces.values())):
+            workers = max(0, c - 2)
+
+            def stream(draw=draw, workers=workers):
+                for e in range(10**6):
+                    yield from B.pretrain_batches(cache, "train", batch_tokens=bt, max_len=max_len, epoch=e,
+                                                  draws=draw, workers=workers)
+
+            with B.Prefetched(stream(), depth=4, prepare=lambda b: (b, b.split(args.grad_accum))) as ahead:
+                rate, batches_seen = wall_rate(ahead, args.seconds)
+            seen = seen or batches_seen
+            print(f"  draws={draw:<8} cpus_per_worker {c} (workers={workers}): {rate / 1e6:6.2f} M tokens/s")
+    B.shutdown_workers()
 
     n = sum(t for t, _ in seen)
-    print(f"\nsupply {supply / 1e6:.2f} M tokens/s; H100 at {MFU:.0%} MFU ({H100_BF16 * MFU / 1e12:.0f} TFLOP/s), FLOPs per token at the row "
-          f"lengths of the {len(seen)} batches made (token-weighted):")
-    print(f"{'preset':>7} {'MFLOP/token':>12} {'H100 consumes':>16} {'headroom':>9}  target {TARGET:g}x")
-    worst = float("inf")
-    for name, size in PRESETS.items():
-        if name == "debug":
-            continue
-        flops = sum(t * size.flops_per_token(REFERENCE_VOCAB, T, 0.15) for t, T in seen) / n
-        need = H100_BF16 * MFU / flops
-        head = supply / need
-        worst = min(worst, head)
-        print(f"{name:>7} {flops / 1e6:12.1f} {need / 1e6:11.2f} M/s {head:8.2f}x  "
-              f"{'met' if head >= TARGET else 'NOT met'}")
-    print(f"\nsmallest headroom {worst:.2f}x: target {TARGET:g}x {'met' if worst >= TARGET else 'NOT met'} "
-          f"for every preset" if worst >= TARGET else
-          f"\nsmallest headroom {worst:.2f}x: target {TARGET:g}x NOT met for every preset")
+    cpus = sorted(set(spaces.values()))
+    print(f"\nspaces: {', '.join(f'{k} cpus_per_worker {v}' for k, v in spaces.items())}. Delivered with "
+          f"a CPU each, from the stages above: " + "; ".join(
+              f"{c} CPUs: patient {delivered('patient', c) / 1e6:.2f}, window {delivered('window', c) / 1e6:.2f} M/s"
+              for c in cpus))
+    for card, peak in PEAKS.items():
+        print(f"\n{card} at {MFU:.0%} MFU ({peak * MFU / 1e12:.0f} TFLOP/s); FLOPs per token at the row lengths of "
+              f"{len(seen)} batches (token-weighted); headroom at {cpus[0]} CPUs; CPUs for {TARGET:g}x:")
+        print(f"  {'preset':>6} {'MFLOP/tok':>9} {'consumes':>10} {'patient':>8} {'window':>8}"
+              f" {'CPUs, patient':>14} {'CPUs, window':>13}")
+        for name, size in PRESETS.items():
+            if name == "debug":
+                continue
+            flops = sum(t * size.flops_per_token(REFERENCE_VOCAB, T, 0.15) for t, T in seen) / n
+            need = peak * MFU / flops
+            print(f"  {name:>6} {flops / 1e6:9.1f} {need / 1e6:6.2f} M/s "
+                  f"{delivered('patient', cpus[0]) / need:7.2f}x {delivered('window', cpus[0]) / need:7.2f}x"
+                  f" {cpus_for('patient', TARGET * need):>14} {cpus_for('window', TARGET * need):>13}")
     return 0
 
 

@@ -492,7 +492,7 @@ def _build_window(cache, subjects: np.ndarray, plan: _Plan, spec: tuple, cuts: l
     """The window's sequences, in numpy over all positions at once (what ``cache.sequence``,
     ``make_sequence`` and the masking do per patient), packed batch by batch: the batches of
     ``cuts`` (:func:`_cuts`) in the order ``perm``, as :func:`grouped_batches` does."""
-    max_len, _, batch_tokens = spec
+    max_len = spec[0]
     n = cache._length[subjects].astype(np.int64)
     off = cache._offset[subjects].astype(np.int64)
     cache._events_read[subjects] = True

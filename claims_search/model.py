@@ -96,8 +96,7 @@ class ClaimsEncoder(nn.Module):
             + self.visits(batch.visits.clamp(0, self.size.max_len))
         )  # (B, T, W)
         x = self.drop(x)
-        B, T = batch.seq.shape
-        kernel = attention_kernel(self.size, T, batch.unpacked, x.device.type,
+        kernel = attention_kernel(self.size, batch.seq.shape[1], batch.unpacked, x.device.type,
                                   self.training and self.size.attn_dropout > 0, self.attention)
         self.last_kernel = kernel
         # Built once per forward, shared by every block.
