@@ -1,6 +1,7 @@
 """GPU check (< 8 minutes on one H100): training measured as it runs, on one CUDA device.
 
     python bench/gpu_check.py [--preset 101M] [--steps 40] [--data demo/prepared] [--no-search]
+                              [--draws window --workers 12]
 
 1. Attention paths: which kernel ``model.attention_kernel`` picks at each preset and row length
    (the table), and flex_attention with a document block mask against the dense-mask reference
@@ -137,7 +138,7 @@ def check_flex(size, device) -> bool:
 
 
 def measure_training(size, cache, device, steps: int, warmup: int, batch_tokens: int, grad_accum: int,
-                     peak: float | None) -> None:
+                     peak: float | None, draws: str = "patient", workers: int = 0) -> None:
     from claims_search import memory
     from claims_search.batches import pretrain_batches
     from claims_search.loop import PretrainSettings, TrainLoop
@@ -160,7 +161,7 @@ def measure_training(size, cache, device, steps: int, warmup: int, batch_tokens:
 
     def stream(epoch):
         return pretrain_batches(cache, "train", batch_tokens=batch_tokens, max_len=size.max_len,
-                                mask_prob=0.15, seed=0, epoch=epoch)
+                                mask_prob=0.15, seed=0, epoch=epoch, draws=draws, workers=workers)
 
     torch.cuda.reset_peak_memory_stats()
     loop = TrainLoop(model, stream, settings, on_step=on_step)
@@ -170,8 +171,8 @@ def measure_training(size, cache, device, steps: int, warmup: int, batch_tokens:
     seconds = e0.elapsed_time(e1) / 1e3
     tokens, flops = tok1 - tok0, fl1 - fl0
     mfu = f"{flops / seconds / peak:.1%}" if peak else "unknown (card not in PEAK_BF16)"
-    print(f"training {steps} steps after {warmup} warm-up (real pipeline, {batch_tokens:,} tokens in "
-          f"{grad_accum} micro-batches): {tokens / seconds:,.0f} real tokens/s, "
+    print(f"training {steps} steps after {warmup} warm-up (real pipeline, draws={draws}, workers={workers}; "
+          f"{batch_tokens:,} tokens in {grad_accum} micro-batches): {tokens / seconds:,.0f} real tokens/s, "
           f"{flops / seconds / 1e12:.1f} TFLOP/s, MFU {mfu}; GPU time {seconds:.2f} s of "
           f"{w1 - w0:.2f} s wall")
     print(f"attention kernels run (forwards): {dict(kernels)}")
@@ -210,6 +211,9 @@ def main() -> int:
     p.add_argument("--batch-tokens", type=int, default=65536)
     p.add_argument("--grad-accum", type=int, default=2)
     p.add_argument("--data", help="a prepared cache (default: demo/prepared, else synthetic)")
+    p.add_argument("--draws", choices=["patient", "window"], default="patient",
+                   help="pretrain_batches' draws (patient: what a trial's worker uses today)")
+    p.add_argument("--workers", type=int, default=0, help="processes building windows ahead")
     p.add_argument("--no-search", action="store_true", help="skip the two-trial search")
     p.add_argument("--search-timeout", type=int, default=240)
     args = p.parse_args()
@@ -234,7 +238,8 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     kernel_table("cuda")
     ok = check_flex(size, device)
-    measure_training(size, cache, device, args.steps, args.warmup, args.batch_tokens, args.grad_accum, peak)
+    measure_training(size, cache, device, args.steps, args.warmup, args.batch_tokens, args.grad_accum, peak,
+                     args.draws, args.workers)
     if not args.no_search:
         ok = run_search(cache.path, cache.max_len, gpu_gb, args.search_timeout) and ok
     print(f"gpu_check: {'done' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f} s")
