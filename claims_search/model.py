@@ -26,7 +26,6 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from claims_search.sizes import AGE_BUCKETS, MONTH_BUCKETS, ModelSize
@@ -153,6 +152,9 @@ def attention_kernel(size: ModelSize, row_len: int, unpacked: bool, device: str 
                      attn_dropout: bool = False, prefer: str = "auto") -> str:
     """Which attention path a forward takes (a key of ``KERNELS``), from the batch's row
     length and whether it is packed; pure, so it can be asked on a machine without the device.
+    On CUDA it assumes the loop's bf16 autocast (FlashAttention takes bf16/fp16 only). Today
+    the choice does not depend on ``row_len`` (FlashAttention and flex take any length); it
+    is asked for so that a table by length stays true if it ever does.
     ``attn_dropout``: training with attention dropout (flex cannot drop). ``prefer``: "auto",
     or "flex" / "sdpa-mask" to force the packed path (tests, benchmarks)."""
     if prefer not in ("auto", "flex", "sdpa-mask"):
