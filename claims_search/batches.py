@@ -433,26 +433,31 @@ class _Plan:
 
 def _draw_per_patient(n: np.ndarray, max_len: int, mask_prob: float, vocab_size: int,
                       rng: np.random.Generator) -> _Plan:
-    """The draws of ``pretrain_batches``'s crop and of :func:`mask_sequence`, call for call."""
+    """The draws of ``pretrain_batches``'s crop and of :func:`mask_sequence`, call for call
+    (this loop bounds the pipeline with these draws: only the generator's calls and what
+    their sizes need stay in it)."""
     ends = np.full(len(n), -1, dtype=np.int64)
-    masked, fate, codes = [], [], []
+    masked, rolls, codes = [], [], []
     first = 0  # the window's flat index of this patient's first event
     high = max(vocab_size, FIRST_CODE + 1)
+    uniform, integers, count = rng.random, rng.integers, np.count_nonzero
     for j, total in enumerate(n.tolist()):
         if total > max_len:
-            ends[j] = int(rng.integers(max_len, total + 1))
-        m = min(total, max_len)
-        chosen = rng.random(m) < mask_prob
-        if not chosen.any():
-            chosen[rng.integers(m)] = True
-        where = np.flatnonzero(chosen)
-        roll = rng.random(len(where))
-        f = np.where(roll < 0.8, 0, np.where(roll < 0.9, 1, 2))
-        codes.append(rng.integers(FIRST_CODE, high, int((f == 1).sum())))
+            ends[j] = int(integers(max_len, total + 1))
+            m = max_len
+        else:
+            m = total
+        where = (uniform(m) < mask_prob).nonzero()[0]
+        if not len(where):
+            where = np.array([integers(m)])
+        roll = uniform(len(where))
+        codes.append(integers(FIRST_CODE, high, count((roll >= 0.8) & (roll < 0.9))))
         masked.append(where + first)
-        fate.append(f)
+        rolls.append(roll)
         first += m
-    return _Plan(ends, np.concatenate(masked), np.concatenate(fate), np.concatenate(codes).astype(np.int64))
+    roll = np.concatenate(rolls)
+    fate = np.where(roll < 0.8, 0, np.where(roll < 0.9, 1, 2))
+    return _Plan(ends, np.concatenate(masked), fate, np.concatenate(codes).astype(np.int64))
 
 
 def _draw_per_window(n: np.ndarray, max_len: int, mask_prob: float, vocab_size: int,
