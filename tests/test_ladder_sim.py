@@ -50,6 +50,21 @@ def test_ladder_sim_reports_every_rung_and_the_closing_line(tmp_path):
     assert png.stat().st_size > 1000
 
 
+def test_the_variants_are_settings_only_and_the_first_is_the_products():
+    first, *rest = L.VARIANTS.values()
+    assert first == Settings() and all(isinstance(v, Settings) for v in rest)
+    assert len(set(L.VARIANTS.values())) == len(L.VARIANTS)  # no two rows measure the same settings
+
+
+def test_the_reading_states_the_targets_each_setting_meets(tmp_path):
+    md = tmp_path / "sim.md"
+    assert L.main(["--tasks", "16", "--seeds", "1", "--report", str(md)]) == 0
+    text = md.read_text()
+    assert "## Reading" in text and "what `claims_search.policy.Settings()` holds" in text
+    reading = text[text.index("**Which targets each setting meets**"):text.index("**Every target at once**")]
+    assert reading.count("\n  - ") == len(L.VARIANTS)
+
+
 def _table(folder: Path, with_predictions: bool = False) -> None:
     """A study of 3 sizes x 2 tasks x 1 labelled size whose answer is the middle size on both."""
     rng = np.random.default_rng(0)
