@@ -106,16 +106,16 @@ def describe(s: Settings) -> str:
 # Policy settings compared: name -> Settings; the first is the product's, Settings() itself.
 VARIANTS = {
     f"product (Settings(): {describe(PRODUCT)})": PRODUCT,
-    "no skip-ahead": replace(PRODUCT, skip_ahead=False),
+    "skip-ahead": replace(PRODUCT, skip_ahead=True),
     "warm-up 2": replace(PRODUCT, warmup_sizes=2),
-    "warm-up 2, no skip-ahead": replace(PRODUCT, warmup_sizes=2, skip_ahead=False),
+    "warm-up 2, skip-ahead": replace(PRODUCT, warmup_sizes=2, skip_ahead=True),
     "z 1.0": replace(PRODUCT, z=1.0),
     "z 2.326": replace(PRODUCT, z=2.326),
     "rungs 1/8": replace(PRODUCT, rungs=(0.125,)),
     "rungs 1/4 1/2": replace(PRODUCT, rungs=(0.25, 0.5)),
 }
-SENSITIVITY = ("no skip-ahead",)  # run beside the product's settings under each sensitivity case
-SHOWN = ("no skip-ahead", "warm-up 2", "z 1.0")  # plotted beside the product's settings
+SENSITIVITY = ("skip-ahead",)  # run beside the product's settings under each sensitivity case
+SHOWN = ("skip-ahead", "warm-up 2", "z 1.0")  # plotted beside the product's settings
 PREAMBLE = """# The size policy on simulated ladders
 
 What `bench/ladder_sim.py` measures (its docstring has the details and the sources of the noise

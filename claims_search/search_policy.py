@@ -73,7 +73,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 def settings(space) -> Settings:
     """The policy's settings from the space's ``sampler`` entry."""
     s = space.sampler
-    return Settings(delta=s.delta, rungs=tuple(s.rungs), z=s.z, warmup_sizes=s.warmup_sizes)
+    return Settings(delta=s.delta, rungs=tuple(s.rungs), z=s.z, warmup_sizes=s.warmup_sizes, skip_ahead=s.skip_ahead)
 
 
 def rung_spec(actor_name: str, key: str, fractions) -> dict:

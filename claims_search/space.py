@@ -144,7 +144,8 @@ class Sampler(_Strict):
     delta: float = Field(default=0.01, ge=0, lt=1)
     rungs: list[float] = [0.125, 0.25]
     z: float = Field(default=1.645, gt=0)
-    warmup_sizes: int = Field(default=2, ge=2)
+    warmup_sizes: int = Field(default=3, ge=2)
+    skip_ahead: bool = False
 
     @model_validator(mode="after")
     def _rungs(self) -> "Sampler":

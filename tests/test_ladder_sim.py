@@ -97,7 +97,7 @@ def test_a_unit_table_replays_with_search_efficiency(tmp_path):
     _table(tmp_path / "results" / "tiny")
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "search_efficiency.py"), "--results",
-                          str(tmp_path / "results"), "--out", str(out), "--seeds", "2"],
+                          str(tmp_path / "results"), "--out", str(out), "--seeds", "2", "--warmup", "2"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == ("default policy: median 38 % of the grid's compute to its declared "

@@ -105,10 +105,10 @@ def test_skipping_ahead_pays_only_for_the_answer_on_a_ladder_that_keeps_rising()
     """Each middle size passes its rung, but the next is predicted better by more than δ for
     sure: the middle sizes stop at their first rung and only the largest is trained fully."""
     rising = {"disease": [0.50, 0.55, 0.60, 0.65, 0.70]}
-    done, trained, stopped = drive(SizePolicy(SIZES, ["disease"], Settings(warmup_sizes=2)), rising)
+    done, trained, stopped = drive(SizePolicy(SIZES, ["disease"], Settings(warmup_sizes=2, skip_ahead=True)), rising)
     assert trained == ["s0", "s1", "s4"] and stopped == ["s2", "s3"]
     assert done.answer == {"disease": "s4"}
-    p = SizePolicy(SIZES, ["disease"], Settings(warmup_sizes=2))
+    p = SizePolicy(SIZES, ["disease"], Settings(warmup_sizes=2, skip_ahead=True))
     for i in range(2):
         p.propose()
         p.at_rung(f"s{i}", 0.125, loss_at(i, 0.125))
