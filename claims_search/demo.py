@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 def story(uri: str, experiment: str) -> None:
     """What the models reached, per task, from the search's own records: the best Transformer's
     tuning AUROC against LightGBM's, and the cost of each size that completed."""
-    from claims_search.commands.frontier import fmt_size
+    from claims_search.commands.formatting import fmt_size
     from claims_search.tracking import load_records
 
     records = [r for r in load_records(uri, experiment) if r.status == "complete"]

@@ -59,7 +59,7 @@ def _files(source: Path) -> list[Path]:
 def load(source: str | Path):
     """The task a label table defines (:class:`claims_search.labels.Task`, with ``config`` None
     and ``table`` its rows), after the checks on the table alone."""
-    from claims_search.labels import Task
+    from claims_search.task import Task
 
     source = Path(source)
     name = source.stem if source.suffix == ".parquet" else source.name

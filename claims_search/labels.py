@@ -11,7 +11,6 @@ a slice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import polars as pl
 
 from claims_search import named
 from claims_search.errors import ClaimsSearchError
+from claims_search.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +28,6 @@ LABEL_SCHEMA = {
     "prediction_time": pl.Datetime("us"),
     "boolean_value": pl.Boolean,
 }
-
-
-@dataclass(frozen=True)
-class Task:
-    """A task: its name, the YAML text it came from, and the parsed ACES config; or, for a
-    precomputed MEDS label table (claims_search/label_tables.py), no config and its rows."""
-
-    name: str
-    source: str  # the file (or label-table folder) it was read from, for messages
-    text: str  # an ACES config's YAML; a label table's name and content hash
-    config: object  # aces.config.TaskExtractorConfig; None for a label table
-    table: pl.DataFrame | None = None  # a label table's subject_id, prediction_time, boolean_value
 
 
 def load_source(source: str | Path) -> Task:

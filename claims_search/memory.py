@@ -16,8 +16,8 @@ Peak = static + max(forward end: activations + head, optimiser step: gradients +
 It is checked against peaks measured on CPU (``bench/memory_check.py``, tests/test_memory.py)
 and against the 469 KiB per real token of issue 25 (101M preset, bf16 autocast, full crops).
 
-``check_space`` refuses at load a space whose step cannot fit its ``budget.gpu_memory_gb``;
-``is_cuda_oom`` tells a GPU out of memory from the node's (``trial.failure_reason``).
+``space.check_memory`` refuses at load a space whose step cannot fit its ``budget.gpu_memory_gb``;
+``is_cuda_oom`` tells a GPU out of memory from the node's (``failures.failure_reason``).
 Plain Python: no torch import, so a space can be checked anywhere.
 """
 
@@ -175,52 +175,6 @@ def check_fits(label: str, size: ModelSize, vocab_size: int, batch_tokens: int,
             f"({usable / GIB:.1f} GiB usable); lower batch_tokens, raise grad_accum or declare a larger GPU"
         )
     return est
-
-
-def check_space(space, gpu_memory_gb: float, vocab_size: int | None = None) -> float:
-    """Refuse (``ClaimsSearchError``) a space with any configuration (size x batch_tokens x
-    grad_accum, at every corner of the space: the ends of ranges and every choice) whose bf16
-    step cannot fit ``gpu_memory_gb`` per GPU; a fractional ``gpus_per_worker`` gets its share.
-    The vocabulary is not known before the data: ``sizes.REFERENCE_VOCAB`` stands for it.
-    Returns the largest estimate, in GiB."""
-    import itertools
-
-    from claims_search import loop, sizes
-    from claims_search.space import Range, _nest, _values
-
-    vocab = sizes.REFERENCE_VOCAB if vocab_size is None else vocab_size
-    share = gpu_memory_gb * min(1.0, space.budget.gpus_per_worker or 1.0)
-    where = space.path or "<space>"
-
-    def ends(p):
-        return [p.low, p.high] if isinstance(p, Range) else (_values(p) if isinstance(p, list) else [p])
-
-    model = [[(k, v) for v in ends(p)] for k, p in space._params() if k.startswith("model.")]
-    largest = 0.0
-    for section, masked, cls in (("pretrain", None, loop.PretrainSettings),
-                                 ("finetune", 0.0, loop.FinetuneSettings)):
-        settings = getattr(space.training, section)
-        tokens = ends(settings["batch_tokens"]) if "batch_tokens" in settings else [cls.batch_tokens]
-        accum = ends(settings["grad_accum"]) if "grad_accum" in settings else [1]
-        mask = ends(settings["mask_prob"]) if section == "pretrain" and "mask_prob" in settings else [0.15]
-        for corner in itertools.islice(itertools.product(*model), 4096):
-            cfg = space.sample_to_trial_config(_nest(dict(corner)))["model"]
-            size = sizes.ModelSize(**cfg)
-            label = f"{where}: training.{section}: size {_describe(size)}"
-            for bt, k, m in itertools.product(tokens, accum, mask):
-                frac = m if masked is None else masked
-                est = check_fits(label, size, vocab, int(bt), share, masked_fraction=frac,
-                                 grad_accum=int(k))
-                largest = max(largest, est.gib())
-    return largest
-
-
-def _describe(size: ModelSize) -> str:
-    from claims_search.sizes import PRESETS
-
-    names = [n for n, p in PRESETS.items() if p == size]
-    shape = f"width {size.width}, depth {size.depth}, max_len {size.max_len}"
-    return f"{names[0]} ({shape})" if names else shape
 
 
 # Messages of a CUDA out-of-memory error as they reach the trial's driver (inside a Ray error's

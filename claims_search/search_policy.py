@@ -15,16 +15,11 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from claims_search.policy import Candidate, Done, Pick, Settings, SizePolicy, Train, Wait
+from claims_search.sizes import size_key
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "claims-search"
-
-
-def size_key(model: dict) -> str:
-    """A size's name from its trial config's ``model`` entry: ``w64d4h4`` (width, depth, heads:
-    what a ladder space may vary; ``space.py`` refuses one that varies anything else)."""
-    return f"w{int(model['width'])}d{int(model['depth'])}h{int(model['heads'])}"
 
 
 def candidates(space, vocab_size: int) -> dict[str, tuple[Candidate, dict]]:
@@ -74,25 +69,6 @@ def settings(space) -> Settings:
     """The policy's settings from the space's ``sampler`` entry."""
     s = space.sampler
     return Settings(delta=s.delta, rungs=tuple(s.rungs), z=s.z, warmup_sizes=s.warmup_sizes, skip_ahead=s.skip_ahead)
-
-
-def rung_spec(actor_name: str, key: str, fractions) -> dict:
-    """What a trial hands its pretraining so that it can ask the policy (``training.pretrain_and_finetune``)."""
-    return {"fractions": list(fractions), "actor": actor_name, "namespace": NAMESPACE, "key": key}
-
-
-def asker(spec: dict):
-    """``ask(fraction, loss) -> (go_on, reason)`` for a pretraining's rank 0: one call to the
-    policy actor per rung."""
-    import ray
-
-    def ask(fraction: float, loss: float) -> tuple[bool, str]:
-        actor = ray.get_actor(spec["actor"], namespace=spec["namespace"])
-        go_on, reason = ray.get(actor.at_rung.remote(spec["key"], fraction, loss))
-        log.info("size %s at rung %g: loss %.4f -> %s", spec["key"], fraction, loss, reason)
-        return go_on, reason
-
-    return ask
 
 
 class PolicyHolder:
@@ -179,7 +155,7 @@ class PolicySearcher(Searcher):
         elif status != "complete":
             self.actor.stopped.remote(key)
         else:
-            from claims_search.search import records_from_result
+            from claims_search.trial_records import records_from_result
 
             recs = records_from_result(trial_id, result, self.space.task_names, self.space)
             self.records += recs

@@ -81,7 +81,7 @@ def error_reason(trial) -> str:
             text = trial.get_error()
     except Exception:  # noqa: BLE001 - the reason is best effort; the status is what counts
         text = None
-    from claims_search.trial import failure_reason
+    from claims_search.failures import failure_reason
 
     return failure_reason(str(text or ""))
 
@@ -123,7 +123,7 @@ class TrackingCallback(Callback):
         self.__dict__.update(state, live=None, console=Console(stderr=True))
 
     def _record(self, trial, result: dict | None, failed: bool = False) -> None:
-        from claims_search.search import records_from_result
+        from claims_search.trial_records import records_from_result
 
         result = dict(result or {})
         if failed:

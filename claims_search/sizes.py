@@ -117,6 +117,11 @@ class ModelSize:
         return 6 * self.n_matmul_params() + attention + decoder
 
 
+def size_key(model: dict) -> str:
+    """A size's short name from a trial config's ``model`` entry: ``w64d4h4`` (width, depth, heads)."""
+    return f"w{int(model['width'])}d{int(model['depth'])}h{int(model['heads'])}"
+
+
 # name -> size; parameter counts (encoder, at REFERENCE_VOCAB codes) in the comments and checked
 # by tests/test_sizes.py. Head dimension 32 for debug, 32-64 for the rest.
 PRESETS: dict[str, ModelSize] = {

@@ -534,9 +534,53 @@ def _check_lazy(space: Space, path: Path) -> None:
             except (ClaimsSearchError, TypeError, ValueError) as e:
                 raise ClaimsSearchError(f"{path}: training.{section}: {e}") from None
     if space.budget.gpu_memory_gb is not None:  # every configuration's step must fit the GPU
-        from claims_search import memory
+        check_memory(space, space.budget.gpu_memory_gb)
 
-        memory.check_space(space, space.budget.gpu_memory_gb)
+
+def check_memory(space, gpu_memory_gb: float, vocab_size: int | None = None) -> float:
+    """Refuse (``ClaimsSearchError``) a space with any configuration (size x batch_tokens x
+    grad_accum, at every corner of the space: the ends of ranges and every choice) whose bf16
+    step cannot fit ``gpu_memory_gb`` per GPU; a fractional ``gpus_per_worker`` gets its share.
+    The vocabulary is not known before the data: ``sizes.REFERENCE_VOCAB`` stands for it.
+    Returns the largest estimate, in GiB."""
+    import itertools
+
+    from claims_search import loop, sizes
+    from claims_search.memory import check_fits
+
+    vocab = sizes.REFERENCE_VOCAB if vocab_size is None else vocab_size
+    share = gpu_memory_gb * min(1.0, space.budget.gpus_per_worker or 1.0)
+    where = space.path or "<space>"
+
+    def ends(p):
+        return [p.low, p.high] if isinstance(p, Range) else (_values(p) if isinstance(p, list) else [p])
+
+    model = [[(k, v) for v in ends(p)] for k, p in space._params() if k.startswith("model.")]
+    largest = 0.0
+    for section, masked, cls in (("pretrain", None, loop.PretrainSettings),
+                                 ("finetune", 0.0, loop.FinetuneSettings)):
+        settings = getattr(space.training, section)
+        tokens = ends(settings["batch_tokens"]) if "batch_tokens" in settings else [cls.batch_tokens]
+        accum = ends(settings["grad_accum"]) if "grad_accum" in settings else [1]
+        mask = ends(settings["mask_prob"]) if section == "pretrain" and "mask_prob" in settings else [0.15]
+        for corner in itertools.islice(itertools.product(*model), 4096):
+            cfg = space.sample_to_trial_config(_nest(dict(corner)))["model"]
+            size = sizes.ModelSize(**cfg)
+            label = f"{where}: training.{section}: size {_describe(size)}"
+            for bt, k, m in itertools.product(tokens, accum, mask):
+                frac = m if masked is None else masked
+                est = check_fits(label, size, vocab, int(bt), share, masked_fraction=frac,
+                                 grad_accum=int(k))
+                largest = max(largest, est.gib())
+    return largest
+
+
+def _describe(size) -> str:
+    from claims_search.sizes import PRESETS
+
+    names = [n for n, p in PRESETS.items() if p == size]
+    shape = f"width {size.width}, depth {size.depth}, max_len {size.max_len}"
+    return f"{names[0]} ({shape})" if names else shape
 
 
 def load_space(path: str | Path) -> Space:

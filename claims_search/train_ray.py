@@ -204,6 +204,7 @@ def _phases_fn(config: dict) -> dict:
                 on_checkpoint=on_checkpoint,
                 checkpoint_every=config["checkpoint_every"],
                 ask_rung=_asker(gate, i, rank),
+                loader_workers=_loader_workers(),
             )
             state = None
             best = outcome.pop("_best_model", None)
@@ -226,12 +227,34 @@ def _phases_fn(config: dict) -> dict:
             "scheduling_wait": _scheduling_wait() if rank == 0 else None}
 
 
+def asker(spec: dict):
+    """``ask(fraction, loss) -> (go_on, reason)`` for a pretraining's rank 0: one call to the
+    search's policy actor (``search_policy.PolicyHolder``, named ``spec["actor"]`` in
+    ``spec["namespace"]``) per rung, for size ``spec["key"]``."""
+    import ray
+
+    def ask(fraction: float, loss: float) -> tuple[bool, str]:
+        actor = ray.get_actor(spec["actor"], namespace=spec["namespace"])
+        go_on, reason = ray.get(actor.at_rung.remote(spec["key"], fraction, loss))
+        log.info("size %s at rung %g: loss %.4f -> %s", spec["key"], fraction, loss, reason)
+        return go_on, reason
+
+    return ask
+
+
+def _loader_workers() -> int:
+    """Batch-building processes for this worker: its CPUs beyond the training loop and the
+    prefetch thread (used on a GPU only; ``worker.execute``)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(0, int(cpus) - 2)
+
+
 def _asker(gate: dict | None, phase: int, rank: int):
-    """Rank 0 of the gated phase asks the search policy at its rungs (``search_policy.asker``)."""
+    """Rank 0 of the gated phase asks the search policy at its rungs (:func:`asker`)."""
     if gate is None or gate.get("ask") is None or phase != gate["phase"] or rank != 0:
         return None
-    from claims_search.search_policy import asker
-
     return asker(gate["ask"])
 
 
@@ -305,7 +328,7 @@ def run_phases(
     if ret is None:
         raise RuntimeError(f"Ray Train run under {storage} returned nothing (error: {result.error})")
     if ret.get("cuda_oom"):
-        from claims_search.trial import failure_reason
+        from claims_search.failures import failure_reason
 
         raise ClaimsSearchError(f"{failure_reason(ret['cuda_oom'])} (not retried: {ret['cuda_oom']})")
     log.info("ray train: %d phase(s); the last worker group started at phase %d, step %d",

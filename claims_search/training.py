@@ -450,7 +450,7 @@ def pretrain_and_finetune(
     ``max_pretrain_loss``) the fine-tunings are skipped. ``finetune_settings.from_scratch``
     skips pretraining altogether (it pays for none). ``ray_options`` go to ``run_phases``.
     ``rungs``: the search policy's ``{"fractions", "actor", "namespace", "key"}``
-    (``search_policy.rung_spec``): the pretraining asks it at each fraction, and a pretraining it
+    (built by ``trial._train``): the pretraining asks it at each fraction, and a pretraining it
     stops skips the fine-tunings, as a diverged one does.
     """
     import time
@@ -474,7 +474,7 @@ def pretrain_and_finetune(
         setup = {"setup": time.perf_counter() - t0}
         pre = None
         if not scratch:
-            from claims_search.search_policy import asker
+            from claims_search.train_ray import asker
 
             pre = pretrain(cache_dir, size, pretrain_settings, pre_out, use_gpu=use_gpu,
                            checkpoint_every=checkpoint_every, ask_rung=asker(rungs) if rungs else None)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 from claims_search import memory
 from claims_search.cost import Cost
+from claims_search.failures import failure_reason
 from claims_search.objective import COST_FIELDS, directions, objective_values
 
 
@@ -57,6 +57,7 @@ class TrialContext:
     worker_resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources per Train worker
     # The ladder policy's actor (search_policy.py) and its rungs: the pretraining asks it there.
     policy_actor: str | None = None
+    policy_namespace: str = ""
     rungs: tuple[float, ...] = ()
 
 
@@ -139,28 +140,6 @@ def _final_failure(e: BaseException) -> str | None:
     return None
 
 
-def failure_reason(text: str) -> str:
-    """One line out of an error report (a traceback, Ray's worker-group error): the last line
-    naming an exception, or, for a process that died without one, what Ray says that means."""
-    if memory.is_cuda_oom(text):  # the GPU's memory, not the node's: the configuration's failure
-        return ("CUDA out of memory: the training step does not fit the GPU; lower batch_tokens or raise "
-                "grad_accum (set budget.gpu_memory_gb to refuse such configurations at load)")
-    if "low on memory" in text or "OutOfMemoryError" in text or "out of memory issue" in text:
-        # Ray's memory monitor killed a worker: say so, with the node's use when Ray gave it.
-        used = re.search(r"was ([\d.]+)GB used / ([\d.]+)GB limit", text)
-        return ("a Ray Train worker was killed by Ray's memory monitor: the node ran low on memory"
-                + (f" ({used[1]} of {used[2]} GB)" if used else "")
-                + "; try a smaller size or batch_tokens, or fewer trials at once")
-    if "worker process has died" in text or "actor died unexpectedly" in text:
-        return ("a Ray Train worker process died without a Python error (killed by the kernel's OOM "
-                "killer, a SIGKILL, or a crash)")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not (ln.startswith("[Rank ") and ln.endswith("Snippet]:"))
-             and not ln.startswith("Training failed due to")]
-    found = [ln for ln in lines if ("Error" in ln or "Exception" in ln) and not ln.startswith(("File ", "Traceback"))]
-    return (found[-1] if found else lines[-1] if lines else "unknown error (no error trace)")[:300]
-
-
 def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bool) -> dict:
     """Pretrain once and fine-tune on every task in one Ray Train fit; the trial's result."""
     import ray
@@ -188,10 +167,11 @@ def _train(config: dict, ctx: TrialContext, trial_id: str, out: Path, remote: bo
         # The Train run's state lives on the search's storage, never on this node's disk.
         run_kw["storage"] = st.join(ctx.artifacts, trial_id, "train")
 
-    if ctx.policy_actor:
-        from claims_search.search_policy import rung_spec, size_key
+    if ctx.policy_actor:  # train_ray.asker reads it on the pretraining's rank 0
+        from claims_search.sizes import size_key
 
-        run_kw["rungs"] = rung_spec(ctx.policy_actor, size_key(cfg["model"]), ctx.rungs)
+        run_kw["rungs"] = {"fractions": list(ctx.rungs), "actor": ctx.policy_actor,
+                           "namespace": ctx.policy_namespace, "key": size_key(cfg["model"])}
     # Fine-tunings are skipped in the same fit when pretraining did no better than a uniform guess
     # (or the search policy stopped it at a rung).
     done = training.pretrain_and_finetune(cache_dir, size, PretrainSettings(**cfg["pretrain"]),

@@ -43,6 +43,7 @@ def execute(
     on_checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
     ask_rung: Callable[[float, float], tuple[bool, str]] | None = None,
+    loader_workers: int = 0,
 ) -> dict:
     """Run one training job (a plain dict from :func:`pretrain` / :func:`finetune`) on this
     worker: build the model, continue from ``state`` if given, train, and on rank 0 evaluate.
@@ -53,7 +54,9 @@ def execute(
     "splits_read"}`` and, fine-tuning, ``"trained_on"`` (see ``batches.trained_on``); pretraining
     with ``job["rungs"]`` (fractions of its steps) and ``ask_rung(fraction, loss) -> (go_on,
     reason)`` (the search policy, asked on rank 0), ``"rungs"``: ``{"losses": {fraction: loss},
-    "stopped_at": fraction | None, "reason": str | None}``. Evaluation on
+    "stopped_at": fraction | None, "reason": str | None}``. ``loader_workers``: processes that
+    build pretraining batches on a GPU (the worker's CPUs beyond the loop and the prefetch
+    thread). Evaluation on
     rank 0 only, other ranks return the same keys without it. ``splits_read`` is
     ``Cache.splits_read`` of this rank's cache: the splits the job read, evaluation included.
     """
@@ -68,15 +71,19 @@ def execute(
     cache_s = time.perf_counter() - opened
     size = ModelSize(**job["size"])
     device = torch.device(device)
+    gpu = device.type == "cuda"
     if job["kind"] == "pretrain":
         settings = PretrainSettings(**job["settings"])
         torch.manual_seed(settings.seed)
         model = M.pretraining_model(size, cache.vocab_size)
 
+        # On a GPU, windows drawn and built in ``loader_workers`` processes keep the device fed
+        # (bench/pipeline.py); the same masking recipe, another random stream than on CPU.
         def batches(epoch):
             return B.pretrain_batches(cache, "train", batch_tokens=settings.batch_tokens, max_len=size.max_len,
                                       mask_prob=settings.mask_prob, seed=settings.seed, epoch=epoch,
-                                      rank=rank, world_size=world_size)
+                                      rank=rank, world_size=world_size, draws="window" if gpu else "patient",
+                                      workers=loader_workers if gpu else 0)
     else:
         settings = FinetuneSettings(**job["settings"])
         torch.manual_seed(settings.seed)

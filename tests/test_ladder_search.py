@@ -19,7 +19,7 @@ LADDER = Path(__file__).parent / "spaces" / "ladder.yaml"
 
 def _answers(work: Path, name: str) -> dict[str, str]:
     """Each task's recommended size (``w16d1h2``...), read back from MLflow by `recommend --json`."""
-    from claims_search.search_policy import size_key
+    from claims_search.sizes import size_key
 
     out = subprocess.run([sys.executable, "-m", "claims_search.cli", "recommend", "--experiment", name,
                           "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--json"],

@@ -17,7 +17,7 @@ from claims_search.errors import ClaimsSearchError
 from claims_search.loop import FinetuneSettings, PretrainSettings, TrainLoop
 from claims_search.model import ClaimsEncoder, classification_model, pretraining_model
 from claims_search.sizes import ModelSize
-from claims_search.space import SPACES_DIR, load_space, parse_space
+from claims_search.space import SPACES_DIR, check_memory, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -119,7 +119,7 @@ def test_every_shipped_space_fits_the_shipped_gpu_node_types():
             continue  # CPU spaces
         # Declared, so refused at load if it ever stops fitting, and declared as what is shipped.
         assert space.budget.gpu_memory_gb == smallest, path.name
-        assert memory.check_space(space, smallest) < smallest * 1e9 / 2**30, path.name
+        assert check_memory(space, smallest) < smallest * 1e9 / 2**30, path.name
 
 
 def _params(model):
@@ -199,7 +199,7 @@ def test_cuda_out_of_memory_is_told_from_other_errors():
 
 
 def test_a_trial_that_ran_out_of_gpu_memory_says_so():
-    from claims_search.trial import failure_reason
+    from claims_search.failures import failure_reason
 
     text = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "

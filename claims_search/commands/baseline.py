@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 
+from claims_search.commands.formatting import format_cost
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search baseline`."""
-    from claims_search.commands.pretrain import use_help_formatter
+    from claims_search.commands.formatting import use_help_formatter
 
     use_help_formatter(parser)
     parser.add_argument("--data", required=True, metavar="DIR",
@@ -47,8 +49,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_cost(cost) -> str:
-    """One line: wall and device seconds, tokens, FLOPs (or 'n/a'), parameters, device."""
-    flops = "n/a" if cost.flops is None else f"{cost.flops:.3g}"
-    return (f"cost      wall {cost.wall_s:.1f}s  device {cost.device_s:.1f}s on {cost.n_devices}x {cost.device}  "
-            f"tokens {cost.tokens:,}  flops {flops}  params {cost.n_params:,}")

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fine-tune, print metrics with intervals and costs; 0 on success."""
-    from claims_search.commands.baseline import format_cost
+    from claims_search.commands.formatting import format_cost
     from claims_search.loop import FinetuneSettings
     from claims_search.metrics import format_metrics
     from claims_search.training import finetune

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from claims_search.commands.formatting import fmt_metric, fmt_size
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search frontier`."""
@@ -23,29 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
 
-def fmt_metric(r) -> str:
-    """``0.4321 [0.40, 0.46]`` (the interval only when known)."""
-    if r.metric is None:
-        return "-"
-    if r.metric_low is None or r.metric_high is None:
-        return f"{r.metric:.4f}"
-    return f"{r.metric:.4f} [{r.metric_low:.3f}, {r.metric_high:.3f}]"
-
-
-def fmt_size(r) -> str:
-    """``w128 d4 h4`` for a Transformer, ``LightGBM`` for the baseline."""
-    if r.is_baseline:
-        return "LightGBM"
-    m = r.model
-    return f"w{m.get('width')} d{m.get('depth')} h{m.get('heads')}" if m else "?"
-
-
 def run(args: argparse.Namespace) -> int:
     """Print the frontier tables; 0 on success."""
     from rich.console import Console
     from rich.table import Table
 
-    from claims_search.commands.recommend import trial_counts
+    from claims_search.commands.formatting import trial_counts
     from claims_search.errors import ClaimsSearchError
     from claims_search.frontier import default_reference, hypervolume, pareto_front
     from claims_search.prices import on_one_axis

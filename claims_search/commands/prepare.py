@@ -35,7 +35,7 @@ from claims_search.labels import BUILTIN_TASKS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search prepare`."""
-    from claims_search.commands.pretrain import use_help_formatter
+    from claims_search.commands.formatting import use_help_formatter
 
     use_help_formatter(parser)
     parser.add_argument("--meds", required=True, metavar="DIR",

@@ -16,24 +16,7 @@ import argparse
 import sys
 import time
 
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` that keeps the description's layout (its examples) and shows every option's
-    default, except where there is none to show (no default, a flag) or the help says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        d = action.default
-        if ("(default" in text or "%(default)" in text or not action.option_strings
-                or d is None or d is False
-                or d is argparse.SUPPRESS or d == []):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def use_help_formatter(parser: argparse.ArgumentParser) -> None:
-    """Give ``parser`` the :class:`HelpFormatter` (commands call it in ``add_arguments``)."""
-    parser.formatter_class = HelpFormatter
+from claims_search.commands.formatting import use_help_formatter
 
 
 def add_size_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain, print the validation loss and cost; 0 on success."""
-    from claims_search.commands.baseline import format_cost
+    from claims_search.commands.formatting import format_cost
     from claims_search.loop import PretrainSettings
     from claims_search.training import pretrain
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 
+from claims_search.commands.formatting import trial_counts
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search recommend`."""
@@ -76,7 +78,7 @@ def _rule_line(rec, c, who: str) -> str:
 
 def _candidate_lines(rec) -> list[str]:
     """Every cheaper size, each judged on its own interval: why it does or does not qualify."""
-    from claims_search.commands.frontier import fmt_size
+    from claims_search.commands.formatting import fmt_size
 
     if not rec.comparisons:
         return []
@@ -93,7 +95,7 @@ def _trend_words(rec) -> str:
 def _trend_lines(rec, held_out: dict | None) -> list[str]:
     """Saturation or still improving, only when the rule says so (never both). A saturation
     claim names the split it rests on, and says whether held-out confirmation bears it out."""
-    from claims_search.commands.frontier import fmt_size
+    from claims_search.commands.formatting import fmt_size
 
     if rec.saturation is not None:
         s = rec.saturation
@@ -127,7 +129,7 @@ def _held_out_agrees(rec, held_out: dict | None) -> str:
 
 def _baseline_line(rec, metric: str) -> list[str]:
     """The baseline's verdict against the best Transformer, when it is not the recommendation."""
-    from claims_search.commands.frontier import fmt_metric
+    from claims_search.commands.formatting import fmt_metric
 
     b, c = rec.baseline, rec.baseline_comparison
     if b is None or rec.choice == "baseline":
@@ -161,7 +163,7 @@ def _baseline_verdict(rec, c) -> str:
 
 
 def _saves_line(rec, cost: str) -> list[str]:
-    from claims_search.commands.frontier import fmt_size
+    from claims_search.commands.formatting import fmt_size
 
     if rec.record.trial_id == rec.largest.trial_id or rec.saved <= 0:
         return []  # nothing saved: no claim either way about bigger models
@@ -180,7 +182,7 @@ def _fallback_note(rec) -> list[str]:
 
 def _headline(rec, metric: str, cost: str) -> list[str]:
     """The first lines: what is recommended and why."""
-    from claims_search.commands.frontier import fmt_metric, fmt_size
+    from claims_search.commands.formatting import fmt_metric, fmt_size
 
     r, best = rec.record, rec.best
     params = f", {r.n_params / 1e6:.2f}M params" if r.n_params else ""
@@ -315,7 +317,3 @@ def _overridden(args: argparse.Namespace, got: dict) -> bool:
     return any(getattr(args, k) is not None and getattr(args, k) != got.get(k) for k in ("margin", "tolerance"))
 
 
-def trial_counts(records, task: str) -> str:
-    """``"3 complete, 1 failed, 0 pruned"`` for the Transformer trials of ``task``."""
-    mine = [r.status for r in records if r.task == task and not r.is_baseline]
-    return ", ".join(f"{mine.count(s)} {s}" for s in ("complete", "failed", "pruned"))

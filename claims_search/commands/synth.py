@@ -15,7 +15,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search synth`."""
-    from claims_search.commands.pretrain import use_help_formatter
+    from claims_search.commands.formatting import use_help_formatter
     from claims_search.synth.writer import DEFAULT_SHARD_SIZE  # light: numpy + pyarrow
 
     use_help_formatter(parser)

@@ -19,7 +19,7 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search validate`."""
-    from claims_search.commands.pretrain import use_help_formatter
+    from claims_search.commands.formatting import use_help_formatter
 
     use_help_formatter(parser)
     parser.add_argument("meds", metavar="MEDS_DIR",

@@ -144,13 +144,16 @@ class Catalogue:
         return self.ids[code]
 
 
+# The complexity family's tasks and the outcome code each plants (synth/complexity.py draws them).
+COMPLEXITY_TASKS = tuple(f"complexity_k{k}" for k in range(4))
+OUTCOME_CODES = {t: f"DX//SYNTH//{t.upper()}" for t in COMPLEXITY_TASKS}
+
+
 def catalogue(complexity: bool = False) -> Catalogue:
     """Build the catalogue (cheap; the order never changes, so ids are stable). With
     ``complexity``, the complexity family's outcome codes come last (ids of the others unchanged)."""
     rows = _catalogue()
     if complexity:
-        from claims_search.synth.complexity import OUTCOME_CODES
-
         rows += [(code, f"synthetic disease of the complexity family, {t} (planted risk; see "
                   "docs/synthetic.md)", []) for t, code in OUTCOME_CODES.items()]
     codes = tuple(r[0] for r in rows)

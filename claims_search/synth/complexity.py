@@ -21,17 +21,16 @@ draws from its own random stream: turning it on leaves every other draw unchange
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from claims_search.synth.codes import COMPLEXITY_TASKS as TASKS
+from claims_search.synth.codes import OUTCOME_CODES
 from claims_search.synth.people import INF, MONTH_START, N_CHECKUPS, N_MONTHS, People, month_of
 from claims_search.synth.world import CONDITIONS
 
 FAMILY_SEED = 20_261_010
-TASKS = tuple(f"complexity_k{k}" for k in range(4))
-OUTCOME_CODES = {t: f"DX//SYNTH//{t.upper()}" for t in TASKS}
 PARTS = ("L", "P", "S", "T")
 SHARES = {  # variance share of each part in the task's logit
     "complexity_k0": {"L": 1.0},
@@ -211,17 +210,6 @@ def calibrate(h: History, valid: np.ndarray) -> Family:
         fam.scale[t] = (lo + hi) / 2
         fam.intercept[t] = _intercept(fam.scale[t] * base, valid)
     return fam
-
-
-@functools.lru_cache(maxsize=1)
-def build_family() -> Family:
-    """The family, calibrated on the same fixed pilot population as the world. Deterministic;
-    cached per process."""
-    from claims_search.synth.simulate import simulate
-    from claims_search.synth.world import build_world
-
-    pilot = simulate(build_world(), 6000, np.random.default_rng(12345))
-    return calibrate(history(pilot.people, pilot.events, dx_ids()), pilot.people.checkups < INF)
 
 
 def dx_ids() -> np.ndarray:

@@ -202,5 +202,5 @@ def simulate(world: World, n: int, rng: np.random.Generator, *, pilot: bool = Fa
 
 
 def pilot_burdens(world: World, n: int = 6000) -> np.ndarray:
-    """Log burdens at checkups of a fixed pilot population (for ``world.build_world``)."""
+    """Log burdens at checkups of a fixed pilot population (for ``calibrate.build_world``)."""
     return simulate(world, n, np.random.default_rng(12345), pilot=True)

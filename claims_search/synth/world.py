@@ -7,7 +7,6 @@ draws patients. That keeps the planted task identical across datasets of any siz
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,28 +186,3 @@ def _raw_world() -> World:
     )
 
 
-@functools.lru_cache(maxsize=1)
-def build_world(target_prevalence: float = 0.15) -> World:
-    """The world, calibrated on a fixed pilot population: log burdens standardised, logit parts
-    scaled to unit variance, intercept set so ~``target_prevalence`` of eligible checkups are
-    positive. Deterministic; cached per process."""
-    from claims_search.synth.simulate import pilot_burdens
-
-    w = _raw_world()
-    lb = pilot_burdens(w)  # (N, K) log burdens at eligible pilot checkups
-    w.burden_mu = lb.mean(0)
-    w.burden_sd = np.maximum(lb.std(0), 0.05)
-    z = (lb - w.burden_mu) / w.burden_sd
-    w.lin_sd = float((z @ w.ckd_linear).std())
-    w.pair_sd = float(((z[:, w.ckd_pairs[:, 0]] * z[:, w.ckd_pairs[:, 1]]) @ w.ckd_pair_w).std())
-    w.ckd_intercept = 0.0
-    base = w.ckd_logit(lb)
-    lo, hi = -15.0, 5.0
-    for _ in range(50):  # bisection on the intercept for the target prevalence
-        mid = (lo + hi) / 2
-        if (1 / (1 + np.exp(-(base + mid)))).mean() > target_prevalence:
-            hi = mid
-        else:
-            lo = mid
-    w.ckd_intercept = (lo + hi) / 2
-    return w

@@ -23,10 +23,10 @@ from claims_search.atomic import atomic_dir
 from claims_search.errors import ClaimsSearchError
 from claims_search.synth.codes import catalogue
 from claims_search.synth.complexity import TASKS as COMPLEXITY_TASKS
-from claims_search.synth.complexity import build_family
+from claims_search.synth.calibrate import build_family, build_world
 from claims_search.synth.emit import CHECKUP_US, STATIC
 from claims_search.synth.people import START
-from claims_search.synth.world import WORLD_SEED, World, build_world
+from claims_search.synth.world import WORLD_SEED, World
 
 log = logging.getLogger(__name__)
 
