@@ -1,4 +1,4 @@
-"""The size policy on simulated ladders, where the study cannot reach (issue 26, item 6; not a test).
+"""The size policy on simulated ladders, where the study cannot reach (not a test).
 
     .venv/bin/python bench/ladder_sim.py [--tasks 480] [--seeds 5] [--sensitivity]
         [--report docs/ladder_sim.md] [--plot docs/ladder_sim.png] [--json FILE]
@@ -65,7 +65,7 @@ stands (every untried size asked by the done rule, the secant's gain error (1 + 
 paired noise: in the policy itself; three warm-up sizes, skip-ahead off), and one or two of its
 settings changed at a time: skip-ahead on, two warm-up sizes, z, rungs. Every row runs
 ``SizePolicy`` itself; nothing here changes the policy's code. The report says, from the numbers
-of that run, which of the issue's three targets each setting meets.
+of that run, which of the three targets (docs/benchmarks.md) each setting meets.
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def stats(rows: list[dict]) -> dict:
 
 
 def targets(rows: list[dict], n_sizes: int) -> dict:
-    """The issue's targets: median share <= 25 % where the answer is not the largest (each rung
+    """The targets: median share <= 25 % where the answer is not the largest (each rung
     and all of them together), median <= 1.25 x the floor where it is, <= 5 % worse by > δ."""
     last = n_sizes - 1
     g = groups(rows, n_sizes)
@@ -302,7 +302,7 @@ def targets(rows: list[dict], n_sizes: int) -> dict:
            "agree": stats(rows)["agree"]}
     res["met"] = {"share": res["share_not_largest"] <= 0.25, "floor": res["floor_ratio_largest"] <= 1.25,
                   "worse": res["worse"] <= 0.05}
-    res["share_every_rung"] = res["worst_rung_share"] <= 0.25  # stricter than the issue asks: a figure, not a target
+    res["share_every_rung"] = res["worst_rung_share"] <= 0.25  # stricter than the target: a figure, not a target
     return res
 
 
@@ -372,7 +372,7 @@ def _change(t: dict, base: dict) -> str:
 
 
 def reading(results: dict, n_sizes: int, sens: dict | None = None) -> list[str]:
-    """What the tables say against the issue's three targets, in words; every figure from this run
+    """What the tables say against the three targets, in words; every figure from this run
     (``sens``: the sensitivity rows, "case: product" -> rows)."""
     names = [n for n in VARIANTS if n in results]
     t = {n: targets(results[n], n_sizes) for n in names}
@@ -385,7 +385,7 @@ def reading(results: dict, n_sizes: int, sens: dict | None = None) -> list[str]:
     all3 = [n for n in names if all(t[n]["met"].values())]
     most = max(sum(t[n]["met"].values()) for n in names)
     lines = ["## Reading", "",
-             (f"The issue's three targets: {'; '.join(f'**{k}** {d}' for k, d in TARGETS.items())}. "
+             (f"The three targets of the size search: {'; '.join(f'**{k}** {d}' for k, d in TARGETS.items())}. "
               "Share is the median over every task × seed whose true answer is not the largest size "
               "(flat ladders included), floor the median ratio where it is, worse the share of every "
               "task × seed."), "",
@@ -495,7 +495,7 @@ def main(argv=None) -> int:
              "hindsight) · agreement with the grid's answer · answers worse than the grid's by more than δ on "
              "held-out; for the largest size also the median ratio to the floor.", ""]
     lines += table(results, args.sizes, [product, *base])
-    lines += ["", "Policy settings against the issue's targets (≤ 25 % of the grid where the answer is not the "
+    lines += ["", "Policy settings against the targets (≤ 25 % of the grid where the answer is not the "
               "largest size, ≤ 1.25× the floor where it is, ≤ 5 % worse than the grid's by more than δ):", ""]
     lines += target_lines(results, args.sizes, list(variants))
     if not args.product_only:

@@ -8,7 +8,7 @@
 
 ``--gpu`` trains every unit on the CUDA device (LightGBM and the report stay on the CPU), in a
 study folder of its own; with ``--batch-tokens`` and the step counts it is the same study at the
-scale that targets 2 and 3 need (docs/benchmarks.md, "The next measurement").
+scale that targets 2 and 3 need (docs/benchmarks.md, "Not yet measured").
 
 Every unit of work is cached under ``--out`` and skipped when a rerun finds it, so a full study
 runs as pieces of at most ``--max-minutes`` each (the run stops starting units after that and
