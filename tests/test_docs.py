@@ -300,3 +300,13 @@ def test_task_yaml_blocks_load_and_label_the_readme_data(doc, readme_flow, tmp_p
                              capture_output=True, text=True, timeout=120)
         assert got.returncode == 0, f"{b.where}: {got.stderr.strip()}"
         assert re.search(r"task example_\d: [\d,]+ samples, [1-9][\d,]* positive", got.stdout)
+
+
+def test_the_benchmarks_page_is_results_not_a_journal():
+    """At most 400 lines, and no issue numbers in the user docs (git keeps the history)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    assert len((root / "docs" / "benchmarks.md").read_text().splitlines()) <= 400
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        assert not re.search(r"\bissues? \d+\b", page.read_text(), re.I), page.name
