@@ -192,13 +192,15 @@ class SizePolicy:
                 continue
             pred, r = secant((a.rung_loss[fraction], b.rung_loss[fraction]), (a.metrics[task], b.metrics[task]), loss)
             predicted[task], gains[task] = self._gain(pred, r, b.cand.key, task)
+        spread = dict(gains)  # (gain over the pick, its error) per task, for the reason line
         gains = {t: g + self.settings.z * e for t, (g, e) in gains.items()}
         at = f"rung {_frac(fraction)}"
         if not gains:
             return Verdict(True, f"{at}: no task to judge on")
         task = max(gains, key=gains.get)
-        p, e = predicted[task]
-        said = (f"{task}: predicted {p:.3f} ± {self.settings.z * e:.3f} against {self.picks[task].key} "
+        p, _ = predicted[task]
+        g, e = spread[task]
+        said = (f"{task}: predicted {p:.3f}, {g:+.3f} ± {self.settings.z * e:.3f} against {self.picks[task].key} "
                 f"{self.picks[task].metric:.3f}")
         if gains[task] > self.settings.delta:
             ahead = self._skip_ahead(s, predicted) if self.settings.skip_ahead else None

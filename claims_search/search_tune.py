@@ -138,7 +138,8 @@ class TrackingCallback(Callback):
         self.done += status == "complete"
         self.pruned += status == "pruned"
         self.failed += status == "failed"
-        total = result.get("total_cost")
+        # A pruned trial is charged what it trained: its pretraining so far.
+        total = result.get("total_cost") or (result.get("pretrain_cost") if status == "pruned" else None)
         if total:
             import json
 

@@ -71,7 +71,8 @@ def test_a_size_that_learns_no_faster_is_stopped_at_its_first_rung():
     assert p.propose() == Train("s2", (0.125, 0.25))
     v = p.at_rung("s2", 0.125, loss_at(1, 0.125))
     assert not v.go_on
-    assert v.reason == "rung 1/8: cannot gain more than δ = 0.01 on any task (t: predicted 0.600 ± 0.000 against s1 0.600)"
+    assert v.reason == ("rung 1/8: cannot gain more than δ = 0.01 on any task "
+                        "(t: predicted 0.600, +0.000 ± 0.000 against s1 0.600)")
 
 
 def test_noise_keeps_a_size_that_might_help():

@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     for r in sorted(records, key=lambda r: (r.is_baseline, str(r.trial_id), r.task)):
         if args.status and r.status != args.status:
             continue
-        cost = "-" if r.cost is None else f"{r.cost:.4g}"
+        # A pruned trial never reaches a frontier, but what it trained was paid for.
+        paid = r.cost if r.cost is not None else r.pretrain_cost if r.status == "pruned" else None
+        cost = "-" if paid is None else f"{paid:.4g}" + (" (pruned)" if r.status == "pruned" else "")
         table.add_row(str(r.trial_id), r.task, fmt_size(r), r.status, fmt_metric(r), cost, r.tags.get("reason", ""))
         shown += 1
     Console(width=200).print(table)
