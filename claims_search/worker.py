@@ -71,19 +71,17 @@ def execute(
     cache_s = time.perf_counter() - opened
     size = ModelSize(**job["size"])
     device = torch.device(device)
-    gpu = device.type == "cuda"
     if job["kind"] == "pretrain":
         settings = PretrainSettings(**job["settings"])
         torch.manual_seed(settings.seed)
         model = M.pretraining_model(size, cache.vocab_size)
 
-        # On a GPU, windows drawn and built in ``loader_workers`` processes keep the device fed
-        # (bench/pipeline.py); the same masking recipe, another random stream than on CPU.
+        loader = pretrain_loader(device.type, loader_workers)
+
         def batches(epoch):
             return B.pretrain_batches(cache, "train", batch_tokens=settings.batch_tokens, max_len=size.max_len,
                                       mask_prob=settings.mask_prob, seed=settings.seed, epoch=epoch,
-                                      rank=rank, world_size=world_size, draws="window" if gpu else "patient",
-                                      workers=loader_workers if gpu else 0)
+                                      rank=rank, world_size=world_size, **loader)
     else:
         settings = FinetuneSettings(**job["settings"])
         torch.manual_seed(settings.seed)
@@ -157,6 +155,16 @@ def execute(
     out["eval_s"] = time.perf_counter() - started  # scoring after training: not in the cost
     out["splits_read"] = cache.splits_read()  # this rank's, evaluation included
     return out
+
+
+def pretrain_loader(device_type: str, loader_workers: int) -> dict:
+    """How pretraining batches are drawn on this device (``batches.pretrain_batches`` keywords).
+    On a GPU, windows drawn and built in ``loader_workers`` processes keep it fed
+    (bench/pipeline.py): the same masking recipe, another random stream than on a CPU, where the
+    patient-by-patient stream of every earlier run is kept."""
+    if device_type == "cuda":
+        return {"draws": "window", "workers": max(0, int(loader_workers))}
+    return {"draws": "patient", "workers": 0}
 
 
 def _eval_step(step: int, settings) -> bool:

@@ -194,3 +194,10 @@ def test_the_search_policy_stops_a_pretraining_at_its_rung(recency_cache):
     assert out["step"] == 4  # half of 8 steps: stopped at the second rung
     assert out["rungs"] == {"losses": {"0.25": asked[0][1], "0.5": asked[1][1]}, "stopped_at": 0.5,
                             "reason": "rung 0.5: said so"}
+
+
+def test_a_gpu_worker_draws_windows_in_its_spare_cpus_and_a_cpu_keeps_the_patient_stream():
+    from claims_search.worker import pretrain_loader
+
+    assert pretrain_loader("cuda", 2) == {"draws": "window", "workers": 2}
+    assert pretrain_loader("cpu", 2) == {"draws": "patient", "workers": 0}  # results on CPU unchanged
