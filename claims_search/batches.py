@@ -67,7 +67,8 @@ class Batch:
     masked_targets: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.targets is not None and self.masked_index is None:
+        # On the host (pack, split); a batch of meta tensors (FLOP counting) has no values to index.
+        if self.targets is not None and self.masked_index is None and self.targets.device.type != "meta":
             self.masked_index, self.masked_targets = _masked(self.targets)
 
     def to(self, device: torch.device | str) -> "Batch":

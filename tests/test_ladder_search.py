@@ -50,6 +50,6 @@ def test_the_policy_stops_early_and_declares_the_grids_answer(prepared, tmp_path
     assert "stopped: " in ladder.stdout  # the one line that says why it ended
     for r in load_records(uri, "ladder"):
         if r.status == "pruned":  # stopped at a rung: where and why are on the trial
-            assert float(r.tags["rung"]) in (0.25, 0.5) and "δ = 0.5" in r.tags["reason"]
+            assert float(r.tags["rung"]) in (0.25, 0.5) and "δ = 0.6" in r.tags["reason"]
             assert r.metric is None and r.pretrain_cost > 0
     assert _answers(tmp_path, "ladder") == _answers(tmp_path, "grid")
