@@ -414,7 +414,8 @@ def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurren
     tune_path = f"{storage_path.rstrip('/')}/{experiment}"
     if req.resume and tune.Tuner.can_restore(tune_path, storage_filesystem=storage_fs):
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, restart_errored=False,
-                                   param_space=space.tune_param_space(), storage_filesystem=storage_fs)
+                                   param_space={} if ladder else space.tune_param_space(),
+                                   storage_filesystem=storage_fs)
         # Callbacks are not restored with the experiment: hand them over again.
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
