@@ -46,8 +46,8 @@ def data(out: Path, patients: int) -> Path:
 
 def unit(cache: Path, out: Path, seed: int, attn: float, pre_kw: dict, ft_kw: dict) -> dict:
     """Pretrain and fine-tune one (seed, attention dropout); cached as summary.json."""
-    from claims_search.loop import FinetuneSettings, PretrainSettings
-    from claims_search.training import finetune, pretrain
+    from claims_search.model.loop import FinetuneSettings, PretrainSettings
+    from claims_search.runs.training import finetune, pretrain
 
     done = out / f"seed{seed}-attn{attn:g}" / "summary.json"
     if done.exists():

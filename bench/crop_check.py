@@ -50,8 +50,8 @@ def by_crop(held, preds, max_len: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from claims_search import predictions as P
-    from claims_search.cache import Cache
+    from claims_search.runs import predictions as P
+    from claims_search.data.cache import Cache
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default="runs/bench-scaling")

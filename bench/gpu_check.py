@@ -92,8 +92,8 @@ baseline: false
 
 
 def kernel_table(device: str) -> None:
-    from claims_search.model import KERNELS, attention_kernel
-    from claims_search.sizes import PRESETS
+    from claims_search.model.model import KERNELS, attention_kernel
+    from claims_search.model.sizes import PRESETS
 
     lengths = [(40, False), (128, False), (520, False), (513, True)]
     print("attention kernel by preset and row length (packed rows / one whole sequence a row):")
@@ -111,8 +111,8 @@ def check_flex(size, device) -> bool:
     backward, on one packed batch."""
     import numpy as np
 
-    from claims_search.batches import make_sequence, pack
-    from claims_search.model import ClaimsEncoder
+    from claims_search.model.batches import make_sequence, pack
+    from claims_search.model.model import ClaimsEncoder
 
     rng = np.random.default_rng(0)
     seqs = [make_sequence(rng.integers(4, 1000, n), np.sort(rng.integers(17000, 19000, n)), 0, 19000)
@@ -139,10 +139,10 @@ def check_flex(size, device) -> bool:
 
 def measure_training(size, cache, device, steps: int, warmup: int, batch_tokens: int, grad_accum: int,
                      peak: float | None, draws: str = "patient", workers: int = 0) -> None:
-    from claims_search import memory
-    from claims_search.batches import pretrain_batches
-    from claims_search.loop import PretrainSettings, TrainLoop
-    from claims_search.model import pretraining_model
+    from claims_search.model import memory
+    from claims_search.model.batches import pretrain_batches
+    from claims_search.model.loop import PretrainSettings, TrainLoop
+    from claims_search.model.model import pretraining_model
 
     torch.manual_seed(0)
     model = pretraining_model(size, cache.vocab_size).to(device)
@@ -178,7 +178,7 @@ def measure_training(size, cache, device, steps: int, warmup: int, batch_tokens:
     print(f"attention kernels run (forwards): {dict(kernels)}")
     est = memory.for_batch_tokens(size, cache.vocab_size, math.ceil(batch_tokens / grad_accum), masked_fraction=0.15)
     measured = torch.cuda.max_memory_allocated()
-    print(f"memory: estimate {est.gib():.2f} GiB (claims_search/memory.py), measured peak "
+    print(f"memory: estimate {est.gib():.2f} GiB (claims_search/model/memory.py), measured peak "
           f"{measured / 2**30:.2f} GiB allocated ({measured / est.peak:.0%} of the estimate)")
 
 
@@ -222,7 +222,7 @@ def main() -> int:
         return 2
     from pipeline import open_cache
 
-    from claims_search.sizes import PRESETS
+    from claims_search.model.sizes import PRESETS
 
     t0 = time.perf_counter()
     device = torch.device("cuda")

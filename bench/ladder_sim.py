@@ -49,7 +49,7 @@ interval of (best - it) is below δ; the answer is the cheapest that qualifies, 
 is that rule over every size trained fully.
 
 Strategies, the engine of ``bench/search_efficiency.py`` (the same code replays committed tables):
-the default policy (``claims_search.policy.SizePolicy`` with ``Settings()``), the grid, a random
+the default policy (``claims_search.search.policy.SizePolicy`` with ``Settings()``), the grid, a random
 order, the product's TPE (on a finite ladder that its budget covers, ``search._no_repeats``
 queues every size in a shuffled order: a random order), and plain ascent (cheapest first; stop at the first
 size that is not the pick). Charges: a size stopped at rung f costs f x its pretraining, a size
@@ -60,7 +60,7 @@ its answer (no hindsight), agreement with the grid's answer, the share of answer
 grid's by more than δ on held-out, and where the answer is the largest size the ratio to the
 floor (the largest size's full training plus the first product rung, 1/8, of every size below it).
 
-Policy settings compared (``VARIANTS``): the product's, ``claims_search.policy.Settings()`` as it
+Policy settings compared (``VARIANTS``): the product's, ``claims_search.search.policy.Settings()`` as it
 stands (every untried size asked by the done rule, the secant's gain error (1 + r) times the
 paired noise: in the policy itself; three warm-up sizes, skip-ahead off), and one or two of its
 settings changed at a time: skip-ahead on, two warm-up sizes, z, rungs. Every row runs
@@ -80,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from claims_search.policy import Pick, Settings
+from claims_search.search.policy import Pick, Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_efficiency as E  # noqa: E402
@@ -92,7 +92,7 @@ FAMILIES = ("flat", "rung0", "rung1", "rung2", "rung3", "rung4", "rung5", "peake
 FLOOR_RUNG = Settings().rungs[0]  # the floor charges the sizes below the answer their first product rung
 
 
-PRODUCT = Settings()  # the product's settings: whatever claims_search.policy.Settings() holds
+PRODUCT = Settings()  # the product's settings: whatever claims_search.search.policy.Settings() holds
 
 
 def describe(s: Settings) -> str:
@@ -126,9 +126,9 @@ tuning metric carries paired-difference noise calibrated on the study's document
 (standard error of a difference 0.005 at 20,000 labels, 0.0075 at 2,000; levels 0.023); the
 grid's answer is the paired rule with margin δ = 0.01 over every size trained fully. Every
 strategy runs through the same engine as the table replay (`bench/search_efficiency.py`): the
-policy is `claims_search.policy.SizePolicy` itself, asked at each rung and until it says Done;
+policy is `claims_search.search.policy.SizePolicy` itself, asked at each rung and until it says Done;
 a size stopped at rung f costs f x its pretraining. The first row of each table is the product's
-settings, `claims_search.policy.Settings()` as it stands; the other rows change one or two of
+settings, `claims_search.search.policy.Settings()` as it stands; the other rows change one or two of
 those settings (skip-ahead, warm-up sizes, z, rungs), nothing else.
 
 Note on the grid's answer: with a paired standard error of 0.005-0.0075 the margin rule can only
@@ -389,7 +389,7 @@ def reading(results: dict, n_sizes: int, sens: dict | None = None) -> list[str]:
               "Share is the median over every task × seed whose true answer is not the largest size "
               "(flat ladders included), floor the median ratio where it is, worse the share of every "
               "task × seed."), "",
-             (f"- **The product's settings are what `claims_search.policy.Settings()` holds**: δ {s.delta:g}, "
+             (f"- **The product's settings are what `claims_search.search.policy.Settings()` holds**: δ {s.delta:g}, "
               f"{describe(s)} (the done rule asking every untried size and the gain error (1 + r) are the "
               f"policy's code, not settings). Against the targets it {_met(p)}; {100 * p['agree']:.0f} % "
               f"of its answers agree with the grid's. Per column below the largest size (flat included), "

@@ -1,4 +1,4 @@
-"""Measured peak memory of one training step on CPU against ``claims_search.memory``'s estimate.
+"""Measured peak memory of one training step on CPU against ``claims_search.model.memory``'s estimate.
 
 How it measures: torch's profiler with ``profile_memory=True`` records every allocation and free
 of torch's CPU allocator, with its size, in order. After a warm-up step (AdamW's moments exist),
@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from claims_search import loop as loop_mod  # noqa: E402
-from claims_search import memory  # noqa: E402
-from claims_search.batches import make_sequence, mask_sequence, pack  # noqa: E402
-from claims_search.model import pretraining_model  # noqa: E402
-from claims_search.sizes import ModelSize  # noqa: E402
+from claims_search.model import loop as loop_mod  # noqa: E402
+from claims_search.model import memory  # noqa: E402
+from claims_search.model.batches import make_sequence, mask_sequence, pack  # noqa: E402
+from claims_search.model.model import pretraining_model  # noqa: E402
+from claims_search.model.sizes import ModelSize  # noqa: E402
 
 
 def synthetic_batch(size: ModelSize, vocab: int, batch_tokens: int, seed: int = 0,

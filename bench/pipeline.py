@@ -64,7 +64,7 @@ def cpu_name() -> str:
 
 
 def open_cache(data: str | None):
-    from claims_search.cache import Cache
+    from claims_search.data.cache import Cache
     from claims_search.cli import main as cli
 
     if data:
@@ -113,8 +113,8 @@ def main() -> int:
 
     import torch
 
-    from claims_search import batches as B
-    from claims_search.sizes import PRESETS, REFERENCE_VOCAB
+    from claims_search.model import batches as B
+    from claims_search.model.sizes import PRESETS, REFERENCE_VOCAB
 
     torch.set_num_threads(1)
     cache = open_cache(args.data)

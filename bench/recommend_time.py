@@ -23,8 +23,8 @@ import numpy as np
 
 def records_and_predictions(n_trials: int, n: int, seed: int = 0):
     """``n_trials`` complete TrialRecords of one task, cheapest first, and their predictions."""
-    from claims_search import predictions as pr
-    from claims_search.frontier import TrialRecord
+    from claims_search.runs import predictions as pr
+    from claims_search.results.frontier import TrialRecord
 
     rng = np.random.default_rng(seed)
     y = rng.random(n) < 0.12
@@ -41,7 +41,7 @@ def records_and_predictions(n_trials: int, n: int, seed: int = 0):
 
 
 def main(argv=None) -> int:
-    from claims_search.recommend import recommend
+    from claims_search.results.recommend import recommend
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=40)

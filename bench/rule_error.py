@@ -120,8 +120,8 @@ def train_ladder(cache: Path, out: Path, timings: dict) -> dict:
     """{name: summary} of every Transformer of the ladder (trained once, then read back)."""
     import torch
 
-    from claims_search.loop import FinetuneSettings, PretrainSettings
-    from claims_search.training import pretrain_and_finetune
+    from claims_search.model.loop import FinetuneSettings, PretrainSettings
+    from claims_search.runs.training import pretrain_and_finetune
 
     torch.set_num_threads(1)
     models = {}
@@ -154,7 +154,7 @@ def train_ladder(cache: Path, out: Path, timings: dict) -> dict:
 
 def train_baselines(cache: Path, out: Path, timings: dict) -> dict:
     """{task: summary} of the LightGBM baseline (trained once, then read back)."""
-    from claims_search.baseline import baseline
+    from claims_search.runs.baseline import baseline
 
     res = {}
     for task in TASKS:
@@ -195,7 +195,7 @@ class Model:
 
 
 def load_models(task: str, ladder: dict, base: dict) -> list[Model]:
-    from claims_search import predictions as P
+    from claims_search.runs import predictions as P
 
     out = []
     for name, s in ladder.items():
@@ -260,9 +260,9 @@ def run_replicates(task: str, models: list[Model], n: int, reps: int, seed: int,
                    real_bootstrap) -> list[dict]:
     """``reps`` draws of about ``n`` tuning samples; in each, every rule of :data:`RULES` under
     each variant of :data:`VARIANTS` (one bootstrap per draw, shared through the memo)."""
-    from claims_search.frontier import TrialRecord
+    from claims_search.results.frontier import TrialRecord
     from claims_search.metrics import percentile_interval
-    from claims_search.recommend import recommend
+    from claims_search.results.recommend import recommend
 
     assert models[-1].is_baseline and not any(m.is_baseline for m in models[:-1])
     ref = models[0].tuning

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS_DIR = ROOT / "claims_search" / "tasks" / "complexity"
+TASKS_DIR = ROOT / "claims_search" / "data" / "tasks" / "complexity"
 # (width, depth, heads), cheapest first: non-embedding parameters 6.1 k ... 442 k (72x), about
 # 2.3x per step (ff_ratio 4: 12 w^2 per layer), so a fit on the first four predicts the last two.
 LADDER = ((16, 2, 2), (24, 2, 2), (32, 3, 4), (48, 3, 4), (64, 4, 4), (96, 4, 4))
@@ -81,7 +81,7 @@ def name_of(size) -> str:
 
 
 def non_embedding(size) -> int:
-    from claims_search.sizes import ModelSize
+    from claims_search.model.sizes import ModelSize
 
     w, d, h = size
     return ModelSize(w, d, h, max_len=MAX_LEN).n_matmul_params()
@@ -143,9 +143,9 @@ def units(cache: Path, out: Path, ladder, tasks, labelled, pre_kw, ft_kw, deadli
           scratch: bool = True, gpu: bool = False) -> None:
     """Run every unit not yet done, cheapest size first, until the deadline (on the CUDA device
     with ``gpu``; LightGBM stays on the CPU)."""
-    from claims_search.baseline import baseline
-    from claims_search.loop import FinetuneSettings, PretrainSettings
-    from claims_search.training import finetune, pretrain
+    from claims_search.runs.baseline import baseline
+    from claims_search.model.loop import FinetuneSettings, PretrainSettings
+    from claims_search.runs.training import finetune, pretrain
 
     for task in tasks:
         for n in labelled:
@@ -242,10 +242,10 @@ def task_table(out: Path, cache: Path, task: str, n: int, ladder, metric: str, r
     its best rate on tuning when ``rates_from`` names studies at other rates)."""
     import polars as pl
 
-    from claims_search import predictions as P
-    from claims_search.frontier import TrialRecord
-    from claims_search.labels import oracle_scores
-    from claims_search.recommend import recommend
+    from claims_search.runs import predictions as P
+    from claims_search.results.frontier import TrialRecord
+    from claims_search.data.labels import oracle_scores
+    from claims_search.results.recommend import recommend
 
     # Scored from the cache's labels, not read from its manifest: a cache prepared before the
     # AUPRC over tied probabilities (labels.oracle_scores) holds the lower, tie-blind figure.

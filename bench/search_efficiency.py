@@ -10,7 +10,7 @@ labelled patients, as one live search would run them. A trial of the replay is a
 table, charged its compute up to where the strategy stopped it. Strategies, each driven exactly
 as a live search would be (no strategy sees a size it has not paid for):
 
-- ``policy``: ``claims_search.policy.SizePolicy`` with the product's settings (``Settings()``, or
+- ``policy``: ``claims_search.search.policy.SizePolicy`` with the product's settings (``Settings()``, or
   ``--z/--rungs/--warmup``): sizes in order of cost; a size is asked at each rung with its
   pretraining validation loss at that fraction and stopped there or trained fully; the search
   ends when the policy itself says ``Done``. A size stopped at rung f costs f x its pretraining
@@ -25,7 +25,7 @@ as a live search would be (no strategy sees a size it has not paid for):
 - ``ascent``: cheapest first, each size fully; it stops at the first size that is not the
   paired rule's pick on any task, and declares the picks then.
 
-The pick after each fully trained size is the paired rule of ``claims_search.recommend`` with
+The pick after each fully trained size is the paired rule of ``claims_search.results.recommend`` with
 margin δ (``--delta``, the policy's δ): with per-patient tuning predictions in the table,
 ``recommend()`` itself on them; without, its verdicts mimicked from the table's paired-difference
 standard error (``paired_se``): a cheaper size qualifies when the upper end of the 95 %
@@ -58,7 +58,7 @@ any order; every number a plain float; nothing patient-level but the optional pr
                 "tuning": 0.334, "held_out": 0.304,                # final metrics, the table's "metric"
                 "predictions": "predictions/w16d2h2.ckd_incidence.2000.parquet"}],
                              # optional: per-patient tuning predictions (relative path; columns as
-                             # claims_search/predictions.py: row, subject_idx, label, prob;
+                             # claims_search/runs/predictions.py: row, subject_idx, label, prob;
                              # synthetic patients only)
      "paired_se": {"ckd_incidence/2000": 0.0075}}
                              # the paired rule's standard error of a difference per task/labelled
@@ -109,7 +109,7 @@ from pathlib import Path
 
 import numpy as np
 
-from claims_search.policy import Candidate, Done, Pick, Settings, SizePolicy, Train, Wait
+from claims_search.search.policy import Candidate, Done, Pick, Settings, SizePolicy, Train, Wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -326,9 +326,9 @@ def load_tables(path: Path, delta: float, rule: str = "margin") -> list[Ladder]:
 
 def _recommend_pick(trained, task, tuning, cost, preds, metric, delta, se) -> Pick:
     """The product's paired rule on the units' per-patient tuning predictions (margin δ)."""
-    from claims_search import predictions as P
-    from claims_search.frontier import TrialRecord
-    from claims_search.recommend import recommend
+    from claims_search.runs import predictions as P
+    from claims_search.results.frontier import TrialRecord
+    from claims_search.results.recommend import recommend
 
     records = [TrialRecord(trial_id=k, task=task, status="complete", params={"model": {}}, n_params=None,
                            metric=tuning[k][task], metric_low=None, metric_high=None, cost=cost[k],
@@ -450,7 +450,7 @@ def patience_stop(curve: list, steps: int, patience: int) -> int:
     """The step where the product's early stopping (``worker.patience_stop``) would have ended a
     run of ``steps`` steps whose carve-out curve is ``curve``; ``steps`` if never (or no curve
     was kept)."""
-    from claims_search import worker
+    from claims_search.runs import worker
 
     stop = worker.patience_stop(curve, patience)
     return steps if stop is None else stop
@@ -459,7 +459,7 @@ def patience_stop(curve: list, steps: int, patience: int) -> int:
 def load(study: Path, metric: str, patience: int = 0):
     """(sizes, cost per size, {(task, n): {size: (metric, record inputs)}}, cost per size with
     ``patience``, units whose model patience would change) from the study."""
-    from claims_search import predictions as P
+    from claims_search.runs import predictions as P
 
     meta = json.loads((study / "report.json").read_text())
     tables = meta["tables"]
@@ -489,8 +489,8 @@ def load(study: Path, metric: str, patience: int = 0):
 
 
 def recommend_from(picks: list[str], task: str, data: dict, metric: str) -> str | None:
-    from claims_search.frontier import TrialRecord
-    from claims_search.recommend import recommend
+    from claims_search.results.frontier import TrialRecord
+    from claims_search.results.recommend import recommend
 
     records = []
     for s in picks:

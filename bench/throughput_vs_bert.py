@@ -56,9 +56,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from claims_search.batches import make_sequence, mask_sequence, own_rows, pack  # noqa: E402
-from claims_search.model import pretraining_model  # noqa: E402
-from claims_search.sizes import REFERENCE_VOCAB, ModelSize  # noqa: E402
+from claims_search.model.batches import make_sequence, mask_sequence, own_rows, pack  # noqa: E402
+from claims_search.model.model import pretraining_model  # noqa: E402
+from claims_search.model.sizes import REFERENCE_VOCAB, ModelSize  # noqa: E402
 
 KINDS = ("packed", "rows513", "padded", "bert", "grouped")
 SMOKE = dict(sizes="32x1", steps=1, batch_tokens=600, max_len=128, repeats=1, mega_batch=10)
@@ -67,7 +67,7 @@ QUICK = dict(sizes="32x1,64x2", steps=1, batch_tokens=1024, max_len=128, repeats
 
 def lengths_from(args, rng: np.random.Generator, n: int) -> np.ndarray:
     if args.cache:
-        from claims_search.cache import Cache
+        from claims_search.data.cache import Cache
 
         cache = Cache.open(args.cache)
         pool = cache.subjects["length"].to_numpy()[cache.subject_indices("train")]
@@ -165,7 +165,7 @@ def train_step(kind, model, opt, seqs, row_len: int) -> tuple[float, float]:
 
 def padded(seqs):
     """One patient per row, padded to the longest (built directly: FFD would pack them)."""
-    from claims_search.batches import Batch
+    from claims_search.model.batches import Batch
 
     T = -(-max(len(s) for s in seqs) // 8) * 8
     B = len(seqs)

@@ -52,7 +52,7 @@ def claims_search(*args: str, log: Path | None = None) -> str:
 
 def derived_space(space: str, out: Path, args) -> Path:
     """The space with this run's overrides, written beside the results."""
-    from claims_search.space import load_space
+    from claims_search.search.space import load_space
 
     raw = yaml.safe_load(Path(load_space(space).path).read_text())
     b = raw["budget"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from claims_search.cli import main as cli
-from claims_search.tracking import ui_url
+from claims_search.tracking.tracker import ui_url
 
 # What the full benchmark found for the demo's two tasks (docs/benchmarks.md, "The five-size
 # ladder at four times the training"): the size the paired rule (no margin) recommended on the
@@ -64,7 +64,7 @@ def story(uri: str, experiment: str) -> None:
     """What the models reached, per task, from the search's own records: the best Transformer's
     tuning AUROC against LightGBM's, and the cost of each size that completed."""
     from claims_search.commands.formatting import fmt_size
-    from claims_search.tracking import load_records
+    from claims_search.tracking.tracker import load_records
 
     records = [r for r in load_records(uri, experiment) if r.status == "complete"]
     print("\nWhat the models reached (tuning split AUROC; cost in device-seconds):")

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from claims_search.cache import Settings, write_cache
-from claims_search.labels import load_task
-from claims_search.meds import write_dataset
+from claims_search.data.cache import Settings, write_cache
+from claims_search.data.labels import load_task
+from claims_search.data.meds import write_dataset
 
 pytest_plugins = ["tests.cluster_harness"]  # real multi-node Ray, mlflow server, headless Chromium
 

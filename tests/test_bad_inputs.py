@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from claims_search import meds
+from claims_search.data import meds
 from claims_search.cli import main
 
 CASES_DIR = Path(__file__).parent / "bad_inputs"

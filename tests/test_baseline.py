@@ -1,4 +1,4 @@
-"""The LightGBM baseline (claims_search.baseline): recent-window code counts -> trees, per task."""
+"""The LightGBM baseline (claims_search.runs.baseline): recent-window code counts -> trees, per task."""
 
 import json
 from datetime import datetime, timedelta
@@ -6,14 +6,14 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from claims_search.cache import Cache
+from claims_search.data.cache import Cache
 from claims_search.errors import ClaimsSearchError
 from tests.conftest import CHECKUP
 
 
 
 def test_recency_features_win_where_only_recency_separates(recency_cache, tmp_path):
-    from claims_search.baseline import baseline
+    from claims_search.runs.baseline import baseline
 
     result = baseline(recency_cache, "antihypertensive_start", tmp_path / "run",
                       eval_splits=("tuning", "held_out"), num_threads=1, n_boot=100)
@@ -35,7 +35,7 @@ def test_recency_features_win_where_only_recency_separates(recency_cache, tmp_pa
 
 
 def test_count_features_use_only_events_at_or_before_the_prediction_time(recency_cache):
-    from claims_search.baseline import WINDOWS, count_features
+    from claims_search.runs.baseline import WINDOWS, count_features
 
     cache = Cache.open(recency_cache)
     labels = cache.labels("antihypertensive_start", "train").head(4)
@@ -56,7 +56,7 @@ def test_count_features_use_only_events_at_or_before_the_prediction_time(recency
 
 
 def test_unknown_task_fails_before_training(recency_cache, tmp_path):
-    from claims_search.baseline import baseline
+    from claims_search.runs.baseline import baseline
 
     with pytest.raises(ClaimsSearchError, match="ckd_incidence"):
         baseline(recency_cache, "ckd_incidence", tmp_path / "run")

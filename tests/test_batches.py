@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from claims_search.batches import (CLS, IGNORE, MASK, grouped_batches, make_sequence, mask_sequence,
+from claims_search.model.batches import (CLS, IGNORE, MASK, grouped_batches, make_sequence, mask_sequence,
                                    pack, pretrain_batches, task_batches)
-from claims_search.cache import FORMAT_VERSION, Cache
+from claims_search.data.cache import FORMAT_VERSION, Cache
 from claims_search.errors import ClaimsSearchError
 
 CODES = ["[PAD]", "[UNK]", "[CLS]", "[MASK]", "GENDER//F", "GENDER//M", "MEDS_BIRTH",
@@ -233,7 +233,7 @@ def test_patient_draws_build_the_batches_patient_by_patient_recipe_would(tmp_pat
 
 
 def test_the_stream_does_not_depend_on_the_worker_processes_that_build_it(tmp_path):
-    from claims_search.batches import shutdown_workers
+    from claims_search.model.batches import shutdown_workers
 
     cache = many_patients(tmp_path, n=120)
     try:
@@ -304,8 +304,8 @@ def test_bad_lengths_are_reported_before_any_batch(cache):
 
 def test_batches_from_a_cache_prepared_from_meds(tmp_path):
     """End to end: literal MEDS charts -> `prepare`'s write_cache -> packed batches."""
-    from claims_search import cache as cache_module
-    from claims_search import labels, meds
+    from claims_search.data import cache as cache_module
+    from claims_search.data import labels, meds
 
     def chart(sid, *later):  # born 1960, a checkup on 2020-04-01, then ``later``
         return [(sid, None, "GENDER//F"), (sid, "1960-01-01", "MEDS_BIRTH"),
@@ -336,7 +336,7 @@ def test_batches_from_a_cache_prepared_from_meds(tmp_path):
 
 
 def test_labelled_rows_keeps_whole_patients_and_is_reproducible():
-    from claims_search.batches import labelled_rows
+    from claims_search.model.batches import labelled_rows
 
     labels = pd.DataFrame({"subject_idx": [0, 0, 1, 2, 2, 2, 3, 4]})
     rows = labelled_rows(labels, 2, seed=0)

@@ -1,7 +1,7 @@
 """The MLflow UI, checked in a real browser: a search's parent run, its trial runs and the
 frontier picture, as a user opening the tracking server would see them.
 
-A real ``mlflow server`` (SQLite, local artifacts) is filled through ``claims_search.tracking``
+A real ``mlflow server`` (SQLite, local artifacts) is filled through ``claims_search.tracking.tracker``
 with one task's two trials; headless Debian Chromium (Playwright, no browser download) loads the
 experiment's runs table and the parent run's artifact page. Screenshots go to test-artifacts/.
 """
@@ -19,7 +19,7 @@ RENDER_MS = 60_000  # the single-page app renders in ~5 s; a loaded 2-core CI bo
 
 def trial(trial_id: str, width: int, depth: int, auprc: float, cost_s: float):
     """One finished trial of ``ckd_incidence`` (aggregates only, as a search records it)."""
-    from claims_search.frontier import TrialRecord
+    from claims_search.results.frontier import TrialRecord
 
     return TrialRecord(
         trial_id=trial_id, task="ckd_incidence", status="complete",
@@ -35,7 +35,7 @@ def search_runs(mlflow_server, tmp_path_factory):
     """``(experiment id, parent run id)`` after tracking two trials and publishing the frontier."""
     from mlflow import MlflowClient
 
-    from claims_search.tracking import Tracker
+    from claims_search.tracking.tracker import Tracker
 
     tracker = Tracker(mlflow_server.url, EXPERIMENT, tmp_path_factory.mktemp("outbox"))
     tracker.log_trial(trial("t1", 32, 2, 0.30, 10.0), sync=False)
@@ -92,7 +92,7 @@ def test_the_link_claims_search_prints_opens_the_runs_not_a_genai_overview(chrom
     default is a GenAI overview of traces), the experiment tagged as custom model development."""
     from mlflow import MlflowClient
 
-    from claims_search.tracking import experiment_url
+    from claims_search.tracking.tracker import experiment_url
 
     exp_id, _ = search_runs
     assert MlflowClient(mlflow_server.url).get_experiment(exp_id).tags["mlflow.experimentKind"] == \

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from claims_search import cache, labels, meds
+from claims_search.data import cache, labels, meds
 from claims_search.cli import main
 from claims_search.errors import ClaimsSearchError
 
@@ -242,8 +242,8 @@ def test_shard_by_shard_cache_equals_a_whole_dataset_computation(tmp_path):
     """prepare works one shard at a time (ids remapped per shard, tables from part files,
     oracle attached per part); here everything is recomputed on the whole dataset at once,
     the way prepare did before it streamed (2026-12-02), and must agree row for row."""
-    from claims_search.synth import generate
-    from claims_search.vocab import Vocab, fit_bins, token_strings
+    from claims_search.data.synth import generate
+    from claims_search.data.vocab import Vocab, fit_bins, token_strings
 
     root = tmp_path / "meds"
     generate(root, 240, seed=5, workers=1, shard_size=60)  # 4 blocks x 3 splits: up to 12 shards
@@ -298,7 +298,7 @@ ANY_EVENT_TASK = (  # rows matching no predicate count here: ACES gets every row
 def test_labels_extracted_in_slices_of_subjects_equal_the_whole_shard(tmp_path):
     """extract_shard runs ACES on slices of a shard's subjects (2026-12-02, to bound its
     memory); the labels must be those of one run on the whole shard, whatever the slice size."""
-    from claims_search.synth import generate
+    from claims_search.data.synth import generate
 
     root = tmp_path / "meds"
     generate(root, 300, seed=3, workers=1, shard_size=300)
@@ -324,7 +324,7 @@ def test_label_extraction_leaves_no_table_for_the_garbage_collector(tmp_path):
     full collection, and a worker's memory crept up shard after shard (2026-12-02)."""
     import gc
 
-    from claims_search.synth import generate
+    from claims_search.data.synth import generate
 
     root = tmp_path / "meds"
     generate(root, 60, seed=3, workers=1, shard_size=60)
@@ -350,7 +350,7 @@ def test_label_extraction_leaves_no_table_for_the_garbage_collector(tmp_path):
 
 
 def test_oracle_attached_part_by_part_matches_attach_oracle(tmp_path):
-    from claims_search.cache_tables import Oracle
+    from claims_search.data.cache_tables import Oracle
 
     t = pl.Series([date(2020, 1, 1), date(2020, 2, 1), date(2020, 3, 1)]).cast(pl.Datetime("us"))
     path = tmp_path / "oracle.parquet"
@@ -368,7 +368,7 @@ def test_oracle_attached_part_by_part_matches_attach_oracle(tmp_path):
 
 
 def test_value_bins_from_per_shard_arrays_equal_those_of_one_table():
-    from claims_search.vocab import fit_bins, sample_values
+    from claims_search.data.vocab import fit_bins, sample_values
 
     rng = np.random.default_rng(0)
     df = pl.DataFrame({"code": rng.choice(["A", "B", "C"], 500),

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from claims_search import capacity
-from claims_search.capacity import NodeType
+from claims_search.cluster import capacity
+from claims_search.cluster.capacity import NodeType
 from claims_search.errors import ClaimsSearchError
-from claims_search.space import load_space, parse_space, validate_against_cluster
+from claims_search.search.space import load_space, parse_space, validate_against_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = capacity.load_launcher_config(ROOT / "cluster" / "launcher.yaml")
@@ -74,7 +74,7 @@ def test_a_cluster_config_that_is_not_one_is_one_line(tmp_path):
 def test_a_local_instance_s_read_only_autoscaler_is_not_an_autoscaling_cluster():
     import json
 
-    from claims_search.autoscaler import scales
+    from claims_search.cluster.autoscaler import scales
 
     def status(mapping):
         return json.dumps({"monitor_pid": 1, "autoscaler_report": {"node_type_mapping": mapping}}).encode()

@@ -242,7 +242,7 @@ def test_mlflow_holds_the_frontier_and_recommended_models_that_load(s3_search, m
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
-    from claims_search.tracking import registered_name
+    from claims_search.tracking.tracker import registered_name
 
     client = MlflowClient(mlflow_server.url)
     children = _children(client, NAME)
@@ -335,7 +335,7 @@ def test_no_subject_id_reaches_the_ray_job_logs_or_the_heads_logs(s3_search, ray
     """Every job's log as the cluster serves it to anyone with dashboard access (`claims-search
     logs`; the searches above, the killed one included), and every log file of the head node
     (GCS, dashboard, job manager), hold no subject id of the data."""
-    from claims_search import jobs
+    from claims_search.cluster import jobs
     from tests.test_search import prepared_ids, subject_ids_in
 
     ids = prepared_ids(prepared)

@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 
 from claims_search.cli import main
-from claims_search.synth import generate
-from claims_search.synth.complexity import OUTCOME_CODES, SEQ_DAYS, TASKS
+from claims_search.data.synth import generate
+from claims_search.data.synth.complexity import OUTCOME_CODES, SEQ_DAYS, TASKS
 
-FAMILY_DIR = Path(__file__).resolve().parents[1] / "claims_search" / "tasks" / "complexity"
+FAMILY_DIR = Path(__file__).resolve().parents[1] / "claims_search" / "data" / "tasks" / "complexity"
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,8 @@ def test_the_knob_moves_the_risk_away_from_windowed_counts(both):
 
 def test_a_then_b_within_six_months_on_literal_charts():
     """The order-and-timing pattern of S: first A, then first B within 180 days."""
-    from claims_search.synth.complexity import Family, History, K
-    from claims_search.synth.people import INF
+    from claims_search.data.synth.complexity import Family, History, K
+    from claims_search.data.synth.people import INF
 
     #             first A  first B
     charts = [(100, 250),        # B 150 days after A: the pattern
@@ -141,7 +141,7 @@ def test_cli_option_turns_the_family_on(tmp_path, capsys):
 
 
 def test_the_family_is_prepared_by_name_but_never_implied():
-    from claims_search.labels import BUILTIN_TASKS, task_path
+    from claims_search.data.labels import BUILTIN_TASKS, task_path
 
     assert task_path("complexity_k3").parent.name == "complexity"
     assert not any(t.startswith("complexity") for t in BUILTIN_TASKS)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from claims_search import predictions as pr
+from claims_search.runs import predictions as pr
 from claims_search.commands.recommend import describe
-from claims_search.frontier import TrialRecord
-from claims_search.recommend import recommend
+from claims_search.results.frontier import TrialRecord
+from claims_search.results.recommend import recommend
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "search.md"
 
@@ -94,7 +94,7 @@ CLOSE_BASELINE = IMPROVING[:3] + [lightgbm("lgbm_close", HT, 0.6205, 0.567, 0.66
 
 def printed(records, task, **kw):
     """The lines `claims-search recommend` prints for ``task`` (with its bootstrap seeds)."""
-    from claims_search.summary import SummarySettings
+    from claims_search.results.summary import SummarySettings
 
     kw.setdefault("stability_seeds", SummarySettings().stability_seeds)
     rec = recommend(records, task, predictions, **kw)

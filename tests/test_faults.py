@@ -179,8 +179,8 @@ def test_a_search_survives_a_killed_worker_an_oom_kill_failing_trials_a_tracking
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from claims_search.search_state import SearchState
-    from claims_search.tracking import RECORD, Tracker, registered_name
+    from claims_search.search.state import SearchState
+    from claims_search.tracking.tracker import RECORD, Tracker, registered_name
 
     server = mlflow_restartable
     runs = tmp_path / "runs"
@@ -370,7 +370,7 @@ def test_a_server_that_dies_during_a_sync_is_an_outage_not_a_refusal(mlflow_rest
     """The server is killed while a sync is pushing: what was not delivered stays pending and no
     failed push is counted against it (only a server that answers and refuses an entry has it
     set aside after MAX_ATTEMPTS)."""
-    from claims_search.tracking import Tracker
+    from claims_search.tracking.tracker import Tracker
     from tests.test_tracking import trial
 
     server = mlflow_restartable
@@ -399,7 +399,7 @@ def test_a_trial_that_reports_its_own_failure_is_failed_in_the_study():
     import optuna
     from ray import tune
 
-    from claims_search.search_tune import GuardedOptunaSearch
+    from claims_search.search.tune import GuardedOptunaSearch
 
     s = GuardedOptunaSearch(metric=["a/auprc", "cost"], mode=["max", "min"],
                             sampler=optuna.samplers.RandomSampler(seed=0))
@@ -410,7 +410,7 @@ def test_a_trial_that_reports_its_own_failure_is_failed_in_the_study():
 
 
 def test_a_dead_train_worker_is_named_in_one_line():
-    from claims_search.trial import failure_reason
+    from claims_search.search.trial import failure_reason
 
     ray_says = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nThe actor is dead because its "
                 "worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly "
@@ -427,7 +427,7 @@ def test_a_trial_an_interrupted_driver_left_running_in_the_study_is_marked_faile
     existed: the resumed search never runs it, and at its end the study says so."""
     import optuna
 
-    from claims_search.search import _fail_orphans
+    from claims_search.search.driver import _fail_orphans
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])

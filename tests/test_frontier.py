@@ -2,7 +2,7 @@
 
 import pytest
 
-from claims_search.frontier import (
+from claims_search.results.frontier import (
     TrialRecord, default_reference, hypervolume, pareto_front, saturation_point, still_improving,
 )
 

@@ -77,3 +77,40 @@ def test_the_check_finds_a_circle_through_a_lazy_import(tmp_path):
     (pkg / "b.py").write_text("def f():\n    from claims_search import a\n")
     (pkg / "c.py").write_text("from . import a\n")
     assert cycles(import_graph(pkg)) == [["claims_search.a", "claims_search.b"]]
+
+
+# The stages, lowest first, in the order data flows. A module may import its own stage, any stage
+# below it and the base modules at the package's top; never a stage above it.
+STAGES = ("data", "model", "runs", "results", "tracking", "cluster", "search")
+BASE = ("errors", "atomic", "named", "storage", "metrics")
+
+
+def floor(module: str) -> int:
+    """-1 for the base (and the package root), the stage's index, or len(STAGES) for the entry
+    points at the top (cli, demo, commands)."""
+    part = module.split(".")[1] if "." in module else ""
+    if part in STAGES:
+        return STAGES.index(part)
+    return -1 if part in BASE or part == "" else len(STAGES)
+
+
+def climbs(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that reaches up to a higher floor, as ``"a -> b"``."""
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if floor(d) > floor(m))
+
+
+def test_imports_flow_down_the_stages():
+    assert climbs(import_graph()) == []
+
+
+def test_every_module_lives_on_a_floor_the_check_knows():
+    top = {m.split(".")[1] for m in import_graph() if "." in m}
+    assert top <= set(STAGES) | set(BASE) | {"cli", "demo", "commands"}
+
+
+def test_the_check_finds_a_stage_reaching_up():
+    graph = {"claims_search.model.loop": {"claims_search.search.space", "claims_search.data.cache",
+                                          "claims_search.errors"},
+             "claims_search.errors": {"claims_search.cli"}}
+    assert climbs(graph) == ["claims_search.errors -> claims_search.cli",
+                             "claims_search.model.loop -> claims_search.search.space"]

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from claims_search import jobs, storage
+from claims_search.cluster import jobs
+from claims_search.commands.entrypoint import build_entrypoint
+
+from claims_search import storage
 from claims_search.errors import ClaimsSearchError
 from tests.local_http import LocalServer
 
@@ -64,7 +67,7 @@ def cli(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess
 
 def test_a_search_without_a_name_gets_one_and_the_tracking_uri():
     now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
-    cmd, experiment = jobs.build_entrypoint(
+    cmd, experiment = build_entrypoint(
         ["search", "--space", "search_spaces/smoke.yaml", "--data", "s3://b/prepared"],
         tracking_uri="http://head:5000", storage_path="s3://b/runs", now=now, token="beef",
     )
@@ -77,18 +80,18 @@ def test_a_search_without_a_name_gets_one_and_the_tracking_uri():
 
 def test_two_unnamed_searches_started_in_the_same_second_get_different_names():
     now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
-    first, second = (jobs.build_entrypoint(["search", "--space", "smoke"], now=now)[1] for _ in range(2))
+    first, second = (build_entrypoint(["search", "--space", "smoke"], now=now)[1] for _ in range(2))
     assert first != second  # 6 random hex digits: a clash once in 16 million pairs
     assert first.startswith("smoke-20260102-030405-") and second.startswith("smoke-20260102-030405-")
 
 
 def test_a_named_search_keeps_its_name_and_a_raw_command_runs_as_given():
-    cmd, experiment = jobs.build_entrypoint(["search", "--name=ckd-v2", "--space", "smoke"])
+    cmd, experiment = build_entrypoint(["search", "--name=ckd-v2", "--space", "smoke"])
     assert experiment == "ckd-v2" and cmd.count("--name") == 1
-    cmd, experiment = jobs.build_entrypoint(["python", "-c", "print('a b')"])
+    cmd, experiment = build_entrypoint(["python", "-c", "print('a b')"])
     assert shlex.split(cmd) == ["python", "-c", "print('a b')"] and experiment is None
     with pytest.raises(ClaimsSearchError, match="nothing to run"):
-        jobs.build_entrypoint([])
+        build_entrypoint([])
 
 
 def test_the_runtime_env_uploads_the_project_without_venv_or_data():

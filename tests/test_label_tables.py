@@ -11,11 +11,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from claims_search import label_tables
-from claims_search.cache import Cache
+from claims_search.data import label_tables
+from claims_search.data.cache import Cache
 from claims_search.cli import main
 from claims_search.errors import ClaimsSearchError
-from claims_search.labels import task_path
+from claims_search.data.labels import task_path
 
 SAME = ["subject_id", "prediction_time", "label", "split", "subject_idx", "end"]
 
@@ -113,7 +113,7 @@ def test_a_search_runs_on_a_task_given_only_as_a_label_table(from_tables):
 
     import yaml
 
-    from claims_search.tracking import registered_name
+    from claims_search.tracking.tracker import registered_name
     from tests.test_search import RaySandbox, search_cmd
 
     work, out = from_tables

@@ -12,7 +12,7 @@ from datetime import datetime
 import polars as pl
 import pytest
 
-from claims_search import labels, meds
+from claims_search.data import labels, meds
 from claims_search.errors import ClaimsSearchError
 
 CHECKUP = "HC//SPECIFIC_CHECKUP"

@@ -19,7 +19,7 @@ LADDER = Path(__file__).parent / "spaces" / "ladder.yaml"
 
 def _answers(work: Path, name: str) -> dict[str, str]:
     """Each task's recommended size (``w16d1h2``...), read back from MLflow by `recommend --json`."""
-    from claims_search.sizes import size_key
+    from claims_search.model.sizes import size_key
 
     out = subprocess.run([sys.executable, "-m", "claims_search.cli", "recommend", "--experiment", name,
                           "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--json"],
@@ -28,7 +28,7 @@ def _answers(work: Path, name: str) -> dict[str, str]:
 
 
 def test_the_policy_stops_early_and_declares_the_grids_answer(prepared, tmp_path):
-    from claims_search.tracking import load_records
+    from claims_search.tracking.tracker import load_records
 
     grid = tmp_path / "grid.yaml"
     space = yaml.safe_load(LADDER.read_text())

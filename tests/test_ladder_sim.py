@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import ladder_sim as L  # noqa: E402
 import search_efficiency as E  # noqa: E402
-from claims_search.policy import Settings  # noqa: E402
+from claims_search.search.policy import Settings  # noqa: E402
 
 
 def test_the_policy_declares_the_grids_answer_on_a_clear_ladder():
@@ -60,7 +60,7 @@ def test_the_reading_states_the_targets_each_setting_meets(tmp_path):
     md = tmp_path / "sim.md"
     assert L.main(["--tasks", "16", "--seeds", "1", "--report", str(md)]) == 0
     text = md.read_text()
-    assert "## Reading" in text and "what `claims_search.policy.Settings()` holds" in text
+    assert "## Reading" in text and "what `claims_search.search.policy.Settings()` holds" in text
     reading = text[text.index("**Which targets each setting meets**"):text.index("**Every target at once**")]
     assert reading.count("\n  - ") == len(L.VARIANTS)
 

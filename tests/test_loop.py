@@ -7,13 +7,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from claims_search.batches import pretrain_batches, task_batches
-from claims_search.cost import Cost
+from claims_search.model.batches import pretrain_batches, task_batches
+from claims_search.model.cost import Cost
 from claims_search.errors import ClaimsSearchError
-from claims_search.loop import (FinetuneSettings, PretrainSettings, TrainLoop, evaluate_loss,
+from claims_search.model.loop import (FinetuneSettings, PretrainSettings, TrainLoop, evaluate_loss,
                                 predict)
-from claims_search.model import classification_model, pretraining_model
-from claims_search.sizes import ModelSize
+from claims_search.model.model import classification_model, pretraining_model
+from claims_search.model.sizes import ModelSize
 from tests.test_batches import CODES, write_cache
 
 SIZE = ModelSize(width=32, depth=2, heads=2, dropout=0.1, max_len=24)
@@ -160,7 +160,7 @@ def test_evaluations_and_checkpoints_are_recorded_beside_the_training_time_not_i
 
 
 def test_a_worker_is_charged_for_what_it_holds():
-    from claims_search.cost import devices_held
+    from claims_search.model.cost import devices_held
 
     assert devices_held({"CPU": 0.99}) == 1  # Ray Train's one core
     assert devices_held({"CPU": 3.96, "trainer": 1}) == 4  # cpus_per_worker 4 (x 0.99)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from claims_search import meds
+from claims_search.data import meds
 from claims_search.errors import ClaimsSearchError
 
 # Two patients as a claims chart: static sex row first, birth, a checkup with a value.

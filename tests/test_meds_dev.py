@@ -23,7 +23,7 @@ import polars as pl
 import pytest
 import yaml
 
-from claims_search import meds_metrics
+from claims_search.runs import meds_metrics
 from tests.test_meds_metrics import meds_eval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_unsupervised_train_pretrains_the_size_a_search_recommended(synthetic_me
     `recommend --json` file ($CLAIMS_SEARCH_RECOMMENDATION)."""
     pytest.importorskip("mlflow")
     from claims_search import cli
-    from claims_search.tracking import Tracker
+    from claims_search.tracking.tracker import Tracker
     from tests.test_tracking import search_results
 
     ck = tmp_path / "ckpt"

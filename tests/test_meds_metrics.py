@@ -1,4 +1,4 @@
-"""meds-evaluation's figures computed in claims_search (claims_search/meds_metrics.py): equal to
+"""meds-evaluation's figures computed in claims_search (claims_search/runs/meds_metrics.py): equal to
 what ``meds-evaluation-cli`` (0.0.6, its own venv: ``make meds-eval``) writes for the same file,
 and carried by the held-out confirmation to MLflow and to ``recommend``'s output."""
 
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from claims_search import cli
-from claims_search import meds_metrics as MM
-from claims_search import meds_predictions as MP
+from claims_search.runs import meds_metrics as MM
+from claims_search.runs import meds_predictions as MP
 
 
 def meds_eval(tool: str) -> str:
@@ -106,7 +106,7 @@ def checkpoint(tmp_path):
 
 def test_the_confirmation_carries_them_to_mlflow_and_recommend(tmp_path, checkpoint, capsys):
     pytest.importorskip("mlflow")
-    from claims_search.tracking import Tracker, load_confirmation
+    from claims_search.tracking.tracker import Tracker, load_confirmation
     from tests.test_tracking import search_results
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from claims_search import memory
+from claims_search.model import memory
 from claims_search.errors import ClaimsSearchError
-from claims_search.loop import FinetuneSettings, PretrainSettings, TrainLoop
-from claims_search.model import ClaimsEncoder, classification_model, pretraining_model
-from claims_search.sizes import ModelSize
-from claims_search.space import SPACES_DIR, check_memory, load_space, parse_space
+from claims_search.model.loop import FinetuneSettings, PretrainSettings, TrainLoop
+from claims_search.model.model import ClaimsEncoder, classification_model, pretraining_model
+from claims_search.model.sizes import ModelSize
+from claims_search.search.space import SPACES_DIR, check_memory, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -199,7 +199,7 @@ def test_cuda_out_of_memory_is_told_from_other_errors():
 
 
 def test_a_trial_that_ran_out_of_gpu_memory_says_so():
-    from claims_search.failures import failure_reason
+    from claims_search.runs.failures import failure_reason
 
     text = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from claims_search.batches import make_sequence, mask_sequence, pack
-from claims_search.model import (ClaimsEncoder, attention_mask, classification_model,
+from claims_search.model.batches import make_sequence, mask_sequence, pack
+from claims_search.model.model import (ClaimsEncoder, attention_mask, classification_model,
                                  pretraining_model)
-from claims_search.sizes import ModelSize
+from claims_search.model.sizes import ModelSize
 
 SIZE = ModelSize(width=32, depth=2, heads=4, max_len=24)
 VOCAB = 50
@@ -134,15 +134,15 @@ def test_flex_attention_with_a_document_block_mask_equals_the_dense_mask():
     (513, True, "cpu", "sdpa"),
 ])
 def test_attention_kernel_names_the_path_each_batch_takes(row_len, unpacked, device, expected):
-    from claims_search.model import attention_kernel
-    from claims_search.sizes import PRESETS
+    from claims_search.model.model import attention_kernel
+    from claims_search.model.sizes import PRESETS
 
     assert attention_kernel(PRESETS["11M"], row_len, unpacked, device) == expected
     assert attention_kernel(PRESETS["11M"], row_len, False, device, attn_dropout=True) == "sdpa-mask"
 
 
 def test_the_dense_mask_is_built_once_per_forward_in_the_compute_dtype(encoder, monkeypatch):
-    from claims_search import model as M
+    from claims_search.model import model as M
 
     made = []
     real = M.additive_mask

@@ -23,10 +23,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from claims_search import packaging
-from claims_search.baseline import baseline
-from claims_search.loop import FinetuneSettings, PretrainSettings
-from claims_search.training import pretrain_and_finetune
+from claims_search.tracking import packaging
+from claims_search.runs.baseline import baseline
+from claims_search.model.loop import FinetuneSettings, PretrainSettings
+from claims_search.runs.training import pretrain_and_finetune
 
 TASK = "antihypertensive_start"
 PT = PretrainSettings(steps=4, warmup=1, batch_tokens=1024, log_every=2)
@@ -78,8 +78,10 @@ def test_the_pyfunc_carries_the_project_code(saved):
     conf = yaml.safe_load((model / "MLmodel").read_text())["flavors"]["python_function"]
     assert conf["code"] == "code"
     code = model / "code" / "claims_search"
-    for module in ("__init__.py", "scoring.py", "worker.py", "cache.py", "model.py", "meds_predictions.py"):
-        assert (code / module).read_bytes() == (Path(packaging.__file__).parent / module).read_bytes()
+    package = Path(packaging.__file__).parents[1]  # claims_search/
+    for module in ("__init__.py", "runs/scoring.py", "runs/worker.py", "data/cache.py", "model/model.py",
+                   "runs/meds_predictions.py", "tracking/pyfunc_model.py"):
+        assert (code / module).read_bytes() == (package / module).read_bytes()
     assert not list(code.rglob("__pycache__"))
 
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from claims_search import cli
-from claims_search.search_state import SearchState
-from claims_search.tracking import MAX_ATTEMPTS, Tracker
+from claims_search.search.state import SearchState
+from claims_search.tracking.tracker import MAX_ATTEMPTS, Tracker
 from tests.local_http import LocalServer
 from tests.test_tracking import trial
 

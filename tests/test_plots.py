@@ -2,9 +2,9 @@
 
 import re
 
-from claims_search.frontier import TrialRecord
-from claims_search.plots import write_plots
-from claims_search.recommend import recommend
+from claims_search.results.frontier import TrialRecord
+from claims_search.results.plots import write_plots
+from claims_search.results.recommend import recommend
 
 
 def trial(tid, metric, cost, width=64, baseline=False, status="complete"):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from claims_search.policy import Candidate, Done, Pick, Settings, SizePolicy, Train, Wait, secant
+from claims_search.search.policy import Candidate, Done, Pick, Settings, SizePolicy, Train, Wait, secant
 
 SIZES = [Candidate(f"s{i}", cost=2.0 ** i, n_params=10 ** (4 + i)) for i in range(5)]
 # Two warm-up sizes and no skipping ahead: the hand-made ladders below are read step by step.

@@ -15,11 +15,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from claims_search import meds_predictions, packaging, predictions
+from claims_search.runs import meds_predictions, predictions
+
+from claims_search.tracking import packaging
 from claims_search.metrics import evaluate
-from claims_search.baseline import baseline
-from claims_search.loop import FinetuneSettings, PretrainSettings
-from claims_search.training import pretrain_and_finetune
+from claims_search.runs.baseline import baseline
+from claims_search.model.loop import FinetuneSettings, PretrainSettings
+from claims_search.runs.training import pretrain_and_finetune
 
 TASK = "antihypertensive_start"
 PT = PretrainSettings(steps=4, warmup=1, batch_tokens=1024, log_every=2)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from claims_search import meds
+from claims_search.data import meds
 from claims_search.cli import main
 
 CHECKUP = "HC//SPECIFIC_CHECKUP"
@@ -206,7 +206,7 @@ def test_small_evaluation_splits_get_a_plain_warning_and_again_when_up_to_date(c
 
 
 def test_a_task_file_named_like_a_built_in_task_replaces_it(claims, tmp_path, capsys):
-    from claims_search import labels
+    from claims_search.data import labels
 
     mine = tmp_path / "ckd_incidence.yaml"
     mine.write_text(labels.task_path("ckd_incidence").read_text().replace("365d", "300d"))

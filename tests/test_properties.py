@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from claims_search import labels, meds
+from claims_search.data import labels, meds
 from claims_search.errors import ClaimsSearchError
 
 # database=None: no .hypothesis/ folder in the checkout; a failure prints its example.
@@ -241,7 +241,7 @@ def test_the_model_input_of_a_label_ends_at_its_prediction_time(charts):
     prediction time (the day of the last one is not after it)."""
     import numpy as np
 
-    from claims_search.cache import Cache, Settings, write_cache
+    from claims_search.data.cache import Cache, Settings, write_cache
 
     # Both classes are needed for the cache to keep the task: add one of each.
     charts = charts + [[(100, CHECKUP), (200, "DX//ICD10//N18.3")], [(100, CHECKUP)]]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from claims_search.frontier import TrialRecord
-from claims_search.recommend import recommend
+from claims_search.results.frontier import TrialRecord
+from claims_search.results.recommend import recommend
 
 
 def trial(tid, metric, cost, status="complete", baseline=False, low=None, high=None):
@@ -83,9 +83,9 @@ import logging  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from claims_search import predictions as pr  # noqa: E402
+from claims_search.runs import predictions as pr  # noqa: E402
 from claims_search.commands.recommend import describe  # noqa: E402
-from claims_search.recommend import RESOLUTION  # noqa: E402
+from claims_search.results.recommend import RESOLUTION  # noqa: E402
 
 # 30 patients, one tuning sample each, in model A's order (highest score first): each positive
 # sits right below a negative. B is A with every positive moved one place further down: the two

@@ -1,4 +1,4 @@
-"""A whole trial's training (claims_search.training.pretrain_and_finetune): pretrain once, fine-tune per task; on Ray
+"""A whole trial's training (claims_search.runs.training.pretrain_and_finetune): pretrain once, fine-tune per task; on Ray
 all phases share one Ray Train fit and a restarted worker group skips finished phases."""
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from claims_search.errors import ClaimsSearchError
-from claims_search.loop import FinetuneSettings, PretrainSettings
-from claims_search.training import finetune, pretrain, pretrain_and_finetune
+from claims_search.model.loop import FinetuneSettings, PretrainSettings
+from claims_search.runs.training import finetune, pretrain, pretrain_and_finetune
 
 TASK = "antihypertensive_start"
 PT = PretrainSettings(steps=4, warmup=1, batch_tokens=1024, log_every=2)
@@ -50,8 +50,8 @@ def test_in_process_trial_gives_what_separate_calls_give(recency_cache, separate
 
 
 def test_the_tuning_predictions_are_kept_beside_the_checkpoint_and_give_its_metrics(separate, recency_cache):
-    from claims_search import predictions
-    from claims_search.cache import Cache
+    from claims_search.runs import predictions
+    from claims_search.data.cache import Cache
     from claims_search.metrics import evaluate
 
     _, _, ft = separate
@@ -87,7 +87,7 @@ def test_a_missing_task_fails_before_any_training(recency_cache, tmp_path):
 def test_one_fit_on_two_workers_resumes_a_failed_fine_tuning_without_pretraining_again(
         recency_cache, separate, tmp_path, ray_local, caplog):
     out, _, _ = separate
-    caplog.set_level(logging.INFO, logger="claims_search.train_ray")
+    caplog.set_level(logging.INFO, logger="claims_search.runs.train_ray")
     # Both workers fail once right after the fine-tuning's checkpoint at step 4 (phase 1);
     # Ray Train restarts the worker group, which skips the finished pretraining (phase 0).
     done = pretrain_and_finetune(recency_cache, "debug", PT, FT, [TASK], tmp_path, workers=2, n_boot=50,
@@ -121,8 +121,8 @@ def test_one_fit_on_two_workers_resumes_a_failed_fine_tuning_without_pretraining
 
 def test_fine_tuning_keeps_its_best_step_judged_on_train_patients_only(recency_cache, separate):
     """Early stopping reads a patient-grouped carve-out of train: the tuning split stays clean."""
-    from claims_search.batches import carve_out
-    from claims_search.cache import Cache
+    from claims_search.model.batches import carve_out
+    from claims_search.data.cache import Cache
 
     train = Cache.open(recency_cache).labels(TASK, "train")
     fit, stop = carve_out(train, FT.seed)
@@ -137,7 +137,7 @@ STILL = FinetuneSettings(steps=12, warmup=1, batch_tokens=1024, log_every=2, lr=
 
 
 def test_patience_counts_evaluations_since_the_best_and_a_tie_is_not_better():
-    from claims_search.worker import patience_stop
+    from claims_search.runs.worker import patience_stop
 
     curve = [[120, 0.30], [240, 0.35], [360, 0.35], [480, 0.34], [600, 0.36], [720, 0.33]]
     assert patience_stop(curve, 2) == 480  # 360 ties the best at 240, 480 is below it
@@ -170,7 +170,7 @@ def test_on_two_workers_every_rank_stops_where_rank_0_decides(recency_cache, sep
 
 
 def test_a_worker_killed_by_ray_s_memory_monitor_is_named_with_the_node_s_use():
-    from claims_search.trial import failure_reason
+    from claims_search.search.trial import failure_reason
 
     ray_says = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nray.exceptions.OutOfMemoryError: "
                 "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.2, ID: ab12) "

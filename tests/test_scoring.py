@@ -1,15 +1,15 @@
-"""Scoring a finished model again (claims_search.scoring): what the held-out confirmation and
+"""Scoring a finished model again (claims_search.runs.scoring): what the held-out confirmation and
 `predict` use. A re-scored model gives exactly the predictions its run kept, for a fine-tuned
 Transformer and for the LightGBM baseline."""
 
 import pytest
 
-from claims_search import predictions, scoring
-from claims_search.baseline import baseline
+from claims_search.runs import predictions, scoring
+from claims_search.runs.baseline import baseline
 from claims_search.errors import ClaimsSearchError
-from claims_search.loop import FinetuneSettings, PretrainSettings
-from claims_search.training import pretrain_and_finetune
-from claims_search.worker import open_cache
+from claims_search.model.loop import FinetuneSettings, PretrainSettings
+from claims_search.runs.training import pretrain_and_finetune
+from claims_search.runs.worker import open_cache
 
 TASK = "antihypertensive_start"
 PT = PretrainSettings(steps=4, warmup=1, batch_tokens=1024, log_every=2)
@@ -48,7 +48,7 @@ def test_held_out_scores_are_aggregates_of_the_held_out_patients(recency_cache, 
 
 
 def test_a_pretraining_checkpoint_is_not_a_classifier(recency_cache, tmp_path):
-    from claims_search.training import pretrain
+    from claims_search.runs.training import pretrain
 
     pre = pretrain(recency_cache, "debug", PT, tmp_path / "pre")
     with pytest.raises(ClaimsSearchError, match="a pretrain checkpoint, not a fine-tuned classifier"):
@@ -67,7 +67,7 @@ def test_held_out_scores_carry_meds_evaluations_figures_of_the_file_predict_writ
                                                                                      tmp_path):
     """The confirmation's meds-evaluation figures are those meds-evaluation-cli gives for the
     table `predict` writes from the same model and split, to the last digit."""
-    from claims_search import meds_metrics
+    from claims_search.runs import meds_metrics
     from tests.test_meds_metrics import meds_evaluation_cli
 
     ft, _, folder = trained

@@ -132,7 +132,7 @@ def test_the_choice_is_confirmed_once_on_held_out_patients(smoke_search, prepare
     fine-tunings, each task's LightGBM) records in its result.json the splits its cache served
     (`Cache.splits_read`), and none lists held_out; the confirmation's scoring records held_out,
     and nothing else, in the outbox."""
-    from claims_search.cache import Cache
+    from claims_search.data.cache import Cache
 
     work, out = smoke_search
     search = work / "runs" / "smoke-e2e"
@@ -219,7 +219,7 @@ def test_mlflow_holds_a_parent_per_task_and_tagged_children(smoke_search):
 
 
 def test_the_recommended_model_is_registered_with_its_alias(smoke_search):
-    from claims_search.tracking import registered_name
+    from claims_search.tracking.tracker import registered_name
 
     work, _ = smoke_search
     client = _client(work)

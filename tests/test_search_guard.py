@@ -6,9 +6,9 @@ import optuna
 import pytest
 from ray import tune
 
-from claims_search.search import records_from_result
-from claims_search.search_tune import GuardedOptunaSearch
-from claims_search.space import load_space
+from claims_search.search.driver import records_from_result
+from claims_search.search.tune import GuardedOptunaSearch
+from claims_search.search.space import load_space
 
 METRICS = ["ckd_incidence/auprc", "antihypertensive_start/auprc", "cost"]
 
@@ -73,8 +73,8 @@ def test_records_of_a_pruned_trial_never_carry_a_metric():
 
 def test_a_result_the_outbox_lacks_is_recovered_from_the_trials_final_json(tmp_path):
     """A driver that died between a trial's end and its callback: --resume rebuilds the records."""
-    from claims_search.search import _recover_records
-    from claims_search.tracking import Tracker
+    from claims_search.search.driver import _recover_records
+    from claims_search.tracking.tracker import Tracker
 
     space = load_space("smoke")
     trials = tmp_path / "trials"
@@ -90,7 +90,7 @@ def test_a_result_the_outbox_lacks_is_recovered_from_the_trials_final_json(tmp_p
 
 def test_resume_refuses_another_space_or_data(tmp_path):
     from claims_search.errors import ClaimsSearchError
-    from claims_search.search import _same_search
+    from claims_search.search.driver import _same_search
 
     space = load_space("smoke")
     _same_search(tmp_path, space, "/data/prepared", resume=False)
@@ -116,7 +116,7 @@ def test_the_searcher_never_proposes_a_configuration_already_tried():
 
 
 def test_a_small_space_tries_each_configuration_once(tmp_path):
-    from claims_search.search import _no_repeats
+    from claims_search.search.driver import _no_repeats
 
     smoke = load_space("smoke")  # head_dim [8, 16] x depth 1..2: four configurations
     points = smoke.distinct_points()

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from claims_search import storage
-from claims_search.search_state import SearchState
+from claims_search.search.state import SearchState
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from claims_search.batches import Batch
+from claims_search.model.batches import Batch
 from claims_search.errors import ClaimsSearchError
-from claims_search.model import ClaimsEncoder, pretraining_model
-from claims_search.sizes import PRESETS, REFERENCE_VOCAB, STUDY_PARAMS, ModelSize
+from claims_search.model.model import ClaimsEncoder, pretraining_model
+from claims_search.model.sizes import PRESETS, REFERENCE_VOCAB, STUDY_PARAMS, ModelSize
 
 PRESET_NAMES = list(PRESETS)
 

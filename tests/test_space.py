@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from claims_search.errors import ClaimsSearchError
-from claims_search.sizes import ModelSize
-from claims_search.space import load_space, validate_against_cluster
+from claims_search.model.sizes import ModelSize
+from claims_search.search.space import load_space, validate_against_cluster
 
 SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 
@@ -43,7 +43,7 @@ def test_every_shipped_space_parses_and_yields_valid_trial_configs(path):
 
 
 def _model_grid(space):
-    from claims_search.space import _values
+    from claims_search.search.space import _values
 
     dims = {k: _values(v) for k, v in space.model.model_dump(exclude_none=True).items()
             if not isinstance(getattr(space.model, k), dict)}
@@ -184,7 +184,7 @@ def test_a_file_named_like_a_shipped_space_wins_and_says_so(tmp_path, monkeypatc
 
 
 def test_a_task_file_named_like_a_builtin_task_wins_and_says_so(tmp_path, monkeypatch, capsys):
-    from claims_search.labels import task_path
+    from claims_search.data.labels import task_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "complexity_k0").mkdir()  # a folder: never a task file
@@ -225,7 +225,7 @@ def test_fractional_gpus_with_several_workers_per_trial_are_refused(tmp_path):
 
 
 def test_prices_per_device_kind_are_read_and_checked(tmp_path):
-    from claims_search.summary import SummarySettings
+    from claims_search.results.summary import SummarySettings
 
     space = load_space(write(tmp_path, mutate(prices={"H100": 4.0, "cpu": 0.05})))
     assert SummarySettings.from_space(space).prices == {"H100": 4.0, "cpu": 0.05}

@@ -1,4 +1,4 @@
-"""A finished search's per-task summary (claims_search.summary), and what Tracker.publish
+"""A finished search's per-task summary (claims_search.results.summary), and what Tracker.publish
 records of it: trial predictions read from their files, a lost file only a warning."""
 
 import json
@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from claims_search import predictions as pr
-from claims_search.frontier import TrialRecord
-from claims_search.summary import SummarySettings, load_predictions, summarize
-from claims_search.tracking import Tracker
+from claims_search.runs import predictions as pr
+from claims_search.results.frontier import TrialRecord
+from claims_search.results.summary import SummarySettings, load_predictions, summarize
+from claims_search.tracking.tracker import Tracker
 
 # 30 patients in model "big"'s order: each positive right below a negative. "small" moves every
 # positive one place down: slightly but consistently worse on the same patients.
@@ -90,7 +90,7 @@ def test_publish_records_what_it_is_handed(records, tmp_path):
 
 
 def test_settings_come_from_a_space():
-    from claims_search.space import load_space
+    from claims_search.search.space import load_space
 
     space = load_space("smoke")
     s = SummarySettings.from_space(space)
@@ -120,8 +120,8 @@ def test_recommend_command_reads_each_trial_s_kept_predictions(records, tmp_path
 def test_a_frontier_mixing_device_kinds_says_so():
     import dataclasses
 
-    from claims_search.plots import mixed_devices_note
-    from claims_search.search import device_kind
+    from claims_search.results.plots import mixed_devices_note
+    from claims_search.search.driver import device_kind
 
     assert device_kind("cpu (x86_64, 2 threads)") == "cpu"
     assert device_kind("NVIDIA H200 + NVIDIA H200") == "NVIDIA H200"
@@ -138,9 +138,9 @@ def test_costs_measured_on_different_devices_are_priced_onto_one_axis():
     import dataclasses
 
     from claims_search.commands.recommend import describe
-    from claims_search.frontier import pareto_front
-    from claims_search.plots import mixed_devices_note
-    from claims_search.prices import UNIT, on_one_axis, price_of
+    from claims_search.results.frontier import pareto_front
+    from claims_search.results.plots import mixed_devices_note
+    from claims_search.results.prices import UNIT, on_one_axis, price_of
 
     gpu = dataclasses.replace(trial("big", 0.725, 0.540, 0.888, 100.0), tags={"device": "NVIDIA H100 80GB HBM3"})
     cpu = dataclasses.replace(trial("lgbm", 0.70, 0.52, 0.86, 300.0, baseline=True), tags={"device": "cpu"})

@@ -16,9 +16,9 @@ from sklearn.metrics import roc_auc_score
 
 from claims_search.cli import main
 from claims_search.errors import ClaimsSearchError
-from claims_search.synth import generate
+from claims_search.data.synth import generate
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "claims_search" / "tasks"
+TASKS_DIR = Path(__file__).resolve().parents[1] / "claims_search" / "data" / "tasks"
 TASKS = ("ckd_incidence", "antihypertensive_start")
 
 
@@ -275,7 +275,7 @@ def test_cli_writes_a_dataset_and_overwrites_only_when_asked(tmp_path, capsys):
 
 def _people(checkup_days: list[list[int]]):
     """Patients enrolled over the whole period, with the given checkup days (days since 2015-01-01)."""
-    from claims_search.synth.people import INF, N_CHECKUPS, N_MONTHS, People
+    from claims_search.data.synth.people import INF, N_CHECKUPS, N_MONTHS, People
 
     n = len(checkup_days)
     ck = np.full((n, N_CHECKUPS), INF, dtype=np.int64)
@@ -290,8 +290,8 @@ def _people(checkup_days: list[list[int]]):
 def test_guideline_rule_on_literal_patients():
     """Checkup on day 1000. The rule fires only for a first I10 in the 90 days up to it and no
     contraindication so far; someone already on an antihypertensive is not in the cohort."""
-    from claims_search.synth.people import INF
-    from claims_search.synth.tasks import plant_antihypertensive
+    from claims_search.data.synth.people import INF
+    from claims_search.data.synth.tasks import plant_antihypertensive
 
     #                       first I10   first contraindication   first antihypertensive
     charts = {"new HT":        (970,      INF,                     INF),
@@ -312,8 +312,8 @@ def test_guideline_rule_on_literal_patients():
 def test_ckd_windows_of_yearly_checkups_never_contradict_each_other():
     """Yearly windows overlap; a draw of 0 at one checkup keeps its whole window CKD-free even
     when the next checkup draws 1."""
-    from claims_search.synth.people import INF
-    from claims_search.synth.tasks import CKD_WINDOW, plant_ckd
+    from claims_search.data.synth.people import INF
+    from claims_search.data.synth.tasks import CKD_WINDOW, plant_ckd
 
     people = _people([[400, 750, 1100, 1450]] * 2000)
     logit = np.zeros((2000, 8))  # p = 0.5 at every checkup

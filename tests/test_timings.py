@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from claims_search.search import SearchResult, time_shares
-from claims_search.training import phase_timings
+from claims_search.search.driver import SearchResult, time_shares
+from claims_search.runs.training import phase_timings
 
 
 def _outcome(loop_s: float, eval_s: float, cache_s: float) -> dict:

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from claims_search import cli
-from claims_search.frontier import TrialRecord
-from claims_search.tracking import Tracker, load_records, registered_name
+from claims_search.results.frontier import TrialRecord
+from claims_search.tracking.tracker import Tracker, load_records, registered_name
 
 pytest.importorskip("mlflow")
 

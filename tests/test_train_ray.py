@@ -1,11 +1,11 @@
-"""Training runs on Ray Train workers (claims_search.train_ray): DDP on CPU, resume after failure."""
+"""Training runs on Ray Train workers (claims_search.runs.train_ray): DDP on CPU, resume after failure."""
 
 import json
 
 import pytest
 
-from claims_search.loop import FinetuneSettings
-from claims_search.training import finetune
+from claims_search.model.loop import FinetuneSettings
+from claims_search.runs.training import finetune
 
 
 SETTINGS = FinetuneSettings(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3)
@@ -42,11 +42,11 @@ def test_two_workers_give_the_same_result_format_and_resume_after_a_failure(rece
 @pytest.mark.ray
 def test_a_gpu_out_of_memory_is_reported_as_such_and_not_retried(recency_cache, tmp_path, ray_local):
     from claims_search.errors import ClaimsSearchError
-    from claims_search.loop import PretrainSettings
-    from claims_search.sizes import PRESETS
-    from claims_search.train_ray import run_phases
-    from claims_search.training import _pretrain_job
-    from claims_search.cache import Cache
+    from claims_search.model.loop import PretrainSettings
+    from claims_search.model.sizes import PRESETS
+    from claims_search.runs.train_ray import run_phases
+    from claims_search.runs.training import _pretrain_job
+    from claims_search.data.cache import Cache
 
     cache = Cache.open(recency_cache)
     job, _ = _pretrain_job(cache, recency_cache, PRESETS["debug"], PretrainSettings(steps=4, warmup=1, batch_tokens=512))

@@ -1,4 +1,4 @@
-"""Single training runs (claims_search.training): pretrain, fine-tune, resume, bad input."""
+"""Single training runs (claims_search.runs.training): pretrain, fine-tune, resume, bad input."""
 
 import json
 import shutil
@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from claims_search.errors import ClaimsSearchError
-from claims_search.loop import FinetuneSettings, PretrainSettings
+from claims_search.model.loop import FinetuneSettings, PretrainSettings
 from claims_search.metrics import METRIC_KEYS
-from claims_search.training import finetune, pretrain, read_meta
+from claims_search.runs.training import finetune, pretrain, read_meta
 
 
 TINY_PT = dict(steps=6, warmup=1, batch_tokens=1024, log_every=2)
@@ -115,9 +115,9 @@ def test_checkpoint_from_another_vocabulary_or_size_fails_before_training(recenc
 @pytest.mark.slow
 def test_debug_model_beats_chance_on_both_builtin_tasks(tmp_path):
     """Synthetic claims -> prepare -> pretrain debug -> fine-tune each built-in task, on CPU."""
-    from claims_search.cache import Settings, write_cache
-    from claims_search.labels import BUILTIN_TASKS, load_task
-    from claims_search.synth import generate
+    from claims_search.data.cache import Settings, write_cache
+    from claims_search.data.labels import BUILTIN_TASKS, load_task
+    from claims_search.data.synth import generate
 
     generate(tmp_path / "meds", 3000, 0, workers=1)
     prepared = tmp_path / "prepared"
@@ -138,9 +138,9 @@ def test_fine_tuning_and_lightgbm_learn_from_the_subset_only(recency_cache, tmp_
     80 patients' samples and no others (the few-labels regime). Checked twice for fine-tuning:
     the count the run records, and the train samples its batches actually drew (fitting and the
     early-stopping carve-out), seen by spying on ``batches.task_batches``."""
-    from claims_search import batches as B
-    from claims_search.baseline import baseline
-    from claims_search.worker import open_cache
+    from claims_search.model import batches as B
+    from claims_search.runs.baseline import baseline
+    from claims_search.runs.worker import open_cache
 
     with pytest.raises(ClaimsSearchError, match="train_patients must be >= 1"):
         FinetuneSettings(train_patients=0)
@@ -176,10 +176,10 @@ def test_fine_tuning_and_lightgbm_learn_from_the_subset_only(recency_cache, tmp_
 
 def test_the_search_policy_stops_a_pretraining_at_its_rung(recency_cache):
     """A pretraining with rungs asks at each (rank 0, in-process here) and ends where told."""
-    from claims_search.cache import Cache
-    from claims_search.sizes import ModelSize
-    from claims_search.training import _pretrain_job
-    from claims_search.worker import execute
+    from claims_search.data.cache import Cache
+    from claims_search.model.sizes import ModelSize
+    from claims_search.runs.training import _pretrain_job
+    from claims_search.runs.worker import execute
 
     job, _ = _pretrain_job(Cache.open(recency_cache), recency_cache, ModelSize.from_name("debug"),
                            PretrainSettings(**{**TINY_PT, "steps": 8}))
@@ -197,7 +197,7 @@ def test_the_search_policy_stops_a_pretraining_at_its_rung(recency_cache):
 
 
 def test_a_gpu_worker_draws_windows_in_its_spare_cpus_and_a_cpu_keeps_the_patient_stream():
-    from claims_search.worker import pretrain_loader
+    from claims_search.runs.worker import pretrain_loader
 
     assert pretrain_loader("cuda", 2) == {"draws": "window", "workers": 2}
     assert pretrain_loader("cpu", 2) == {"draws": "patient", "workers": 0}  # results on CPU unchanged

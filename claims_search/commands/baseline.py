@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the baseline, print metrics with intervals and cost; 0 on success."""
-    from claims_search.baseline import baseline
+    from claims_search.runs.baseline import baseline
     from claims_search.metrics import format_metrics
 
     splits = ("tuning", "held_out") if args.held_out else ("tuning",)

@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fine-tune, print metrics with intervals and costs; 0 on success."""
     from claims_search.commands.formatting import format_cost
-    from claims_search.loop import FinetuneSettings
+    from claims_search.model.loop import FinetuneSettings
     from claims_search.metrics import format_metrics
-    from claims_search.training import finetune
+    from claims_search.runs.training import finetune
 
     size = size_from_args(args, required=args.from_scratch)
     settings = FinetuneSettings(lr=args.lr, batch_tokens=args.batch_tokens, steps=args.steps,

@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     from claims_search.commands.formatting import trial_counts
     from claims_search.errors import ClaimsSearchError
-    from claims_search.frontier import default_reference, hypervolume, pareto_front
-    from claims_search.prices import on_one_axis
-    from claims_search.tracking import default_tracking_uri, load_records, load_settings
+    from claims_search.results.frontier import default_reference, hypervolume, pareto_front
+    from claims_search.results.prices import on_one_axis
+    from claims_search.tracking.tracker import default_tracking_uri, load_records, load_settings
 
     uri = args.tracking_uri or default_tracking_uri()
     records = load_records(uri, args.experiment)

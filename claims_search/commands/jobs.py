@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from claims_search import jobs
+    from claims_search.cluster import jobs
     from claims_search.commands.submit import require_address
 
     client = jobs.connect(require_address(args))

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     """Print (or follow) the log; exit 1 if the followed job did not succeed."""
     import sys
 
-    from claims_search import jobs
+    from claims_search.cluster import jobs
     from claims_search.commands.submit import require_address
 
     client = jobs.connect(require_address(args))

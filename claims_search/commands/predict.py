@@ -7,7 +7,7 @@ or storage. The output is Parquet in the MEDS prediction schema, which meds-eval
 written: ``subject_id`` int64, ``prediction_time`` timestamp[us], ``boolean_value`` bool (the
 label), ``predicted_boolean_value`` bool and ``predicted_boolean_probability`` float32. The
 predicted class is probability >= the threshold kept with the model: the cut that maximised F1
-on the tuning split when it was trained (claims_search/meds_predictions.py says why).
+on the tuning split when it was trained (claims_search/runs/meds_predictions.py says why).
 
 Examples:
   claims-search predict --model models:/demo-ckd_incidence@recommended --data prepared/ \\
@@ -38,13 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _resolve(model: str, tracking_uri: str | None) -> tuple[str, bool]:
     """``(location, is_baseline)`` of what ``--model`` names."""
-    from claims_search import packaging, storage
+    from claims_search.tracking import packaging
+    from claims_search import storage
     from claims_search.errors import ClaimsSearchError
 
     if model.startswith(("models:/", "runs:/")):
         import mlflow.artifacts
 
-        from claims_search.tracking import default_tracking_uri
+        from claims_search.tracking.tracker import default_tracking_uri
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         uri = tracking_uri or default_tracking_uri()
@@ -69,9 +70,10 @@ def _resolve(model: str, tracking_uri: str | None) -> tuple[str, bool]:
 
 def run(args: argparse.Namespace) -> int:
     """Predict, write the file, print a one-line summary (aggregates only)."""
-    from claims_search import meds_predictions, scoring, storage
+    from claims_search.runs import meds_predictions, scoring
+    from claims_search import storage
     from claims_search.errors import ClaimsSearchError
-    from claims_search.worker import open_cache
+    from claims_search.runs.worker import open_cache
 
     if storage.exists(args.out):
         raise ClaimsSearchError(f"--out {args.out}: exists; choose another file")

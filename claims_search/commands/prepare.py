@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from claims_search.labels import BUILTIN_TASKS
+from claims_search.data.labels import BUILTIN_TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,9 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def choose_tasks(given: list[str], only: bool, labels_dir: str | None = None) -> tuple[list, set[str]]:
-    """The tasks to prepare (:class:`claims_search.labels.Task`) and the names of those that
+    """The tasks to prepare (:class:`claims_search.data.labels.Task`) and the names of those that
     may be left out: the built-in tasks added without being named."""
-    from claims_search import label_tables, labels
+    from claims_search.data import label_tables, labels
     from claims_search.errors import ClaimsSearchError
 
     if only and not given and not labels_dir:
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from claims_search import cache, labels, meds
+    from claims_search.data import cache, labels, meds
     from claims_search.commands.validate import warn
     from claims_search.errors import ClaimsSearchError
 

@@ -60,7 +60,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, steps: int, lr: float, wa
 def size_from_args(args: argparse.Namespace, required: bool = True):
     """The ModelSize the arguments ask for (None if none given and not ``required``)."""
     from claims_search.errors import ClaimsSearchError
-    from claims_search.sizes import ModelSize
+    from claims_search.model.sizes import ModelSize
 
     shape = {k: getattr(args, a) for k, a in
              (("max_len", "max_len"), ("dropout", "dropout"), ("ff_ratio", "ff_ratio")) if getattr(args, a) is not None}
@@ -149,8 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Pretrain, print the validation loss and cost; 0 on success."""
     from claims_search.commands.formatting import format_cost
-    from claims_search.loop import PretrainSettings
-    from claims_search.training import pretrain
+    from claims_search.model.loop import PretrainSettings
+    from claims_search.runs.training import pretrain
 
     size = size_from_args(args)
     settings = PretrainSettings(lr=args.lr, batch_tokens=args.batch_tokens, steps=args.steps,

@@ -110,7 +110,7 @@ def _trend_lines(rec, held_out: dict | None) -> list[str]:
 def _held_out_agrees(rec, held_out: dict | None) -> str:
     """Whether held-out confirmation agrees that the saturation point is as good as the best:
     its held-out metric within δ (the margin, else the rule's resolution) of the best's."""
-    from claims_search.recommend import RESOLUTION
+    from claims_search.results.recommend import RESOLUTION
 
     roles = held_out or {}
     sat, rec_, best = rec.saturation, roles.get("recommended"), roles.get("best")
@@ -242,7 +242,7 @@ def held_out_lines(roles: dict | None, metric: str) -> list[str]:
     search chose; the tuning figures above chose them and are optimistic), each role's followed
     by meds-evaluation's figures of the same predictions, samples and subjects equally weighted
     (``meds_metrics``), where the confirmation holds them. None: there is none."""
-    from claims_search import meds_metrics
+    from claims_search.runs import meds_metrics
 
     if roles is None:
         return []
@@ -271,9 +271,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from claims_search.errors import ClaimsSearchError
-    from claims_search.recommend import check_margin, check_stability_seeds
-    from claims_search.summary import SummarySettings, summarize
-    from claims_search.tracking import default_tracking_uri, load_confirmation, load_records, load_settings
+    from claims_search.results.recommend import check_margin, check_stability_seeds
+    from claims_search.results.summary import SummarySettings, summarize
+    from claims_search.tracking.tracker import default_tracking_uri, load_confirmation, load_records, load_settings
 
     for name in ("margin", "tolerance"):
         try:

@@ -44,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the search, then print the recommendation per task."""
     from claims_search.commands.recommend import describe
     from claims_search.errors import ClaimsSearchError
-    from claims_search.search import SearchRequest, run_search
-    from claims_search.search_state import generated_name
-    from claims_search.space import load_space
-    from claims_search.tracking import default_tracking_uri
+    from claims_search.search.driver import SearchRequest, run_search
+    from claims_search.named import generated_name
+    from claims_search.search.space import load_space
+    from claims_search.tracking.tracker import default_tracking_uri
 
     space = load_space(args.space)
     if args.resume and not args.name:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                                       storage=args.storage, address=args.address, resume=args.resume,
                                       progress=not args.no_progress, resource_check=not args.no_resource_check,
                                       cluster_config=args.cluster_config))
-    from claims_search.tracking import experiment_url
+    from claims_search.tracking.tracker import experiment_url
 
     link = experiment_url(uri, name)
     print(f"\nsearch {name} finished: {result.summary()}." + (f" MLflow: {link}" if link else ""))

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Ask the cluster to stop the job; say whether it was running."""
-    from claims_search import jobs
+    from claims_search.cluster import jobs
     from claims_search.commands.submit import require_address
 
     client = jobs.connect(require_address(args))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def add_address(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _env_vars(args: argparse.Namespace, command: list[str]) -> dict[str, str]:
-    from claims_search import jobs, storage
+    from claims_search.commands.entrypoint import flag_value
+    from claims_search import storage
     from claims_search.errors import ClaimsSearchError
 
     env: dict[str, str] = {}
@@ -106,13 +108,13 @@ def _env_vars(args: argparse.Namespace, command: list[str]) -> dict[str, str]:
         if not sep or not key:
             raise ClaimsSearchError(f"--env {kv!r}: expected KEY=VALUE")
         env[key] = value
-    tracking = args.tracking_uri or jobs.flag_value(command, "--tracking-uri")
+    tracking = args.tracking_uri or flag_value(command, "--tracking-uri")
     if tracking:
         env["MLFLOW_TRACKING_URI"] = tracking
     if args.storage_path:
         # A URI as given; a path as given too: it names the shared mount on the cluster's nodes.
         env["CLAIMS_SEARCH_STORAGE_PATH"] = args.storage_path
-    data = jobs.flag_value(command, "--data")
+    data = flag_value(command, "--data")
     if data:
         env["CLAIMS_SEARCH_DATA"] = data
         if storage.is_local(data) and not os.path.isabs(data):
@@ -124,13 +126,14 @@ def _env_vars(args: argparse.Namespace, command: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Pre-flight checks, submit, print the job id and experiment; optionally wait."""
-    from claims_search import jobs
+    from claims_search.cluster import jobs
+    from claims_search.commands.entrypoint import build_entrypoint, flag_value
 
     address = require_address(args)
     command = list(args.argv)
     if command and command[0] == "--":
         command = command[1:]
-    entrypoint, experiment = jobs.build_entrypoint(command, args.tracking_uri, args.storage_path)
+    entrypoint, experiment = build_entrypoint(command, args.tracking_uri, args.storage_path)
     client = jobs.connect(address)  # an unreachable head first: the warnings below can wait
     env = _env_vars(args, command)
 
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
               "Ray deletes; use the cluster's MLflow server (cluster/README.md)", file=sys.stderr)
     if tracking and not args.no_tracking_check:
         jobs.probe_tracking(tracking)
-    space = jobs.flag_value(command, "--space") if command[:1] == ["search"] else None
+    space = flag_value(command, "--space") if command[:1] == ["search"] else None
     if space and not args.no_resource_check:
         # On the cluster the path is read inside the uploaded working dir; here, the same file.
         local = space
@@ -150,17 +153,17 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(local):  # a folder never counts (named.resolve)
             local = space  # a shipped space's name, e.g. "smoke"
         if jobs.autoscales(address):  # nodes come on demand: the search checks the node types on the head
-            from claims_search import capacity
-            from claims_search.space import load_space
+            from claims_search.cluster import capacity
+            from claims_search.search.space import load_space
 
-            config = jobs.flag_value(command, "--cluster-config")
+            config = flag_value(command, "--cluster-config")
             if config and os.path.isfile(config):
                 capacity.check_space(load_space(local), capacity.load_launcher_config(config))
         else:
-            jobs.check_space_fits(local, jobs.cluster_resources(address))
+            check_space_fits(local, jobs.cluster_resources(address))
     if args.no_resource_check and command[:1] == ["search"] and "--no-resource-check" not in command:
         command = [*command, "--no-resource-check"]  # the search on the cluster skips it too
-        entrypoint, experiment = jobs.build_entrypoint(command, args.tracking_uri, args.storage_path)
+        entrypoint, experiment = build_entrypoint(command, args.tracking_uri, args.storage_path)
 
     working_dir = None if args.no_upload else args.working_dir
     sub = jobs.submit(client, entrypoint, jobs.runtime_env(working_dir, env, pip=args.pip), experiment)
@@ -178,3 +181,10 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(f"job {sub.job_id} succeeded")
     return 0
+
+
+def check_space_fits(space_path: str | Path, resources: dict[str, float]) -> int:
+    """Raise if one trial of the space can't run on ``resources``; return usable concurrency."""
+    from claims_search.search import space
+
+    return space.validate_against_cluster(space.load_space(space_path), resources)

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from claims_search.errors import ClaimsSearchError
-    from claims_search.search_state import SearchState
-    from claims_search.tracking import Tracker, default_tracking_uri
+    from claims_search.search.state import SearchState
+    from claims_search.tracking.tracker import Tracker, default_tracking_uri
 
     state = SearchState.for_search(args.storage, args.name)
     state.restore()

@@ -5,7 +5,7 @@ Writes OUT/data/<split>/<shard>.parquet, OUT/metadata/{codes.parquet, subject_sp
 dataset.json} and OUT/oracle/<task>.parquet (subject_id, prediction_time, probability, label).
 The same --seed, --patients and --shard-size give byte-identical files whatever --workers.
 --complexity-tasks adds four disease-like tasks of rising complexity (their ACES files are in
-claims_search/tasks/complexity/; prepare them with --task).
+claims_search/data/tasks/complexity/; prepare them with --task).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `claims-search synth`."""
     from claims_search.commands.formatting import use_help_formatter
-    from claims_search.synth.writer import DEFAULT_SHARD_SIZE  # light: numpy + pyarrow
+    from claims_search.data.synth.writer import DEFAULT_SHARD_SIZE  # light: numpy + pyarrow
 
     use_help_formatter(parser)
     parser.add_argument("--patients", type=int, required=True, help="number of patients (>= 1)")
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--complexity-tasks", action="store_true",
                         help="also plant the complexity family (complexity_k0 .. complexity_k3, "
-                             "task files in claims_search/tasks/complexity/): disease-like tasks "
+                             "task files in claims_search/data/tasks/complexity/): disease-like tasks "
                              "whose risk needs more capacity as k rises; off, the output is the "
                              "same as without the option")
     parser.add_argument("--first-id", type=int, default=0,
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     """Generate the dataset and print a one-screen summary."""
     from pathlib import Path
 
-    from claims_search.meds import plural
-    from claims_search.synth import generate
+    from claims_search.data.meds import plural
+    from claims_search.data.synth import generate
 
     s = generate(args.out, args.patients, args.seed, workers=args.workers,
                  shard_size=args.shard_size, overwrite=args.overwrite, first_id=args.first_id,

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from claims_search.commands.formatting import fmt_metric, fmt_size
-    from claims_search.tracking import default_tracking_uri, load_records, load_settings
+    from claims_search.tracking.tracker import default_tracking_uri, load_records, load_settings
 
     uri = args.tracking_uri or default_tracking_uri()
     records = load_records(uri, args.experiment)

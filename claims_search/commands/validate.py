@@ -39,7 +39,7 @@ def warn(command: str):
 
 def run(args: argparse.Namespace) -> int:
     """Validate; print a summary."""
-    from claims_search import labels, meds
+    from claims_search.data import labels, meds
 
     tasks = [labels.load_task(t) for t in args.task]
     report = meds.validate(args.meds, strict=args.strict, warn=warn("validate"))
