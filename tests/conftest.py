@@ -2,7 +2,10 @@
 bigger fixtures below are a small synthetic claims dataset and its prepared cache, made once
 per test session through the real CLI."""
 
+import json
+import os
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -152,3 +155,27 @@ def mlflow_uri():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def meds_eval(tool: str) -> str:
+    """A program of the meds-evaluation venv (``make meds-eval``); `make test` requires it, a
+    hand-run pytest without it skips."""
+    venv = Path(os.environ.get("MEDS_EVAL_VENV") or Path(__file__).resolve().parents[1] / ".venv-meds-eval")
+    path = venv / "bin" / tool
+    if not path.exists():
+        why = f"{path} is missing: run `make meds-eval` (meds-evaluation 0.0.6 in its own venv)"
+        if os.environ.get("CLAIMS_SEARCH_REQUIRE_MEDS_EVAL"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return str(path)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A fine-tuned checkpoint folder as training writes it: meta.json and state.pt (here
+    stand-ins: registration packages the folder, it does not load it)."""
+    ck = tmp_path / "ckpt"
+    ck.mkdir()
+    (ck / "meta.json").write_text(json.dumps({"kind": "finetune", "size": {"width": 16, "depth": 2, "heads": 2}}))
+    (ck / "state.pt").write_bytes(b"\0" * 64)
+    return ck

@@ -4,7 +4,6 @@ and carried by the held-out confirmation to MLflow and to ``recommend``'s output
 
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,21 +12,9 @@ import pandas as pd
 import pytest
 
 from claims_search import cli
+from tests.conftest import meds_eval
 from claims_search.runs import meds_metrics as MM
 from claims_search.runs import meds_predictions as MP
-
-
-def meds_eval(tool: str) -> str:
-    """A program of the meds-evaluation venv; `make test` requires it, a hand-run pytest
-    without it skips."""
-    venv = Path(os.environ.get("MEDS_EVAL_VENV") or Path(__file__).resolve().parents[1] / ".venv-meds-eval")
-    path = venv / "bin" / tool
-    if not path.exists():
-        why = f"{path} is missing: run `make meds-eval` (meds-evaluation 0.0.6 in its own venv)"
-        if os.environ.get("CLAIMS_SEARCH_REQUIRE_MEDS_EVAL"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return str(path)
 
 
 def meds_evaluation_cli(table: pd.DataFrame, folder: Path) -> dict:
@@ -92,16 +79,6 @@ def test_flat_names_and_lines():
     assert MM.lines({"auprc": 0.5}) == []
     # A figure MLflow never received (NaN is not logged) is shown as missing, not as a number.
     assert "AUROC -" in MM.lines({k: v for k, v in flat.items() if k != "meds_subjects_roc_auc_score"})[1]
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A fine-tuned checkpoint folder's stand-in (registration packages it, never loads it)."""
-    ck = tmp_path / "ckpt"
-    ck.mkdir()
-    (ck / "meta.json").write_text(json.dumps({"kind": "finetune", "size": {"width": 16, "depth": 2, "heads": 2}}))
-    (ck / "state.pt").write_bytes(b"\0" * 64)
-    return ck
 
 
 def test_the_confirmation_carries_them_to_mlflow_and_recommend(tmp_path, checkpoint, capsys):

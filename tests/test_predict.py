@@ -5,7 +5,6 @@ meds-evaluation (in its own virtual environment: `make meds-eval`) accepts and s
 written. The output goes to a file, never to MLflow."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from claims_search.runs import meds_predictions, predictions
 
 from claims_search.tracking import packaging
 from claims_search.metrics import evaluate
+from tests.conftest import meds_eval
 from claims_search.runs.baseline import baseline
 from claims_search.model.loop import FinetuneSettings, PretrainSettings
 from claims_search.runs.training import pretrain_and_finetune
@@ -30,19 +30,6 @@ FT = FinetuneSettings(steps=6, warmup=1, batch_tokens=1024, log_every=2, lr=1e-3
 
 MEDS_COLUMNS = ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
                 "predicted_boolean_probability"]
-
-
-def meds_eval(tool: str) -> str:
-    """A program of the meds-evaluation venv (``make meds-eval``); `make test` requires it, a
-    hand-run pytest without it skips."""
-    venv = Path(os.environ.get("MEDS_EVAL_VENV") or Path(__file__).resolve().parents[1] / ".venv-meds-eval")
-    path = venv / "bin" / tool
-    if not path.exists():
-        why = f"{path} is missing: run `make meds-eval` (meds-evaluation 0.0.6 in its own venv)"
-        if os.environ.get("CLAIMS_SEARCH_REQUIRE_MEDS_EVAL"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return str(path)
 
 
 def align_with_prediction_schema(path: Path) -> str:

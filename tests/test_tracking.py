@@ -43,17 +43,6 @@ def search_results(checkpoint):
     return out
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A fine-tuned checkpoint folder as training writes it: meta.json and state.pt (here
-    stand-ins: registration packages the folder, it does not load it)."""
-    ck = tmp_path / "ckpt"
-    ck.mkdir()
-    (ck / "meta.json").write_text(json.dumps({"kind": "finetune", "size": {"width": 16, "depth": 2, "heads": 2}}))
-    (ck / "state.pt").write_bytes(b"\0" * 64)
-    return ck
-
-
 def test_layout_parent_per_task_children_tagged_artifacts_and_registry(tmp_path, checkpoint, capsys):
     from mlflow.tracking import MlflowClient
 
