@@ -21,27 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 TASKS = ("ckd_incidence", "antihypertensive_start")
 MODEL = dict(width=64, depth=4, heads=4, dropout=0.1, max_len=128)
 PRETRAIN = dict(lr=1e-3, batch_tokens=4096, steps=1000, warmup=100)
 FINETUNE = dict(lr=3e-3, batch_tokens=4096, steps=300, warmup=30, pool="mean")
-QUICK = dict(patients=2000, pretrain_steps=10, finetune_steps=10)
-
-
-def data(out: Path, patients: int) -> Path:
-    exe = Path(sys.executable).with_name("claims-search")
-    meds, prepared = out / "meds", out / "prepared"
-    if not (meds / "metadata" / "dataset.json").exists():
-        subprocess.run([str(exe), "synth", "--patients", str(patients), "--seed", "0", "--out", str(meds),
-                        "--overwrite"], check=True)
-    if not (prepared / "manifest.json").exists():
-        subprocess.run([str(exe), "prepare", "--meds", str(meds), "--out", str(prepared),
-                        "--max-len", str(MODEL["max_len"])], check=True)
-    return prepared
+QUICK = dict(pretrain_steps=10, finetune_steps=10)  # on common.quick_data's patients
 
 
 def unit(cache: Path, out: Path, seed: int, attn: float, pre_kw: dict, ft_kw: dict) -> dict:
@@ -60,9 +50,7 @@ def unit(cache: Path, out: Path, seed: int, attn: float, pre_kw: dict, ft_kw: di
                      init_checkpoint=pre.checkpoint, n_boot=200)
         result["tasks"][task] = {m: r.metrics["tuning"][m] for m in ("auroc", "auprc")}
         result["tasks"][task]["finetune_s"] = r.cost.device_s
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(done)  # a unit exists only once it finished
+    common.write_json(done, result)  # a unit exists only once it finished
     return result
 
 
@@ -78,16 +66,16 @@ def rows(units: dict) -> list[tuple[str, dict]]:
 
 def report(units: dict, seeds: list[int], attns: list[float]) -> str:
     base, others = attns[0], attns[1:]
-    lines = ["| figure | " + " | ".join(f"attn {a:g}, seed {s}" for a in attns for s in seeds) + " | "
-             + " | ".join(f"attn {a:g} − {base:g}: mean (min–max)" for a in others) + " |",
-             "|---" * (1 + len(attns) * len(seeds) + len(others)) + "|"]
+    header = (["figure"] + [f"attn {a:g}, seed {s}" for a in attns for s in seeds]
+              + [f"attn {a:g} − {base:g}: mean (min–max)" for a in others])
+    lines = common.table(header, [])
     for name, values in rows(units):
         cells = [f"{values[(s, a)]:.3f}" if (s, a) in values else "–" for a in attns for s in seeds]
         diffs = []
         for a in others:
             d = [values[(s, a)] - values[(s, base)] for s in seeds if (s, a) in values and (s, base) in values]
             diffs.append(f"{statistics.mean(d):+.3f} ({min(d):+.3f}–{max(d):+.3f})" if d else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+        lines.append(common.row([name, *cells, *diffs]))
     return "\n".join(lines)
 
 
@@ -99,19 +87,24 @@ def main(argv=None) -> int:
     p.add_argument("--attn", default="0,0.1", help="attention dropouts to train (the first is the baseline)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report-only", action="store_true", help="train nothing; report the cached units")
-    p.add_argument("--quick", action="store_true", help="tiny data and 10 steps: the pipeline in a minute")
+    p.add_argument("--quick", action="store_true", help="tiny data, one seed and 10 steps: the pipeline in a minute")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     out, pre_kw, ft_kw = Path(args.out), dict(PRETRAIN), dict(FINETUNE)
     seeds, attns = [int(s) for s in args.seeds.split(",")], [float(a) for a in args.attn.split(",")]
-    patients = args.patients
     if args.quick:
-        seeds, patients = seeds[:1], QUICK["patients"]
+        seeds = seeds[:1]
         pre_kw.update(steps=QUICK["pretrain_steps"], warmup=1)
         ft_kw.update(steps=QUICK["finetune_steps"], warmup=1, best_step=False)
-    cache = data(out, patients)
+    # Units of any seed and attention dropout share a folder; data, model and steps must not differ.
+    common.guard(out, {"quick": args.quick, "patients": common.QUICK_PATIENTS if args.quick else args.patients,
+                       "model": MODEL, "pretrain": pre_kw, "finetune": ft_kw}, "attn_dropout")
+    if args.quick:
+        cache = common.quick_data(out)
+    else:
+        cache = common.data(out, args.patients, 0, MODEL["max_len"])
     units = {}
     for seed in seeds:
         for attn in attns:

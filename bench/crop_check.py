@@ -6,6 +6,10 @@ split by whether the history at prediction time fits the crop, this reports the 
 generator's oracle, of LightGBM and of the recommended size:
 
     python bench/crop_check.py --study runs/pilot-lr [--report docs/crop_check.md] [--split-at N]
+    python bench/crop_check.py --quick [--data DIR]   # seconds: the oracle alone, on tiny data
+
+``--quick`` needs no study: it splits the held-out samples of ``common.quick_data``'s cache
+(made under ``--data``, or a temporary folder) and scores the oracle only (no models trained).
 
 Aggregates only: counts and AUROCs, never a sample.
 """
@@ -16,11 +20,13 @@ import argparse
 import datetime
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import scaling_study as S  # noqa: E402
 
 
@@ -58,19 +64,28 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None)
     p.add_argument("--split-at", type=int, default=None,
                    help="split at this many events instead of the study's crop (e.g. a study at another crop)")
+    p.add_argument("--quick", action="store_true", help="no study: the oracle on a tiny dataset, in seconds")
+    p.add_argument("--data", default=None, help="--quick: its dataset's folder (default: a temporary one)")
     args = p.parse_args(argv)
-    study = Path(args.study)
-    crop = json.loads((study / "settings.json").read_text())["max_len"]
+    if args.quick:  # the folder of the tiny data stands in for a study without units
+        study = Path(args.data or tempfile.mkdtemp(prefix="crop-check-quick-"))
+        cache = Cache.open(common.quick_data(study))
+        crop = cache.max_len
+        tables = [{"task": t, "n_labelled": 0, "recommended": None, "rows": []} for t in sorted(cache.manifest["tasks"])]
+    else:
+        study = Path(args.study)
+        crop = json.loads((study / "settings.json").read_text())["max_len"]
+        cache = Cache.open(study / "prepared")
+        tables = json.loads((study / "report.json").read_text())["tables"]
     max_len = args.split_at or crop
-    cache = Cache.open(study / "prepared")
     lines = [f"`python bench/crop_check.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
              f"{datetime.date.today().isoformat()}; {S.machine()}. Held-out AUROC on the samples whose history at prediction time has at most "
              f"{max_len} events and on the longer ones (fits / cut); the study's crop: "
              f"{crop} events.", "",
-             "| task | labelled | longer: samples (positives) | oracle | LightGBM | recommended |",
-             "|---|---:|---|---|---|---|"]
+             *common.table(["task", "labelled", "longer: samples (positives)", "oracle", "LightGBM", "recommended"],
+                           [], "lrllll")]
     result = []
-    for t in json.loads((study / "report.json").read_text())["tables"]:
+    for t in tables:
         held = cache.labels(t["task"], "held_out").reset_index(drop=True)
         rec = next((r for r in t["rows"] if r["size"] == t["recommended"] and "pre" in r), None)
         base = study / "lightgbm" / t["task"] / f"n{t['n_labelled']}" / "summary.json"
@@ -86,10 +101,10 @@ def main(argv=None) -> int:
         def pair(name: str) -> str:
             return f"{s['fits'].get(name, np.nan):.3f} / {s['cut'].get(name, np.nan):.3f}"
 
-        lines.append(f"| {t['task']} | {t['n_labelled']:,} | {s['cut']['n']} of {s['cut']['n'] + s['fits']['n']} "
-                     f"({s['cut']['positives']}) | {pair('oracle')} | {pair('lightgbm')} | "
-                     f"{t['recommended'] or '-'}: {pair('recommended')} |")
-    S.write_json(study / "crop_check.json", result)
+        lines.append(common.row([t["task"], f"{t['n_labelled']:,}",
+                                 f"{s['cut']['n']} of {s['cut']['n'] + s['fits']['n']} ({s['cut']['positives']})",
+                                 pair("oracle"), pair("lightgbm"), f"{t['recommended'] or '-'}: {pair('recommended')}"]))
+    common.write_json(study / "crop_check.json", result)
     if args.report:
         Path(args.report).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -2,6 +2,7 @@
 patient-bootstrap intervals) on synthetic predictions of several sizes (not a test).
 
     .venv/bin/python bench/eval_time.py [--samples 300,3000] [--repeats 3]
+    .venv/bin/python bench/eval_time.py --quick      # 300 samples, one timed call: seconds
 
 Labels 12 % positive, about 3 samples per patient, scores a noisy view of the label. Prints the
 median and range of the wall seconds per call over ``--repeats`` calls, after one untimed call.
@@ -22,7 +23,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", default="300,3000", help="comma-separated split sizes")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="--samples 300 --repeats 1 (flags given still win)")
     args = p.parse_args(argv)
+    if args.quick:  # presets; flags given explicitly still win
+        p.set_defaults(samples="300", repeats=1)
+        args = p.parse_args(argv)
     print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
     rng = np.random.default_rng(0)
     for n in (int(s) for s in args.samples.split(",")):

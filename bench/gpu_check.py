@@ -2,6 +2,7 @@
 
     python bench/gpu_check.py [--preset 101M] [--steps 40] [--data demo/prepared] [--no-search]
                               [--draws window --workers 12]
+    python bench/gpu_check.py --quick   # a minute: the debug preset, 5 steps, tiny data, no search
 
 1. Attention paths: which kernel ``model.attention_kernel`` picks at each preset and row length
    (the table), and flex_attention with a document block mask against the dense-mask reference
@@ -19,8 +20,9 @@
    a temporary folder.
 
 Without ``--data`` it uses ``demo/prepared`` (``make demo``), else it generates 2,000 synthetic
-patients and prepares them (about a minute). On a machine without CUDA it says so in one line
-and exits 2.
+patients and prepares them (about a minute); ``--quick`` reads the quick modes' tiny dataset
+(``common.quick_data``) instead. On a machine without CUDA it says so in one line and exits 2,
+``--quick`` or not.
 """
 
 from __future__ import annotations
@@ -216,7 +218,12 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=0, help="processes building windows ahead")
     p.add_argument("--no-search", action="store_true", help="skip the two-trial search")
     p.add_argument("--search-timeout", type=int, default=240)
+    p.add_argument("--quick", action="store_true", help="the debug preset, 5 steps of 4,096 tokens after 2 "
+                   "warm-up steps, tiny data, no search (flags given still win)")
     args = p.parse_args()
+    if args.quick:  # presets; flags given explicitly still win
+        p.set_defaults(preset="debug", steps=5, warmup=2, batch_tokens=4096, grad_accum=1, no_search=True)
+        args = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check: refused: no CUDA device visible to torch on this machine")
         return 2
@@ -229,7 +236,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(device)
     peak = peak_flops(name)
     size = PRESETS[args.preset]
-    cache = open_cache(args.data)
+    cache = open_cache(args.data, args.quick)
     gpu_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
     print(f"device: {name} ({gpu_gb:.0f} GB); torch {torch.__version__}, CUDA {torch.version.cuda}; peak bf16 "
           f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s; preset {args.preset} "

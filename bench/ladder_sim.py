@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ladder_sim.py [--tasks 480] [--seeds 5] [--sensitivity]
         [--report docs/ladder_sim.md] [--plot docs/ladder_sim.png] [--json FILE]
+    .venv/bin/python bench/ladder_sim.py --quick   # 16 tasks x 1 seed: the report's structure in seconds
 
 Under a minute on 2 cores with ``--sensitivity`` (the committed report's command).
 
@@ -83,6 +84,7 @@ import numpy as np
 from claims_search.search.policy import Pick, Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import search_efficiency as E  # noqa: E402
 
 DELTA = 0.01
@@ -308,7 +310,7 @@ def targets(rows: list[dict], n_sizes: int) -> dict:
 
 def table(results: dict, n_sizes: int, names: list[str]) -> list[str]:
     cols = list(groups([], n_sizes))
-    lines = ["| strategy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines = common.table(["strategy", *cols], [], "l" + "r" * len(cols))
     for name in names:
         g = groups(results[name], n_sizes)
         cells = []
@@ -321,7 +323,7 @@ def table(results: dict, n_sizes: int, names: list[str]) -> list[str]:
             if c == f"rung {n_sizes - 1}":
                 cell += f" · {s['floor_ratio']:.2f}×"
             cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(common.row([name, *cells]))
     counts = " · ".join(f"{c}: {stats(groups(results[names[0]], n_sizes)[c])['n']}" for c in cols)
     lines.append("")
     lines.append(f"Rows (task × seed) per column: {counts}.")
@@ -329,13 +331,13 @@ def table(results: dict, n_sizes: int, names: list[str]) -> list[str]:
 
 
 def target_lines(results: dict, n_sizes: int, names: list[str]) -> list[str]:
-    lines = ["| policy settings | median share, answer not largest | worst rung's median | × floor, largest | "
-             "worse by > δ | agree | targets met |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = common.table(["policy settings", "median share, answer not largest", "worst rung's median",
+                          "× floor, largest", "worse by > δ", "agree", "targets met"], [], "lrrrrrl")
     for name in names:
         t = targets(results[name], n_sizes)
         met = ", ".join(k for k, v in t["met"].items() if v) or "none"
-        lines.append(f"| {name} | {100 * t['share_not_largest']:.0f} % | {100 * t['worst_rung_share']:.0f} % | "
-                     f"{_fig(t, 'floor')} | {100 * t['worse']:.1f} % | {100 * t['agree']:.0f} % | {met} |")
+        lines.append(common.row([name, f"{100 * t['share_not_largest']:.0f} %", f"{100 * t['worst_rung_share']:.0f} %",
+                                 _fig(t, "floor"), f"{100 * t['worse']:.1f} %", f"{100 * t['agree']:.0f} %", met]))
     return lines
 
 
@@ -479,7 +481,11 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None, help="markdown report (e.g. docs/ladder_sim.md)")
     p.add_argument("--plot", default=None, help="PNG of share against true-answer rung (e.g. docs/ladder_sim.png)")
     p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true", help="--tasks 16 --seeds 1 (flags given still win)")
     args = p.parse_args(argv)
+    if args.quick:  # presets; flags given explicitly still win
+        p.set_defaults(tasks=16, seeds=1)
+        args = p.parse_args(argv)
     t0 = time.time()
     fam = [FAMILIES[i % len(FAMILIES)] for i in range(args.tasks)]
     tasks = [make_task(i, fam[i], args.sizes, paired_se=args.paired_se, loss_noise=args.loss_noise)
@@ -503,10 +509,11 @@ def main(argv=None) -> int:
         lines += table(results, args.sizes, list(variants))[:-2]
     lines += ["", "With hindsight (the old replay's figure, for contrast: compute until the running pick equals "
               "the grid's answer and stays so, which no live search can know; \"never\" counted as infinite):", "",
-              "| strategy | median share with hindsight | runs that never get there |", "|---|---:|---:|"]
+              *common.table(["strategy", "median share with hindsight", "runs that never get there"], [], "lrr")]
     for name in [product, *base]:
         hs = [r["hindsight"] if r["hindsight"] is not None else np.inf for r in results[name]]
-        lines.append(f"| {name} | {100 * float(np.median(hs)):.0f} % | {100 * float(np.mean(np.isinf(hs))):.0f} % |")
+        never = 100 * float(np.mean(np.isinf(hs)))
+        lines.append(common.row([name, f"{100 * float(np.median(hs)):.0f} %", f"{never:.0f} %"]))
     sens = {}
     if args.sensitivity:
         pair = [product, *SENSITIVITY]

@@ -12,6 +12,7 @@ Also the cross-check of issue 25: tensors saved for backward per real token at t
 with bf16 autocast over full crops (saved-tensor hooks, each storage counted once).
 
     .venv/bin/python bench/memory_check.py            # the table and the 101M cross-check
+    .venv/bin/python bench/memory_check.py --quick    # seconds: the first case, the cross-check on it
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 from claims_search.model import loop as loop_mod  # noqa: E402
 from claims_search.model import memory  # noqa: E402
@@ -142,11 +146,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-101m", action="store_true", help="leave out the 101M cross-check")
     ap.add_argument("--only-101m", action="store_true", help="only the 101M cross-check")
+    ap.add_argument("--quick", action="store_true",
+                    help="the first case only, and the cross-check at its size in place of 101M: seconds")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    print("| width x depth | max_len | vocab | batch_tokens | B x T | dtype | AdamW | measured MiB | estimate MiB | error |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for w, d, h, max_len, vocab, bt in [] if args.only_101m else CASES:
+    print("\n".join(common.table(["width x depth", "max_len", "vocab", "batch_tokens", "B x T", "dtype", "AdamW",
+                                  "measured MiB", "estimate MiB", "error"], [])))
+    for w, d, h, max_len, vocab, bt in [] if args.only_101m else CASES[:1] if args.quick else CASES:
         size = ModelSize(width=w, depth=d, heads=h, max_len=max_len)
         batch = synthetic_batch(size, vocab, bt)
         for dtype, fused in (("fp32", False), ("bf16", True)):
@@ -156,16 +162,17 @@ def main() -> None:
                   f"{'fused' if fused else 'foreach'} | {measured / 2**20:.1f} | {est.peak / 2**20:.1f} | "
                   f"{est.peak / measured - 1:+.1%} |")
     if not args.skip_101m:
-        size = ModelSize.from_name("101M")
+        name, vocab = ("64x2", 500) if args.quick else ("101M", 10_000)
+        size = ModelSize(64, 2, 2, max_len=128) if args.quick else ModelSize.from_name(name)
         t0 = time.perf_counter()
-        batch = synthetic_batch(size, 10_000, 4 * 513, full=True)
-        total, acts = saved_per_token(size, 10_000, batch)
+        batch = synthetic_batch(size, vocab, 4 * (size.max_len + 1), full=True)
+        total, acts = saved_per_token(size, vocab, batch)
         B, T = batch.tokens.shape
         masked = int((batch.targets >= 0).sum())
         # Saved for backward: the estimate's activations less ln_f's output (alive, not saved).
         saved = (B * T * (memory.per_position(size, T, "bf16") - 4 * size.width)
-                 + masked * memory.per_masked(size, 10_000, "bf16"))
-        print(f"\n101M, bf16 autocast, {B} full crops (T={T}): saved for backward per real token: "
+                 + masked * memory.per_masked(size, vocab, "bf16"))
+        print(f"\n{name}, bf16 autocast, {B} full crops (T={T}): saved for backward per real token: "
               f"{total / 1024:.0f} KiB in all, {acts / 1024:.0f} KiB without weights and their bf16 copies; "
               f"estimate {saved / batch.n_tokens / 1024:.0f} KiB ({time.perf_counter() - t0:.0f} s)")
 

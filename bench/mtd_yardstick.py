@@ -27,8 +27,9 @@ would report, up to sampling) and the CPU seconds of the tree (user + sys of eve
 descendant, from ``getrusage``). With ``--lock`` each run holds that flock(2) lock (as ``flock(1)`` does) so timed
 runs of others do not overlap; the 1-minute load average before and after each run is recorded.
 
-``--quick`` generates (with ``claims-search synth``, untimed) and measures a 5,000-patient
-dataset: about a minute. ``--meds`` absent: a ``--patients`` dataset is generated under ``--work``.
+``--quick`` generates (with ``claims-search synth``, untimed) and measures the quick modes'
+300-patient dataset (``common.QUICK_PATIENTS``): seconds for ours. ``--meds`` absent: a
+``--patients`` dataset is generated under ``--work``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ import time
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,10 +165,11 @@ def main(argv=None) -> int:
     p.add_argument("--ours-args", default="", help="extra arguments for prepare, e.g. '--workers 1'")
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--quick", action="store_true",
-                   help="--patients 5000 (ignored with --meds): about a minute")
+                   help=f"--patients {common.QUICK_PATIENTS} (ignored with --meds): seconds for ours")
     args = p.parse_args(argv)
-    if args.quick:
-        args.patients = 5_000
+    if args.quick:  # presets; flags given explicitly still win
+        p.set_defaults(patients=common.QUICK_PATIENTS)
+        args = p.parse_args(argv)
     kinds = [args.only] if args.only else ["mtd", "ours"]
     for tool in [args.ours] + ([args.mtd] if "mtd" in kinds else []):
         if not Path(tool).exists():
@@ -175,9 +180,7 @@ def main(argv=None) -> int:
         meds = Path(args.meds).resolve()
     else:
         meds = work / f"meds{args.patients}"
-        if not (meds / "metadata" / "dataset.json").exists():  # untimed
-            subprocess.run([args.ours, "synth", "--patients", str(args.patients), "--seed", "0",
-                            "--out", str(meds), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
+        common.synth(meds, args.patients, 0, quiet=True)  # untimed
     import pyarrow.parquet as pq
 
     n_subjects = pq.read_metadata(meds / "metadata" / "subject_splits.parquet").num_rows
@@ -214,12 +217,11 @@ def main(argv=None) -> int:
     }
     print(f"# {report['machine']}, {report['cpus']} CPUs; {n_subjects:,} subjects, {n_events:,} events; "
           f"median of {args.repeats} run(s)")
-    print("| tool | wall | CPU (user+sys) | peak memory (tree RSS) | largest process RSS | output files | output size |")
-    print("|---|---|---|---|---|---|---|")
-    for k in kinds:
-        print(f"| {k} | {med(k, 'wall_s'):.1f} s | {med(k, 'cpu_s'):.1f} s | "
-              f"{med(k, 'peak_tree_rss_gib'):.2f} GiB | {med(k, 'max_single_rss_gib'):.2f} GiB | "
-              f"{outputs[k]['files']} | {outputs[k]['bytes'] / 2**20:.1f} MiB |")
+    print("\n".join(common.table(
+        ["tool", "wall", "CPU (user+sys)", "peak memory (tree RSS)", "largest process RSS", "output files", "output size"],
+        [(k, f"{med(k, 'wall_s'):.1f} s", f"{med(k, 'cpu_s'):.1f} s", f"{med(k, 'peak_tree_rss_gib'):.2f} GiB",
+          f"{med(k, 'max_single_rss_gib'):.2f} GiB", outputs[k]["files"], f"{outputs[k]['bytes'] / 2**20:.1f} MiB")
+         for k in kinds])))
     if len(kinds) == 2:
         report["ratio_ours_to_mtd"] = {key: med("ours", key) / med("mtd", key)
                                        for key in ("wall_s", "cpu_s", "peak_tree_rss_gib")}

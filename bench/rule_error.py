@@ -2,6 +2,7 @@
 
     nice -n 19 .venv/bin/python bench/rule_error.py [--out runs/bench-rule-error] [--patients 60000]
         [--replicates 200] [--tuning-sizes 300,1000,3000] [--append-docs] [--plot docs/rule_error.png]
+    .venv/bin/python bench/rule_error.py --quick --out /tmp/rule-quick   # seconds: the pipeline
 
 What it does, and what it caches under ``--out`` (a rerun skips every finished step):
 
@@ -32,7 +33,10 @@ What it does, and what it caches under ``--out`` (a rerun skips every finished s
 The old rules (no predictions) never recommend LightGBM, so they are run on the Transformers
 alone. "Certain errors" are those the held-out split itself is sure of (paired held-out 95 %
 interval of best - recommended entirely above the yardstick). ``--smoke`` checks the pipeline in
-about a minute (2 sizes, 10 steps; use another ``--out``).
+about a minute (2 sizes, 10 steps; use another ``--out``); ``--quick`` does so on
+``common.quick_data``'s tiny dataset with 3 replicates of 15 tuning samples and 100 bootstrap
+replicates, in seconds. ``--out`` records its settings (``settings.json``) and refuses a run with
+others, quick against full in particular.
 
 The replicates share one set of trained models and one finite tuning split (draws of 3,000
 overlap), so the binomial intervals describe replicate noise only, not training noise.
@@ -47,10 +51,12 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -92,23 +98,14 @@ def name_of(size) -> str:
 # ---------------------------------------------------------------- 1. data
 
 
-def cli(*args: str) -> None:
-    exe = Path(sys.executable).with_name("claims-search")
-    cmd = [str(exe), *args]
-    log(" ".join(cmd))
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def data(out: Path, patients: int, seed: int, timings: dict) -> Path:
-    meds, prepared = out / "meds", out / "prepared"
-    if not (meds / "metadata" / "dataset.json").exists() or not (meds / "oracle" / "summary.json").exists():
-        t = time.perf_counter()
-        cli("synth", "--patients", str(patients), "--seed", str(seed), "--out", str(meds), "--workers", "1",
-            "--overwrite")
+def data(out: Path, patients: int, seed: int, max_len: int, timings: dict) -> Path:
+    """``meds/`` and ``prepared/`` under ``out`` (one worker, one thread each), each timed when made."""
+    meds, prepared, env = out / "meds", out / "prepared", {**os.environ, "OMP_NUM_THREADS": "1"}
+    t = time.perf_counter()
+    if common.synth(meds, patients, seed, ("--workers", "1"), log, env):
         timings["synth_s"] = time.perf_counter() - t
-    if not (prepared / "manifest.json").exists():
-        t = time.perf_counter()
-        cli("prepare", "--meds", str(meds), "--out", str(prepared), "--max-len", str(MAX_LEN), "--workers", "1")
+    t = time.perf_counter()
+    if common.prepare(meds, prepared, max_len, ("--workers", "1"), log, env):
         timings["prepare_s"] = time.perf_counter() - t
     return prepared
 
@@ -376,8 +373,8 @@ def truth_table(task: str, models: list[Model], seed: int) -> list[str]:
 
     best = max((m for m in models), key=lambda m: m.truth)
     best_t = max((m for m in models if not m.is_baseline), key=lambda m: m.truth)
-    lines = ["| model | params | cost (device-s: pretrain + fine-tune) | tuning AUPRC (whole split) "
-             "| held-out AUPRC (truth) | held-out best − it, paired 95 % CI |", "|---|---|---|---|---|---|"]
+    lines = common.table(["model", "params", "cost (device-s: pretrain + fine-tune)", "tuning AUPRC (whole split)",
+                          "held-out AUPRC (truth)", "held-out best − it, paired 95 % CI"], [])
     for m in models:
         ref = best_t if not m.is_baseline else best
         if m is ref:
@@ -479,7 +476,12 @@ def main(argv=None) -> int:
                     help=f"append the report to docs/benchmarks.md as '{SECTION}' (once)")
     ap.add_argument("--plot", default=None, help="write a PNG of the error rates (e.g. docs/rule_error.png)")
     ap.add_argument("--smoke", action="store_true", help="a quick check of the pipeline: 2 sizes, 10 steps")
+    ap.add_argument("--quick", action="store_true",
+                    help="--smoke on tiny data, 3 replicates of 15 tuning samples, 100 bootstrap replicates")
     args = ap.parse_args(argv)
+    if args.quick:  # presets; flags given explicitly still win
+        ap.set_defaults(replicates=3, tuning_sizes="15", n_boot=100, smoke=True, patients=common.QUICK_PATIENTS)
+        args = ap.parse_args(argv)
     if args.smoke:
         global LADDER
         LADDER = LADDER[:2]
@@ -487,14 +489,19 @@ def main(argv=None) -> int:
         FINETUNE.update(steps=10, warmup=1)
     t0 = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Replicates of any count and tuning size share a folder (their files are named by them); the
+    # data and the models must not differ.
+    common.guard(out, {"quick": args.quick, "patients": args.patients, "seed": args.seed,
+                       "ladder": LADDER, "pretrain": PRETRAIN, "finetune": FINETUNE}, "rule_error")
     tfile = out / "timings.json"
     timings = json.loads(tfile.read_text()) if tfile.exists() else {}
     info = machine()
     timings.setdefault("first_run", {"date": info["date"], "load": info["load"]})
     log(f"machine: {info}")
 
-    cache = data(out, args.patients, args.seed, timings)
+    # --quick reads the one tiny dataset every quick mode shares (common.quick_data's: seed 0).
+    cache = data(out, args.patients, 0 if args.quick else args.seed,
+                 common.QUICK_MAX_LEN if args.quick else MAX_LEN, timings)
     tfile.write_text(json.dumps(timings, indent=2))
     ladder = train_ladder(cache, out, timings)
     tfile.write_text(json.dumps(timings, indent=2))

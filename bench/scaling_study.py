@@ -41,12 +41,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / "claims_search" / "data" / "tasks" / "complexity"
@@ -87,40 +87,16 @@ def non_embedding(size) -> int:
     return ModelSize(w, d, h, max_len=MAX_LEN).n_matmul_params()
 
 
-def write_json(path: Path, obj) -> None:
-    """Atomic: a unit's summary exists only once the unit finished."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+write_json = common.write_json  # kept: other scripts read a study through this module
 
 
 # ---------------------------------------------------------------- 1. data
 
 
-def cli(*args: str) -> None:
-    exe = Path(sys.executable).with_name("claims-search")
-    log(" ".join(["claims-search", *args]))
-    subprocess.run([str(exe), *args], check=True)
-
-
 def data(out: Path, patients: int, seed: int) -> Path:
-    meds, prepared = out / "meds", out / "prepared"
-    if not (meds / "metadata" / "dataset.json").exists():
-        cli("synth", "--patients", str(patients), "--seed", str(seed), "--out", str(meds), "--complexity-tasks",
-            "--overwrite")
-    if not (prepared / "manifest.json").exists():
-        tasks = [a for f in sorted(TASKS_DIR.glob("*.yaml")) for a in ("--task", f.stem)]
-        cli("prepare", "--meds", str(meds), "--out", str(prepared), "--max-len", str(MAX_LEN), *tasks)
-    return prepared
-
-
-def check_settings(out: Path, settings: dict) -> None:
-    """Cached units are reused only under the settings that made them: a folder holds one study."""
-    f = out / "settings.json"
-    if f.exists() and json.loads(f.read_text()) != settings:
-        sys.exit(f"scaling_study: {out} holds a study run with other settings ({f}); use another --out")
-    write_json(f, settings)
+    """``meds/`` with the complexity family and ``prepared/`` with its task files, under ``out``."""
+    tasks = [a for f in sorted(TASKS_DIR.glob("*.yaml")) for a in ("--task", f.stem)]
+    return common.data(out, patients, seed, MAX_LEN, ("--complexity-tasks",), tuple(tasks), log=log)
 
 
 # ---------------------------------------------------------------- 2-4. units of work
@@ -408,10 +384,7 @@ def plot(tables: list[dict], metric: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+machine = common.machine
 
 
 def main(argv=None) -> int:
@@ -460,10 +433,11 @@ def main(argv=None) -> int:
         ladder, labelled, patients = QUICK_LADDER, QUICK["labelled"], QUICK["patients"]
         pre_kw.update(steps=QUICK["pretrain_steps"], warmup=2)
         ft_kw.update(steps=QUICK["finetune_steps"], warmup=2, best_step=False)
-    settings = {"patients": patients, "seed": args.seed, "max_len": MAX_LEN, "pretrain": pre_kw, "finetune": ft_kw}
+    settings = {"quick": args.quick, "patients": patients, "seed": args.seed, "max_len": MAX_LEN,
+                "pretrain": pre_kw, "finetune": ft_kw}
     if args.gpu:  # only then: the CPU studies' settings.json stay valid
         settings["device"] = "cuda"
-    check_settings(out, settings)
+    common.guard(out, settings, "scaling_study")
     cache = data(out, patients, args.seed)
     tasks = sorted(json.loads((cache / "manifest.json").read_text())["tasks"])
     if args.tasks or args.quick:

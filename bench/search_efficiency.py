@@ -1,6 +1,6 @@
 """Search efficiency without hindsight: the size policy replayed on committed unit tables (not a test).
 
-    .venv/bin/python bench/search_efficiency.py --results bench/results --out DIR [--seeds 5]
+    .venv/bin/python bench/search_efficiency.py --results bench/results --out DIR [--seeds 5] [--quick]
     .venv/bin/python bench/search_efficiency.py --study runs/pilot-lr [--seeds 5] [--report FILE]   (old mode)
 
 **Tables mode** (``--results``, the default). Every ``<results>/<study>/units.json`` (schema
@@ -98,7 +98,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import random
 import statistics
 import sys
@@ -112,6 +111,7 @@ import numpy as np
 from claims_search.search.policy import Candidate, Done, Pick, Settings, SizePolicy, Train, Wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 FORMAT = "claims-search-units/1"
 Z95 = 1.959964  # the two-sided 95 % interval's half-width in standard errors
@@ -365,12 +365,7 @@ def summary_line(rows: list[dict], n_tasks: int, seeds: int) -> str:
             f"{agree:.0f} % agree with the grid's answer ({n_tasks} tasks x {seeds} seeds)")
 
 
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+machine = common.machine
 
 
 def tables_main(args) -> int:
@@ -384,27 +379,29 @@ def tables_main(args) -> int:
     settings = Settings(delta=args.delta, **({"z": args.z} if args.z is not None else {}),
                         **({"rungs": tuple(args.rungs)} if args.rungs else {}),
                         **({"warmup_sizes": args.warmup} if args.warmup else {}))
+    out = Path(args.out)
+    # A report folder holds one replay: its settings, quick or full, say which.
+    common.guard(out, {"quick": args.quick, "results": str(results), "seeds": args.seeds, "delta": args.delta,
+                       "rule": args.rule, "z": args.z, "rungs": args.rungs, "warmup": args.warmup}, "search_efficiency")
     ladders = [lad for p in paths for lad in load_tables(p, args.delta, args.rule)]
     rows = replay_all(ladders, args.seeds, settings, args.delta)
     n_tasks = sum(len(lad.tasks) for lad in ladders)
     lines = [f"Replayed {len(ladders)} search(es) from {len(paths)} table(s) under `{results}` "
              f"({n_tasks} tasks); {settings}; `python bench/search_efficiency.py --results {args.results} "
              f"--out {args.out} --seeds {args.seeds}`; {datetime.date.today().isoformat()}; {machine()}.", "",
-             "| strategy | median share of the grid to its declared answer | agree with the grid | "
-             "worse than the grid's by > δ (held-out) | with hindsight (old figure) |",
-             "|---|---:|---:|---:|---:|"]
+             *common.table(["strategy", "median share of the grid to its declared answer", "agree with the grid",
+                            "worse than the grid's by > δ (held-out)", "with hindsight (old figure)"], [], "lrrrr")]
     for s in STRATEGIES:
         rs = rows[s]
         hs = [r["hindsight_share"] for r in rs]
         hmed = float(np.median([h if h is not None else np.inf for h in hs]))
-        lines.append(f"| {LABELS[s]} | {100 * np.median([r['share'] for r in rs]):.0f} % | "
-                     f"{100 * np.mean([r['agree'] for r in rs]):.0f} % | {100 * np.mean([r['worse'] for r in rs]):.0f} % | "
-                     + (f"{100 * hmed:.0f} %" if np.isfinite(hmed) else "never") + " |")
+        lines.append(common.row([LABELS[s], f"{100 * np.median([r['share'] for r in rs]):.0f} %",
+                                 f"{100 * np.mean([r['agree'] for r in rs]):.0f} %",
+                                 f"{100 * np.mean([r['worse'] for r in rs]):.0f} %",
+                                 f"{100 * hmed:.0f} %" if np.isfinite(hmed) else "never"]))
     lines += ["", "Per search (policy): " + "; ".join(
         f"{lad.name}: {next(r['line'] for r in rows['policy'] if r['ladder'] == lad.name)}" for lad in ladders)]
     closing = summary_line(rows["policy"], n_tasks, args.seeds)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "search_efficiency.json").write_text(json.dumps({"settings": settings.__dict__ | {"rungs": list(settings.rungs)},
                                                             "rows": rows, "closing": closing}, indent=1, default=str))
     (out / "search_efficiency.md").write_text("\n".join(lines + ["", closing]) + "\n")
@@ -430,7 +427,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--patience", type=int, default=3, help="study mode: ascend+patience's evaluations")
     p.add_argument("--report", default=None, help="study mode: the markdown report")
+    p.add_argument("--quick", action="store_true", help="--seeds 1 (flags given still win): seconds")
     args = p.parse_args(argv)
+    if args.quick:  # presets; flags given explicitly still win
+        p.set_defaults(seeds=1)
+        args = p.parse_args(argv)
     if args.study:
         args.delta = 0.005 if args.delta is None else args.delta
         return study_main(args, argv)
@@ -605,7 +606,7 @@ def study_main(args, argv) -> int:
                   for r in t["rows"] if "pre" in r)
     lines = [f"Replayed on `{study}` ({len(sizes)} sizes; grid compute {grid_compute:.2e} FLOPs); "
              f"`{' '.join(['python bench/search_efficiency.py', *(argv if argv is not None else sys.argv[1:])])}`; "
-             f"{datetime.date.today().isoformat()}; {_S().machine()}.", "",
+             f"{datetime.date.today().isoformat()}; {machine()}.", "",
              "Each cell: with hindsight, the median compute until the strategy's answer equals the grid's and "
              "stays so, as a share of the grid's compute (runs that got there / runs): it looks at the picks "
              "still to come, which no running strategy can know; then, without hindsight, the median compute "
@@ -623,8 +624,7 @@ def study_main(args, argv) -> int:
              "floor: the compute of the grid's answer, trained fully (pretraining and its fine-tunings), as a "
              "share of the grid's: no strategy that trains fully can recommend that size for less; where it "
              "is above 30 %, neither can any of them.", "",
-             "| task | floor | " + " | ".join(STUDY_LABELS.get(s, s) for s in STUDY_STRATEGIES) + " |",
-             "|---|---|" + "---|" * len(STUDY_STRATEGIES)]
+             *common.table(["task", "floor", *(STUDY_LABELS.get(s, s) for s in STUDY_STRATEGIES)], [])]
     summary = {}
     for (task, n), data in sorted(per_task.items()):
         key = f"{task}/n{n}"
@@ -640,10 +640,10 @@ def study_main(args, argv) -> int:
             summary[key][s]["median_spent_share"] = spent
             cells.append((f"{med / grid_compute:.0%}" if np.isfinite(med) else "never")
                          + f" ({len(hits)}/{len(vals)}); stops at {spent:.0%}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    _S().write_json(study / "search_efficiency.json", {"summary": summary, "results": results, "sizes": sizes,
-                                                    "cost": cost, "cost_patience": cost_p,
-                                                    "patience": args.patience, "changed_by_patience": changed})
+        lines.append(common.row([key, *cells]))
+    common.write_json(study / "search_efficiency.json", {"summary": summary, "results": results, "sizes": sizes,
+                                                         "cost": cost, "cost_patience": cost_p,
+                                                         "patience": args.patience, "changed_by_patience": changed})
     if args.report:
         report = Path(args.report)
         report.write_text("\n".join(lines) + "\n")

@@ -3,6 +3,7 @@
     .venv/bin/python bench/synth_prepare.py --patients 100000 [--out DIR] [--keep]
     .venv/bin/python bench/synth_prepare.py --meds DIR [--timeline t.csv] [--results r.jsonl]
     .venv/bin/python bench/synth_prepare.py --plot r.jsonl --png docs/prepare_scaling.png
+    .venv/bin/python bench/synth_prepare.py --quick [--meds DIR]   # seconds: 300 patients, 1 worker
 
 Each step runs as its own `claims-search` process; peak memory is the largest summed RSS of
 that process and its children, sampled every 0.2 s with psutil (the same figure as before, so
@@ -10,7 +11,8 @@ runs compare), with its anonymous part (heap: what really grows) and its file-ba
 (memory-mapped files, reclaimable) beside it; CPU seconds are the process tree's user +
 system time (the fairer figure on a shared machine). ``--meds`` reuses a generated dataset
 (prepare only); ``--timeline`` writes every sample with the line prepare printed last, to see
-which step holds the memory.
+which step holds the memory. An ``--out`` folder records its settings (``settings.json``) and
+refuses a run with others (``--quick`` against a full run in particular).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import time
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def _rss_parts(pid: int) -> tuple[int, int]:
@@ -146,10 +151,18 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=None, metavar="RESULTS",
                     help="only plot the JSON lines of RESULTS to --png")
     ap.add_argument("--png", type=Path, default=Path("prepare_scaling.png"))
+    ap.add_argument("--quick", action="store_true",
+                    help=f"--patients {common.QUICK_PATIENTS} --workers 1 (flags given still win): seconds")
     args = ap.parse_args()
+    if args.quick:  # presets; flags given explicitly still win
+        ap.set_defaults(patients=common.QUICK_PATIENTS, workers=1)
+        args = ap.parse_args()
     if args.plot:
         plot(args.plot, args.png)
         return 0
+    if args.out:
+        common.guard(args.out, {"quick": args.quick, "patients": args.patients, "seed": args.seed,
+                                "workers": args.workers, "meds": args.meds and str(args.meds)}, "synth_prepare")
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-synth-prepare-"))
     prep_dir = work / "prepared"
     cli = [sys.executable, "-m", "claims_search.cli"]

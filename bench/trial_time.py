@@ -17,7 +17,10 @@ shorten the training (fixed values replace the space's choices) so a trial fits 
   python bench/trial_time.py --space smoke --out runs/bench-trial-time-smoke
   python bench/trial_time.py --space default --cpu --trials 1 --batch-tokens 8192 \\
       --pretrain-steps 20 --finetune-steps 5 --out runs/bench-trial-time-default
-  python bench/trial_time.py --quick          # the smoke space on 1,000 patients (a test runs it)
+  python bench/trial_time.py --quick --out DIR   # one short smoke trial on tiny data (a test runs it)
+
+``--out`` records its settings (``settings.json``) and refuses a run with others: its data and
+searches belong to one set of settings, quick or full.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("setup", "scheduling_wait", "worker_start", "cache", "pretrain", "finetune", "eval", "fit_other",
@@ -119,18 +125,23 @@ def main() -> None:
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--finetune-steps", type=int, default=None)
     p.add_argument("--batch-tokens", type=int, default=None, help="one value for both phases' batch_tokens")
-    p.add_argument("--quick", action="store_true", help="the smoke space on 1,000 patients")
+    p.add_argument("--quick", action="store_true",
+                   help="one smoke trial of 5 + 5 steps on the quick modes' tiny data (flags given still win)")
     args = p.parse_args()
-    if args.quick:
-        args.space, args.patients = "smoke", 1000
+    if args.quick:  # presets; flags given explicitly still win
+        p.set_defaults(space="smoke", trials=1, pretrain_steps=5, finetune_steps=5)
+        args = p.parse_args()
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    patients = common.QUICK_PATIENTS if args.quick else args.patients
+    common.guard(out, {"quick": args.quick, "space": args.space, "patients": patients, "trials": args.trials,
+                       "cpu": args.cpu, "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
+                       "batch_tokens": args.batch_tokens}, "trial_time")
     space = derived_space(args.space, out, args)
     max_len = yaml.safe_load(space.read_text())["model"]["max_len"]
-    meds, prepared = out / "meds", out / "prepared"
-    if not (prepared / "manifest.json").exists():
-        claims_search("synth", "--patients", str(args.patients), "--seed", "0", "--out", str(meds), "--overwrite")
-        claims_search("prepare", "--meds", str(meds), "--out", str(prepared), "--max-len", str(max_len))
+    if args.quick:  # the cache's 128 events hold the smoke space's 64
+        prepared = common.quick_data(out, quiet=True)
+    else:
+        prepared = common.data(out, args.patients, 0, max_len, quiet=True)
     tracking = f"sqlite:///{out / 'mlflow.db'}"
     name = f"timed-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     started = time.monotonic()
@@ -150,9 +161,9 @@ def main() -> None:
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
     print(f"{len(trials)} complete trial(s), median trial wall {report['median_trial_wall_s']:.1f} s, "
           f"search {wall:.0f} s; {machine()}; load {os.getloadavg()[0]:.1f}")
-    print("| phase | median s per trial | share of trial wall time |\n|---|---:|---:|")
-    for phase, secs, share in rows:
-        print(f"| {phase.replace('_', ' ')} | {secs:.1f} | {share:.1%} |")
+    print("\n".join(common.table(["phase", "median s per trial", "share of trial wall time"],
+                                 [(p.replace("_", " "), f"{secs:.1f}", f"{share:.1%}") for p, secs, share in rows],
+                                 "lrr")))
     print(f"\ntraining loop (pretrain + fine-tunes): {loop_share:.1%} of trial wall time; report {out / name}.json")
 
 
