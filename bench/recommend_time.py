@@ -56,6 +56,13 @@ def main(argv=None) -> int:
     print(f"{trials} trials, {samples} tuning samples; {platform.processor() or platform.machine()}, "
           f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}")
     recommend(records[:2], "x", {k: preds[k] for k in ("t0", "t1")}, n_boot=10)  # imports, untimed
+    from claims_search import metrics
+
+    if trials * samples * 1000 >= metrics._KERNEL_MIN_CELLS:  # recommend's 1,000 replicates use the kernel
+        t = time.perf_counter()
+        compiled = metrics._kernels() is not None  # numba's, once per process: untimed below, shown here
+        print(f"bootstrap kernel: {'compiled (numba)' if compiled else 'unavailable: numpy path'}, "
+              f"{time.perf_counter() - t:.1f} s to load or compile")
     for more in sorted({0, args.seeds - 1}):
         t, cpu = time.perf_counter(), time.process_time()
         rec = recommend(records, "x", preds, stability_seeds=more)
