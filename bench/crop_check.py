@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         study = Path(args.data or tempfile.mkdtemp(prefix="crop-check-quick-"))
         cache = Cache.open(common.quick_data(study))
         crop = cache.max_len
-        tables = [{"task": t, "n_labelled": 0, "recommended": None, "rows": []} for t in sorted(cache.manifest["tasks"])]
+        tables = [{"task": t, "n_labelled": 0, "recommended": None, "rows": []}
+                  for t in sorted(cache.manifest["tasks"])]
     else:
         study = Path(args.study)
         crop = json.loads((study / "settings.json").read_text())["max_len"]
@@ -101,9 +102,9 @@ def main(argv=None) -> int:
         def pair(name: str) -> str:
             return f"{s['fits'].get(name, np.nan):.3f} / {s['cut'].get(name, np.nan):.3f}"
 
-        lines.append(common.row([t["task"], f"{t['n_labelled']:,}",
-                                 f"{s['cut']['n']} of {s['cut']['n'] + s['fits']['n']} ({s['cut']['positives']})",
-                                 pair("oracle"), pair("lightgbm"), f"{t['recommended'] or '-'}: {pair('recommended')}"]))
+        longer = f"{s['cut']['n']} of {s['cut']['n'] + s['fits']['n']} ({s['cut']['positives']})"
+        lines.append(common.row([t["task"], f"{t['n_labelled']:,}", longer, pair("oracle"), pair("lightgbm"),
+                                 f"{t['recommended'] or '-'}: {pair('recommended')}"]))
     common.write_json(study / "crop_check.json", result)
     if args.report:
         Path(args.report).write_text("\n".join(lines) + "\n")

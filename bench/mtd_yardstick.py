@@ -218,7 +218,8 @@ def main(argv=None) -> int:
     print(f"# {report['machine']}, {report['cpus']} CPUs; {n_subjects:,} subjects, {n_events:,} events; "
           f"median of {args.repeats} run(s)")
     print("\n".join(common.table(
-        ["tool", "wall", "CPU (user+sys)", "peak memory (tree RSS)", "largest process RSS", "output files", "output size"],
+        ["tool", "wall", "CPU (user+sys)", "peak memory (tree RSS)", "largest process RSS", "output files",
+         "output size"],
         [(k, f"{med(k, 'wall_s'):.1f} s", f"{med(k, 'cpu_s'):.1f} s", f"{med(k, 'peak_tree_rss_gib'):.2f} GiB",
           f"{med(k, 'max_single_rss_gib'):.2f} GiB", outputs[k]["files"], f"{outputs[k]['bytes'] / 2**20:.1f} MiB")
          for k in kinds])))
