@@ -5,9 +5,10 @@ before any trial starts → the LightGBM baseline once per task (a Ray task) →
 (`trial.run_trial`, a Tune function trainable whose training runs on Ray Train workers) →
 per-task frontier, recommendation, plots and registry (`tracking.Tracker.publish`).
 
-The driver's own state (outbox, ``search.json``, the Optuna study in ``optuna.db``) is a
-``search_state.SearchState``: under ``--storage`` when it is a path, else a local working copy
-mirrored to ``<storage>/<search>/state`` after every trial. ``resume=True`` restores it (from
+Where a search's files live (Tune's experiment, baselines, trials) and its own state (outbox,
+``search.json``, the Optuna study in ``optuna.db``) is one ``places.SearchPlaces``; the state is
+under ``--storage`` when it is a path, else a local working copy mirrored to
+``<storage>/<search>/state`` after every trial. ``resume=True`` restores it (from
 storage when the head lost its disk) and the Tune experiment, and finishes the search without
 re-running finished trials.
 
@@ -17,17 +18,20 @@ how many trials failed or were pruned and the first reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
-import dataclasses
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from claims_search.errors import ClaimsSearchError
 from claims_search.results.frontier import TrialRecord
+from claims_search.search.places import SearchPlaces
 from claims_search.search.trial import TrialContext, cost_value, run_trial
 from claims_search.search.trial_records import _extras, device_kind, records_from_result
 
@@ -88,80 +92,132 @@ class SearchRequest:
 
 
 def run_search(req: SearchRequest) -> SearchResult:
-    """Run (or resume) a search; raise ``SearchFailed`` when no Transformer trial completed."""
-    from claims_search import storage as st
-    from claims_search.data.cache import Cache
-    from claims_search.search.state import SearchState
-    from claims_search.search.space import load_space
-    from claims_search.results.summary import for_space
-    from claims_search.tracking.tracker import Tracker, reachable
+    """Run (or resume) a search; raise ``SearchFailed`` when no Transformer trial completed.
 
+    The steps: resolve and check the inputs (nothing needs the cluster yet) → connect (the
+    cluster's checks, then the search's state and tracker opened) → the LightGBM baselines →
+    the space's sampler or size policy through Ray Tune → publish each task's summary and its
+    held-out confirmation → the outcome once Ray is shut down."""
     _quiet()
-    space = load_space(req.space)  # resolved now: trials get this object, never the path
+    inputs = _resolve(req)
+    with _ray_session(req) as ray:
+        run = _connect(inputs, ray)
+        _baselines(run)
+        policy_line = _run_policy(run)
+        recs, confirmed = _publish(run)
+    return _finish(run, recs, confirmed, policy_line)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A search's inputs, resolved and checked before Ray starts."""
+
+    req: SearchRequest
+    space: Any  # space.Space, loaded once: trials get this object, never the path
+    data: str  # the prepared cache, normalized (a local path or a URI)
+    cache: Any  # data.cache.Cache, opened from a local copy
+    places: SearchPlaces
+
+
+@dataclass(frozen=True)
+class Run(Inputs):
+    """A connected search: its inputs, the cluster, the tracker and where Tune keeps its files."""
+
+    ray: Any
+    tracker: Any  # tracking.tracker.Tracker over the search's outbox
+    concurrency: int
+    waiting: Callable[[int], str | None] | None  # autoscaling: what unstarted trials wait for
+    experiment: str  # the search's own Tune experiment name (``tune``: a legacy search)
+    tune_path: str  # Tune's storage_path
+    tune_fs: Any  # and its storage_filesystem (None: Ray resolves the path itself)
+
+
+def _resolve(req: SearchRequest) -> Inputs:
+    """Everything checked that needs no cluster, before anything is written: the space, the
+    prepared cache and its tasks (both classes in the tuning split), the tracking server, and
+    that the search exists exactly when ``--resume`` says it does."""
+    from claims_search import storage as st
+    from claims_search.cluster.jobs import probe_tracking
+    from claims_search.data.cache import Cache
+    from claims_search.runs.training import check_task
+    from claims_search.search.space import load_space
+    from claims_search.tracking.tracker import check_uri, reachable
+
+    space = load_space(req.space)
     data = st.require(req.data, "prepared cache")
     cache = Cache.open(st.localize(data))
     missing = [t for t in space.task_names if t not in cache.tasks]
     if missing:
         raise ClaimsSearchError(f"{req.data}: task(s) {missing} not in the prepared cache (has {cache.tasks}); "
                                 f"run `claims-search prepare --task ...` for them")
-    from claims_search.runs.training import check_task
-
-    for task in space.task_names:  # both classes in the tuning split, before anything starts
+    for task in space.task_names:
         check_task(cache, req.data, task, ("tuning",))
-    from claims_search.cluster.jobs import probe_tracking
-    from claims_search.tracking.tracker import check_uri
-
     check_uri(req.tracking_uri)
     probe_tracking(req.tracking_uri)  # an http server that refuses our Host header (403) fails here
     if not reachable(req.tracking_uri):
         raise ClaimsSearchError(f"tracking server {req.tracking_uri} is unreachable (or refuses this host)")
-    state = SearchState.for_search(req.storage, req.name)
-    run_dir = state.local
-    tune_path = st.join(req.storage, req.name, "tune")
-    started = st.exists(tune_path) or state.started()
-    if started and not req.resume:
-        raise ClaimsSearchError(f"{st.join(req.storage, req.name)}: a search named {req.name!r} exists; pass "
-                                f"--resume to finish it or choose another --name")
-    if req.resume and not started:
-        raise ClaimsSearchError(f"{st.join(req.storage, req.name)}: nothing to resume for search {req.name!r}")
+    places = SearchPlaces.of(req.storage, req.name)
+    places.check_resume(req.resume)
+    return Inputs(req, space, data, cache, places)
+
+
+@contextmanager
+def _ray_session(req: SearchRequest):
+    """Ray, connected for the body and shut down after it. An error of Ray's own machinery (a
+    dead head, a lost GCS) becomes one line saying how to finish the search: finished trials
+    are on storage."""
     ray = _init_ray(req.address)
     try:
-        # The last checks need the cluster; nothing is written before they pass.
-        concurrency, waiting = _fit(space, req, ray)
-        multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if req.resume and (restored := state.restore()):
-            log.info("search %s: restored %s from %s", req.name, ", ".join(restored), state.mirror)
-        experiment = _same_search(run_dir, space, data, req.resume)
-        # Tune's experiment is <storage>/<search>/tune/<experiment>; searches started before
-        # experiments had their own id kept it in <storage>/<search>/tune.
-        tune_root = st.join(req.storage, req.name, *(("tune",) if experiment != "tune" else ()))
-        storage_path, storage_fs = st.tune_storage(tune_root, multi_node=multi_node)
-        state.push()
-        tracker = Tracker(req.tracking_uri, req.name, state.outbox, metric=space.metric, cost=space.cost)
-        if space.baseline:
-            _baselines(ray, space, data, st.join(req.storage, req.name, "baseline"), tracker)
-            state.push()
-        policy_line = _tune(space, req, cache, data, state, tracker, concurrency, storage_path, storage_fs,
-                            experiment, waiting)
-        # Per-task summaries computed in plain Python (summary.py: frontier, paired rule, plots),
-        # then recorded by the tracker.
-        recs = tracker.publish(for_space(tracker.records(), space, tracker.outbox_dir / "artifacts"))
-        confirmed = _confirm(ray, space, data, recs, tracker)
+        yield ray
     except Exception as e:
         if not _from_ray(e):
             raise
-        # Ray itself went away (a dead head, a lost GCS): finished trials are on storage.
         raise ClaimsSearchError(
             f"search {req.name}: Ray failed mid-search ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
             f"finished trials are kept; finish it with: claims-search search --space {req.space} --data {req.data} "
             f"--name {req.name} --storage {req.storage} --resume") from None
     finally:
         ray.shutdown()
-    state.push()
+
+
+def _connect(inputs: Inputs, ray) -> Run:
+    """The checks that need the cluster (nothing is written before they pass), then the search's
+    state opened (restored from storage on resume), its Tune experiment named (``_same_search``)
+    and its tracker over the outbox."""
+    from claims_search.tracking.tracker import Tracker
+
+    req, space, places = inputs.req, inputs.space, inputs.places
+    concurrency, waiting = _fit(space, req, ray)
+    multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
+    if restored := places.open(req.resume):
+        log.info("search %s: restored %s from %s", req.name, ", ".join(restored), places.mirror)
+    experiment = _same_search(places.local, space, inputs.data, req.resume)
+    tune_path, tune_fs = places.tune_storage(experiment, multi_node=multi_node)
+    places.push()
+    tracker = Tracker(req.tracking_uri, req.name, places.outbox, metric=space.metric, cost=space.cost)
+    return Run(**vars(inputs), ray=ray, tracker=tracker, concurrency=concurrency, waiting=waiting,
+               experiment=experiment, tune_path=tune_path, tune_fs=tune_fs)
+
+
+def _publish(run: Run) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Each task's summary computed in plain Python (``summary.py``: frontier, paired rule,
+    plots), recorded by the tracker; then the held-out confirmation. ``(recommendations,
+    confirmed)``."""
+    from claims_search.results.summary import for_space
+
+    tracker = run.tracker
+    recs = tracker.publish(for_space(tracker.records(), run.space, tracker.outbox_dir / "artifacts"))
+    return recs, _confirm(run, recs)
+
+
+def _finish(run: Run, recs: dict[str, Any], confirmed: dict[str, dict], policy_line: str | None) -> SearchResult:
+    """The state mirrored a last time, results MLflow did not take named, and the outcome;
+    ``SearchFailed`` when no Transformer trial completed."""
+    req, places, tracker = run.req, run.places, run.tracker
+    places.push()
     if tracker.pending():
         log.warning("MLflow unreachable: %d result(s) wait in %s; deliver them later with `claims-search sync "
-                    "--name %s --storage %s --tracking-uri %s`", len(tracker.pending()), state.outbox, req.name,
+                    "--name %s --storage %s --tracking-uri %s`", len(tracker.pending()), places.outbox, req.name,
                     req.storage, req.tracking_uri)
     result = dataclasses.replace(_outcome(recs, tracker.records(), confirmed), policy_line=policy_line)
     if result.complete == 0:
@@ -172,7 +228,7 @@ def run_search(req: SearchRequest) -> SearchResult:
 HELD_OUT = "held_out"
 
 
-def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, dict]:
+def _confirm(run: Run, recs: dict[str, Any]) -> dict[str, dict]:
     """Score the recommended model, the best Transformer and the baseline of each task ONCE on
     the held-out split, which nothing read before; ``{task: {role: {trial_id, metrics,
     splits_read} | {trial_id, error}}}`` (``splits_read``: what the scoring's cache served),
@@ -187,14 +243,14 @@ def _confirm(ray, space, data: str, recs: dict[str, Any], tracker) -> dict[str, 
                 jobs[(task, role)] = r
     if not jobs:
         return {}
-    b = space.budget
+    ray, data, tracker, b = run.ray, run.data, run.tracker, run.space.budget
 
     # A Transformer is scored where a trial's worker runs, with what one holds (its GPU: a 101M
     # forward pass over a real held-out split takes hours on one CPU thread); LightGBM on CPUs.
     @ray.remote(num_cpus=b.cpus_per_worker, num_gpus=b.gpus_per_worker, resources=dict(b.worker_resources) or None)
     def score(task: str, location: str, is_baseline: bool) -> dict:
-        from claims_search.runs import scoring
         from claims_search.errors import ClaimsSearchError
+        from claims_search.runs import scoring
         from claims_search.runs.worker import open_cache
 
         try:
@@ -335,14 +391,30 @@ def _init_ray(address: str | None):
     return ray
 
 
-def _baselines(ray, space, data: str, folder: str, tracker) -> None:
-    """LightGBM once per task per search, shown on every frontier (skipped when resumed). Each
-    fit runs as a Ray task with one CPU (and one LightGBM thread: what it is charged for); its
-    model and tuning predictions go to ``folder/<task>`` on the search's storage."""
+def _baselines(run: Run) -> None:
+    """LightGBM once per task per search, shown on every frontier (none when the space asks
+    for none; skipped when resumed), recorded by the tracker; the state is mirrored after."""
+    if not run.space.baseline:
+        return
+    space, tracker = run.space, run.tracker
     done = {r.task for r in tracker.records() if r.is_baseline}
     todo = [t for t in space.task_names if t not in done]
-    if not todo:
-        return
+    for task, out in zip(todo, _fit_baselines(run, todo) if todo else []):
+        m, c = out["metrics"], cost_value(out["cost"], space.cost)
+        tracker.log_trial(TrialRecord(
+            trial_id="baseline-lightgbm", task=task, status="complete", params={"model": {}, "kind": "lightgbm"},
+            n_params=None, metric=m[space.metric], metric_low=m[f"{space.metric}_low"],
+            metric_high=m[f"{space.metric}_high"], cost=c, pretrain_cost=0.0, finetune_cost=c, is_baseline=True,
+            extras=_extras(m, out["cost"]), checkpoint=out["folder"], tags={"device": device_kind(out["cost"]["device"])},
+            predictions=f"{out['folder']}/predictions/tuning.parquet"))
+    run.places.push()
+
+
+def _fit_baselines(run: Run, tasks: list[str]) -> list[dict]:
+    """One LightGBM fit per task, each a Ray task with one CPU (and one LightGBM thread: what it
+    is charged for); its model and tuning predictions go to the search's ``baseline/<task>``
+    on storage. Per task: its tuning metrics, cost and folder."""
+    ray, data, folder = run.ray, run.data, run.places.baseline
 
     @ray.remote(num_cpus=1)
     def fit(task: str) -> dict:
@@ -360,93 +432,131 @@ def _baselines(ray, space, data: str, folder: str, tracker) -> None:
     from ray.exceptions import RayTaskError
 
     try:
-        outs = ray.get([fit.remote(t) for t in todo])
+        return ray.get([fit.remote(t) for t in tasks])
     except RayTaskError as e:
         cause = e.cause if getattr(e, "cause", None) is not None else e
         raise ClaimsSearchError(f"baseline: {str(cause).strip().splitlines()[-1]}") from None
-    for task, out in zip(todo, outs):
-        m, c = out["metrics"], cost_value(out["cost"], space.cost)
-        tracker.log_trial(TrialRecord(
-            trial_id="baseline-lightgbm", task=task, status="complete", params={"model": {}, "kind": "lightgbm"},
-            n_params=None, metric=m[space.metric], metric_low=m[f"{space.metric}_low"],
-            metric_high=m[f"{space.metric}_high"], cost=c, pretrain_cost=0.0, finetune_cost=c, is_baseline=True,
-            extras=_extras(m, out["cost"]), checkpoint=out["folder"], tags={"device": device_kind(out["cost"]["device"])},
-            predictions=f"{out['folder']}/predictions/tuning.parquet"))
 
 
-def _tune(space, req: SearchRequest, cache, data: str, state, tracker, concurrency: int,
-          storage_path: str, storage_fs, experiment: str, waiting=None) -> None:
+def _run_policy(run: Run) -> str | None:
+    """The space's trials through Ray Tune until its sampler (Optuna, or a grid) or the ladder
+    policy is done; a resumed search restores Tune's experiment. Then the study's orphans are
+    failed and the records the outbox lacks recovered. The ladder policy's last word (why it
+    stopped); None for another sampler."""
     from ray import tune
 
-    from claims_search.search.tune import GuardedOptunaSearch, TrackingCallback, make_sampler
-    from claims_search.storage import join
+    from claims_search.search.tune import TrackingCallback
 
-    b = space.budget
-    ctx = TrialContext(
-        space=space, cache_dir=data, artifacts=join(req.storage, req.name, "trials"),
-        tasks=tuple(space.task_names), metric=space.metric, cost=space.cost, workers=b.workers_per_trial,
-        use_gpu=b.gpus_per_worker > 0, cpus_per_worker=b.cpus_per_worker, gpus_per_worker=b.gpus_per_worker,
-        vocab_size=cache.vocab_size, worker_resources=tuple(sorted(b.worker_resources.items())))
+    req, space = run.req, run.space
+    ctx = _trial_context(run)
+    ladder = _start_ladder(run) if space.sampler.kind == "ladder" else None
+    if ladder:  # every pretraining's rank 0 asks the policy at its rungs
+        ctx = dataclasses.replace(ctx, policy_actor=ladder.actor_name, policy_namespace=ladder.namespace,
+                                  rungs=tuple(space.sampler.rungs))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _driver_resources(space.budget))
+    total = len(ladder.cands) if ladder else space.num_samples() if not space.is_grid else len(space.grid_samples())
+    callbacks = [TrackingCallback(run.tracker, space, progress=req.progress, state=run.places,
+                                  concurrency=run.concurrency, waiting=run.waiting, total=total)]
+    tuner = _tuner(run, trainable, callbacks, ladder)
+    started = time.monotonic()
+    tuner.fit()
+    log.info("search %s: trials finished in %.0f s", req.name, time.monotonic() - started)
+    _fail_orphans(run.places.optuna_db, req.name)
+    _recover_records(ctx.artifacts, space, run.tracker)
+    return _ladder_verdict(run, ladder) if ladder else None
+
+
+def _trial_context(run: Run) -> TrialContext:
+    """What every trial of the search shares; each trial's files go under the search's
+    ``trials`` folder."""
+    b = run.space.budget
+    return TrialContext(
+        space=run.space, cache_dir=run.data, artifacts=run.places.trials, tasks=tuple(run.space.task_names),
+        metric=run.space.metric, cost=run.space.cost, workers=b.workers_per_trial, use_gpu=b.gpus_per_worker > 0,
+        cpus_per_worker=b.cpus_per_worker, gpus_per_worker=b.gpus_per_worker, vocab_size=run.cache.vocab_size,
+        worker_resources=tuple(sorted(b.worker_resources.items())))
+
+
+def _driver_resources(b) -> dict[str, Any]:
+    """What one trial's own driver (the Tune trainable) holds, for ``tune.with_resources``."""
     # The trial's own driver takes ~no CPU: its Ray Train workers hold the resources (with a
     # whole CPU each, two trials on two CPUs deadlock).
     driver = {"cpu": 0.01} if b.workers_per_trial else {"cpu": b.cpus_per_worker, "gpu": b.gpus_per_worker}
     if b.driver_resources or (not b.workers_per_trial and b.worker_resources):
         driver["custom_resources"] = {**(b.worker_resources if not b.workers_per_trial else {}),
                                       **b.driver_resources}
-    ladder = space.sampler.kind == "ladder"
-    if ladder:  # the size policy: one actor the searcher and every pretraining's rank 0 ask
-        from claims_search.search import ladder as sp
+    return driver
 
-        cands = sp.candidates(space, cache.vocab_size)
-        actor_name = f"policy-{req.name}-{experiment}"
-        actor = sp.start_actor(actor_name, [c for c, _ in cands.values()], space.task_names, sp.settings(space))
-        ctx = dataclasses.replace(ctx, policy_actor=actor_name, policy_namespace=sp.NAMESPACE,
-                                  rungs=tuple(space.sampler.rungs))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver)
-    total = len(cands) if ladder else space.num_samples() if not space.is_grid else len(space.grid_samples())
-    callbacks = [TrackingCallback(tracker, space, progress=req.progress, state=state, concurrency=concurrency,
-                                  waiting=waiting, total=total)]
+
+@dataclass(frozen=True)
+class _Ladder:
+    """The ladder policy of one search: its named actor and the sizes it chooses among."""
+
+    actor_name: str
+    namespace: str
+    actor: Any
+    cands: dict[str, tuple[Any, dict]]  # size key -> (policy.Candidate, Tune config)
+
+
+def _start_ladder(run: Run) -> _Ladder:
+    """The size policy's actor, which the searcher and every pretraining's rank 0 ask; named
+    after the search and its experiment, so that a resumed searcher finds the new one."""
+    from claims_search.search import ladder as sp
+
+    cands = sp.candidates(run.space, run.cache.vocab_size)
+    actor_name = f"policy-{run.req.name}-{run.experiment}"
+    actor = sp.start_actor(actor_name, [c for c, _ in cands.values()], run.space.task_names, sp.settings(run.space))
+    return _Ladder(actor_name, sp.NAMESPACE, actor, cands)
+
+
+def _tuner(run: Run, trainable, callbacks: list, ladder: _Ladder | None):
+    """Tune's tuner: the search's experiment restored on resume (when Tune saved it), else a new
+    one whose searcher is the ladder policy's, the guarded Optuna search over the study, or
+    Tune's own grid."""
+    from ray import tune
+
+    from claims_search.search.tune import GuardedOptunaSearch, make_sampler
+
+    req, space, b = run.req, run.space, run.space.budget
     # The experiment's name is also the folder Ray stages the driver's Tune files in on this node
     # (<session>/artifacts/<start second>/<name>): a name shared by two searches that start in the
     # same second mixes their experiment states, so each search has its own.
-    run_config = tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=storage_fs,
+    run_config = tune.RunConfig(name=run.experiment, storage_path=run.tune_path, storage_filesystem=run.tune_fs,
                                 callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=1))
-    tune_path = f"{storage_path.rstrip('/')}/{experiment}"
-    if req.resume and tune.Tuner.can_restore(tune_path, storage_filesystem=storage_fs):
+    tune_path = f"{run.tune_path.rstrip('/')}/{run.experiment}"
+    if req.resume and tune.Tuner.can_restore(tune_path, storage_filesystem=run.tune_fs):
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, restart_errored=False,
                                    param_space={} if ladder else space.tune_param_space(),
-                                   storage_filesystem=storage_fs)
+                                   storage_filesystem=run.tune_fs)
         # Callbacks are not restored with the experiment: hand them over again.
         tuner._local_tuner.get_run_config().callbacks = callbacks
-    else:
-        search_alg, num_samples = None, space.num_samples()
-        if ladder:
-            search_alg, num_samples = sp.PolicySearcher(actor_name, cands, space), len(cands)
-        elif not space.is_grid:
-            metrics, modes = _directions(space)
-            points, num_samples = _no_repeats(space)
-            search_alg = GuardedOptunaSearch(
-                metric=metrics, mode=modes, sampler=make_sampler(space), points_to_evaluate=points,
-                storage=_optuna_storage(state.optuna_db), study_name=req.name)
-        tuner = tune.Tuner(
-            trainable, param_space={} if ladder else space.tune_param_space(),
-            tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
-                                        max_concurrent_trials=concurrency, reuse_actors=False,
-                                        time_budget_s=b.time_budget_s),
-            run_config=run_config)
-    started = time.monotonic()
-    tuner.fit()
-    log.info("search %s: trials finished in %.0f s", req.name, time.monotonic() - started)
-    _fail_orphans(state.optuna_db, req.name)
-    _recover_records(ctx.artifacts, space, tracker)
-    if not ladder:
-        return None
-    import ray
+        return tuner
+    search_alg, num_samples = None, space.num_samples()
+    if ladder:
+        from claims_search.search.ladder import PolicySearcher
 
-    done = ray.get(actor.propose.remote())  # Done once every trial ended (Tune ran out of sizes)
-    ray.kill(actor)
+        search_alg, num_samples = PolicySearcher(ladder.actor_name, ladder.cands, space), len(ladder.cands)
+    elif not space.is_grid:
+        metrics, modes = _directions(space)
+        points, num_samples = _no_repeats(space)
+        search_alg = GuardedOptunaSearch(
+            metric=metrics, mode=modes, sampler=make_sampler(space), points_to_evaluate=points,
+            storage=_optuna_storage(run.places.optuna_db), study_name=req.name)
+    return tune.Tuner(
+        trainable, param_space={} if ladder else space.tune_param_space(),
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
+                                    max_concurrent_trials=run.concurrency, reuse_actors=False,
+                                    time_budget_s=b.time_budget_s),
+        run_config=run_config)
+
+
+def _ladder_verdict(run: Run, ladder: _Ladder) -> str:
+    """Why the ladder policy stopped, asked of its actor once every trial ended (then the actor
+    is stopped), and logged."""
+    done = run.ray.get(ladder.actor.propose.remote())  # Done once every trial ended (Tune ran out of sizes)
+    run.ray.kill(ladder.actor)
     line = done.line if hasattr(done, "line") else "stopped: the search ended before the policy declared done"
-    log.info("search %s: %s", req.name, line)
+    log.info("search %s: %s", run.req.name, line)
     return line
 
 
