@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 from claims_search.errors import ClaimsSearchError
 from claims_search.results.frontier import TrialRecord
+from claims_search.tracking.sqlite_store import SCRATCH, finish_cut_migration
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,15 @@ def default_tracking_uri() -> str:
 
 
 def _client(uri: str):
+    """A client of the store at ``uri``; a local SQLite store left half-migrated by a killed
+    process is finished first (``sqlite_store``) rather than refused for good."""
     from mlflow.tracking import MlflowClient
 
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as e:  # noqa: BLE001 - MLflow wraps SQLAlchemy's errors in several types
+        if SCRATCH not in str(e) or not finish_cut_migration(uri):
+            raise
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
