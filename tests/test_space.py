@@ -231,3 +231,22 @@ def test_prices_per_device_kind_are_read_and_checked(tmp_path):
     assert SummarySettings.from_space(space).prices == {"H100": 4.0, "cpu": 0.05}
     with pytest.raises(ClaimsSearchError, match="must be > 0"):
         load_space(write(tmp_path, mutate(prices={"H100": 0})))
+
+
+def test_a_ladder_space_lists_every_size_as_a_whole_trial_config():
+    """The ladder policy's sizes: each distinct configuration with the space's constants filled
+    in (the demo's: head_dim 8/16/32 x depth 1/3, two heads, the same training settings)."""
+    space = load_space("demo")
+    samples = space.full_samples()
+    configs = [space.sample_to_trial_config(s) for s in samples]
+    assert len(samples) == len(space.distinct_points()) == 6
+    assert {(c["model"]["width"], c["model"]["depth"]) for c in configs} == {
+        (w, d) for w in (16, 32, 64) for d in (1, 3)}
+    assert all(c["model"]["heads"] == 2 and c["pretrain"] == configs[0]["pretrain"] for c in configs)
+
+
+def test_a_space_with_nothing_to_choose_has_one_whole_sample(tmp_path):
+    space = load_space(write(tmp_path, mutate(model={"head_dim": [8], "heads": [2], "depth": 1}, training={})))
+    (sample,) = space.full_samples()
+    config = space.sample_to_trial_config(sample)
+    assert config == space.sample_to_trial_config(space.grid_samples()[0]) and config["model"]["width"] == 16

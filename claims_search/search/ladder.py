@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-from typing import Any
 
 from ray.tune.search import Searcher
 
@@ -30,9 +29,7 @@ def candidates(space, vocab_size: int) -> dict[str, tuple[Candidate, dict]]:
     from claims_search.model.sizes import ModelSize
 
     out = {}
-    base = _constants(space)
-    for point in space.distinct_points() or [{}]:
-        sample = _nest({**base, **{k.replace("/", "."): v for k, v in point.items()}})
+    for sample in space.full_samples():
         cfg = space.sample_to_trial_config(sample)
         size = ModelSize(**cfg["model"])
         tokens = (cfg["pretrain"].get("steps", 0) * cfg["pretrain"].get("batch_tokens", 0)
@@ -43,26 +40,6 @@ def candidates(space, vocab_size: int) -> dict[str, tuple[Candidate, dict]]:
             raise ValueError(f"two sizes of the ladder share the name {key}")
         out[key] = (Candidate(key, float(flops), size.n_params(vocab_size)), sample)
     return out
-
-
-def _constants(space) -> dict[str, Any]:
-    """The space's parameters that do not vary, flat with '.' keys."""
-    from claims_search.search.space import Range
-
-    out = {}
-    for key, p in space._params():
-        if isinstance(p, list):
-            if len(p) == 1:
-                out[key] = p[0]
-        elif not isinstance(p, Range):
-            out[key] = p
-    return out
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    from claims_search.search.space import _nest as nest
-
-    return nest(flat)
 
 
 def settings(space) -> Settings:

@@ -327,6 +327,21 @@ class Space(_Strict):
         keys, lists = zip(*free)
         return [dict(zip(keys, combo)) for combo in itertools.product(*lists)]
 
+    def full_samples(self) -> list[dict[str, Any]]:
+        """Every distinct configuration of :meth:`distinct_points` as a nested sample with the
+        space's constants filled in: what a trial of that configuration is given. A space with
+        nothing to choose gives one; a continuous dimension stays out of the samples (the
+        sampler's to draw). The ladder policy's sizes are these."""
+        base = {}
+        for key, p in self._params():
+            if isinstance(p, list):
+                if len(p) == 1:
+                    base[key] = p[0]
+            elif not isinstance(p, Range):
+                base[key] = p
+        return [_nest({**base, **{k.replace("/", "."): v for k, v in point.items()}})
+                for point in self.distinct_points() or [{}]]
+
     def num_samples(self) -> int:
         """Ray Tune's ``num_samples``: 1 pass over a grid, else ``budget.trials``."""
         return 1 if self.is_grid else self.budget.trials
