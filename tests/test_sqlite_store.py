@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from claims_search.tracking.sqlite_store import finish_cut_migration, path_of
+from claims_search.tracking.sqlite_store import SCRATCH, finish_cut_migration, path_of
 from claims_search.tracking.tracker import _client
 from pathlib import Path
 
@@ -59,3 +59,13 @@ def test_only_local_sqlite_files_are_touched():
     assert path_of("http://head:5000") is None and path_of("sqlite:///:memory:") is None
     assert str(path_of("sqlite:////tmp/x/mlflow.db")) == "/tmp/x/mlflow.db"
     assert finish_cut_migration("postgresql://db/mlflow") == []
+
+
+def test_a_search_builds_its_local_store_before_any_trial(tmp_path):
+    from claims_search.tracking.tracker import Tracker
+
+    db = tmp_path / "mlflow.db"
+    Tracker(f"sqlite:///{db}", "early", tmp_path / "outbox").open_store()
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()  # migrated, at a head
+    assert not con.execute(f"SELECT name FROM sqlite_master WHERE name LIKE '{SCRATCH}%'").fetchall()

@@ -195,6 +195,7 @@ def _connect(inputs: Inputs, ray) -> Run:
     tune_path, tune_fs = places.tune_storage(experiment, multi_node=multi_node)
     places.push()
     tracker = Tracker(req.tracking_uri, req.name, places.outbox, metric=space.metric, cost=space.cost)
+    tracker.open_store()  # a local store's schema built before trials run, not during
     return Run(**vars(inputs), ray=ray, tracker=tracker, concurrency=concurrency, waiting=waiting,
                experiment=experiment, tune_path=tune_path, tune_fs=tune_fs)
 

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from claims_search.errors import ClaimsSearchError
 from claims_search.results.frontier import TrialRecord
-from claims_search.tracking.sqlite_store import SCRATCH, finish_cut_migration
+from claims_search.tracking.sqlite_store import SCRATCH, finish_cut_migration, path_of
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,19 @@ class Tracker:
         body = json.dumps(payload, sort_keys=True, default=str)
         digest = hashlib.sha256(f"{kind}|{key}|{body}".encode()).hexdigest()[:16]
         self._append(self._outbox, {"kind": kind, "key": key, "hash": digest, "payload": json.loads(body)})
+
+    def open_store(self) -> None:
+        """Build a local SQLite store's schema now, before any trial runs. MLflow builds it on
+        first use; left to the first result, that build runs while trials do, and a Ray failure
+        that ends the search can cut it half-way (``sqlite_store`` mends that, later). A store
+        that cannot be opened only logs: the outbox keeps every result until ``sync``."""
+        if path_of(self.tracking_uri) is None:
+            return
+        try:
+            _client(self.tracking_uri).search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - the outbox is the record; MLflow is told later
+            log.warning("MLflow store %s could not be opened yet (%s): results stay in %s until it can",
+                        self.tracking_uri, e, self._outbox)
 
     def pending(self) -> list[dict]:
         """Outbox entries not yet delivered (nor set aside), oldest first."""
